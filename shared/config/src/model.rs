@@ -1,0 +1,195 @@
+//! The configuration model: one section per concern, each field with its built-in default.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole configuration, as read from `config.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub containerd: ContainerdConfig,
+    pub proxy: ProxyConfig,
+    pub image: ImageConfig,
+    pub runtime: RuntimeConfig,
+    pub streaming: StreamingConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// How every service reaches containerd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerdConfig {
+    /// containerd's gRPC socket.
+    pub address: PathBuf,
+    /// The containerd namespace crisp keeps its images, containers and tasks in. Distinct from
+    /// `k8s.io` so that crisp never collides with containerd's own CRI plugin.
+    pub namespace: String,
+    /// How long a service waits for containerd to answer at start before it gives up.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        Self {
+            address: PathBuf::from("/run/containerd/containerd.sock"),
+            namespace: "crisp".into(),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The front proxy: the CRI socket the kubelet dials and the backends behind it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The CRI socket (the kubelet's `containerRuntimeEndpoint`).
+    pub socket: PathBuf,
+    /// A second socket serving only the ImageService (the kubelet's `imageServiceEndpoint`).
+    pub image_socket: Option<PathBuf>,
+    /// Permission bits of the proxy's sockets, as an octal string.
+    pub socket_mode: String,
+    /// The runtime service's socket.
+    pub runtime_endpoint: PathBuf,
+    /// The streaming server's socket.
+    pub streaming_endpoint: PathBuf,
+    /// The image service replicas' sockets; calls are spread over the healthy ones.
+    pub image_endpoints: Vec<PathBuf>,
+    /// How often each backend's gRPC health is checked.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+    /// How long the proxy waits to connect to a backend before answering `UNAVAILABLE`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/crisp/crisp.sock"),
+            image_socket: None,
+            socket_mode: "0660".into(),
+            runtime_endpoint: PathBuf::from("/run/crisp/runtime.sock"),
+            streaming_endpoint: PathBuf::from("/run/crisp/streaming.sock"),
+            image_endpoints: vec![PathBuf::from("/run/crisp/image.sock")],
+            health_check_interval: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The image service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// The socket this image service replica listens on.
+    pub socket: PathBuf,
+    /// The containerd snapshotter layers are unpacked into.
+    pub snapshotter: String,
+    /// Registry host configuration in containerd's `config_path` layout
+    /// (`<dir>/<host>/hosts.toml`).
+    pub registry_config_path: Option<PathBuf>,
+    /// How many layers one pull downloads at once.
+    pub max_concurrent_downloads: usize,
+    /// A pull that makes no progress for this long fails.
+    #[serde(with = "humantime_serde")]
+    pub pull_progress_timeout: Duration,
+    /// The pod sandbox (pause) image; it is pinned.
+    pub sandbox_image: String,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/crisp/image.sock"),
+            snapshotter: "overlayfs".into(),
+            registry_config_path: None,
+            max_concurrent_downloads: 3,
+            pull_progress_timeout: Duration::from_secs(5 * 60),
+            sandbox_image: "registry.k8s.io/pause:3.10".into(),
+        }
+    }
+}
+
+/// The runtime service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The socket the runtime service listens on.
+    pub socket: PathBuf,
+    /// Where crisp keeps files it owns that must survive a reboot.
+    pub root_dir: PathBuf,
+    /// Where crisp keeps files it owns that live until the next reboot.
+    pub state_dir: PathBuf,
+    /// Directories searched for CNI plugin binaries, in order.
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// The directory holding CNI network configurations; the first in lexical order is used.
+    pub cni_conf_dir: PathBuf,
+    /// The OCI runtime containerd runs containers with.
+    pub runtime_type: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/crisp/runtime.sock"),
+            root_dir: PathBuf::from("/var/lib/crisp"),
+            state_dir: PathBuf::from("/run/crisp/state"),
+            cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
+            runtime_type: "io.containerd.runc.v2".into(),
+        }
+    }
+}
+
+/// The streaming server (Exec, Attach, PortForward).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// The socket the streaming server's gRPC side listens on.
+    pub socket: PathBuf,
+    /// The address the HTTP streaming endpoint listens on.
+    pub address: String,
+    /// The port of the HTTP streaming endpoint; 0 picks a free one.
+    pub port: u16,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/crisp/streaming.sock"),
+            address: "127.0.0.1".into(),
+            port: 0,
+        }
+    }
+}
+
+/// Logs and traces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `text` or `json`, written to stderr.
+    pub log_format: LogFormat,
+    /// A `tracing` filter: a level (`info`) or directives (`info,crisp_proxy=debug`).
+    pub log_level: String,
+    /// An OTLP/gRPC collector (`http://host:4317`) to export spans to; none exports nothing.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -1,0 +1,85 @@
+use super::*;
+use clap::Parser;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[test]
+fn defaults_are_valid() {
+    Config::default().validate().unwrap();
+}
+
+#[test]
+fn file_fields_override_defaults_and_keep_the_rest() {
+    let c = Config::from_toml(
+        "[containerd]\nnamespace = \"other\"\n[image]\nmax_concurrent_downloads = 8\npull_progress_timeout = \"90s\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.containerd.namespace, "other");
+    assert_eq!(c.image.max_concurrent_downloads, 8);
+    assert_eq!(c.image.pull_progress_timeout, std::time::Duration::from_secs(90));
+    assert_eq!(c.proxy, ProxyConfig::default());
+}
+
+#[test]
+fn an_unknown_field_is_named() {
+    let err = Config::from_toml("[image]\nmax_concurent_downloads = 8\n").unwrap_err();
+    assert!(err.contains("max_concurent_downloads"), "{err}");
+}
+
+#[test]
+fn a_wrong_type_is_named() {
+    let err = Config::from_toml("[image]\nmax_concurrent_downloads = \"many\"\n").unwrap_err();
+    assert!(err.contains("max_concurrent_downloads"), "{err}");
+}
+
+#[test]
+fn a_bad_value_is_named() {
+    let mut c = Config::default();
+    c.image.max_concurrent_downloads = 0;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("image.max_concurrent_downloads"), "{err}");
+
+    let mut c = Config::default();
+    c.proxy.socket_mode = "rw-rw----".into();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("proxy.socket_mode"), "{err}");
+
+    let mut c = Config::default();
+    c.containerd.namespace = "no spaces".into();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("containerd.namespace"), "{err}");
+}
+
+#[test]
+fn flags_override_the_file() {
+    let dir = std::env::temp_dir().join(format!("crisp-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.toml");
+    std::fs::write(&file, "[proxy]\nsocket = \"/run/a.sock\"\nimage_endpoints = [\"/run/i1.sock\"]\n").unwrap();
+    let cli = Cli::try_parse_from([
+        "crisp",
+        "--config",
+        file.to_str().unwrap(),
+        "--proxy-image-endpoints",
+        "/run/i1.sock,/run/i2.sock",
+        "--log-format",
+        "json",
+    ])
+    .unwrap();
+    let c = Config::load(&cli.config).unwrap();
+    assert_eq!(c.proxy.socket, std::path::PathBuf::from("/run/a.sock"));
+    assert_eq!(c.proxy.image_endpoints.len(), 2);
+    assert_eq!(c.telemetry.log_format, LogFormat::Json);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_missing_named_file_is_an_error() {
+    let cli = Cli::try_parse_from(["crisp", "--config", "/nonexistent/crisp.toml"]).unwrap();
+    let err = Config::load(&cli.config).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/crisp.toml"), "{err}");
+}

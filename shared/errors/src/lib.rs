@@ -1,0 +1,76 @@
+//! Every crisp error type says which gRPC code it is ([`GrpcError`]); [`to_status`] is the one
+//! place where an error becomes the `tonic::Status` a CRI client sees. The message carries the
+//! whole chain of causes, so the client learns what was wrong without reading crisp's logs.
+
+use std::error::Error;
+use tonic::{Code, Status};
+
+/// An error that knows the gRPC status code it answers with.
+pub trait GrpcError: Error {
+    fn code(&self) -> Code;
+}
+
+/// The message of an error and of every cause under it, joined by `: `. A cause whose text
+/// the error's own message already carries is not repeated.
+pub fn message_chain(err: &dyn Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// The status a client sees for `err`.
+pub fn to_status<E: GrpcError>(err: &E) -> Status {
+    Status::new(err.code(), message_chain(err))
+}
+
+/// The `UNIMPLEMENTED` answer for an RPC a later piece of work builds.
+pub fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not implemented by crisp yet"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Inner;
+    impl std::fmt::Display for Inner {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connection refused")
+        }
+    }
+    impl Error for Inner {}
+
+    #[derive(Debug)]
+    struct Outer(Inner);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("cannot reach containerd")
+        }
+    }
+    impl Error for Outer {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    impl GrpcError for Outer {
+        fn code(&self) -> Code {
+            Code::Unavailable
+        }
+    }
+
+    #[test]
+    fn status_carries_code_and_causes() {
+        let status = to_status(&Outer(Inner));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "cannot reach containerd: connection refused");
+    }
+}
