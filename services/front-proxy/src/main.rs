@@ -1,1 +1,48 @@
-fn main() {}
+//! `crisp-proxy`: owns the CRI socket the kubelet dials and routes each gRPC call by its path,
+//! undecoded, to the crisp service that answers it.
+
+use crisp_proxy::{Backends, Router, serve};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let (config, _telemetry) = crisp_grpc_server::start(
+        "crisp-proxy",
+        "crisp's front proxy: the CRI socket, routed to the image, runtime and streaming services",
+    );
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("crisp-proxy: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {
+    let mode = config.proxy_socket_mode()?;
+    let backends = Backends::from_config(&config.proxy);
+    backends.images.spawn_health_checks(config.proxy.health_check_interval);
+
+    let (listener, _socket) = crisp_grpc_server::UnixSocket::bind(&config.proxy.socket, mode).await?;
+    let image_listener = match &config.proxy.image_socket {
+        Some(path) => Some(crisp_grpc_server::UnixSocket::bind(path, mode).await?),
+        None => None,
+    };
+
+    let shutdown = tokio::sync::watch::channel(false);
+    let cri = tokio::spawn(serve(listener, Router::cri(backends.clone()), shutdown.1.clone()));
+    let images = image_listener.map(|(listener, socket)| {
+        let task = tokio::spawn(serve(listener, Router::images_only(backends.clone()), shutdown.1.clone()));
+        (task, socket)
+    });
+
+    crisp_grpc_server::shutdown_signal().await;
+    let _ = shutdown.0.send(true);
+    let _ = cri.await;
+    if let Some((task, _socket)) = images {
+        let _ = task.await;
+    }
+    Ok(())
+}

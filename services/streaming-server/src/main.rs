@@ -1,1 +1,44 @@
-fn main() {}
+//! `crisp-streaming`: the CRI streaming RPCs (Exec, Attach, PortForward) and the HTTP server
+//! their URLs lead to. The proxy routes only those three RPCs here.
+
+mod service;
+
+use crisp_containerd::Containerd;
+use crisp_proto::cri::runtime_service_server::RuntimeServiceServer;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let (config, _telemetry) = crisp_grpc_server::start(
+        "crisp-streaming",
+        "crisp's streaming server: Exec, Attach and PortForward",
+    );
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("crisp-streaming: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {
+    let containerd = Containerd::connect(&config.containerd.address, &config.containerd.namespace)?;
+    let version = containerd.wait_ready(config.containerd.connect_timeout).await?;
+    tracing::info!(containerd = %version.version, namespace = %containerd.namespace(), "connected to containerd");
+
+    let (listener, _socket) = crisp_grpc_server::UnixSocket::bind(&config.streaming.socket, 0o600).await?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RuntimeServiceServer<service::Streaming>>().await;
+
+    crisp_grpc_server::server()
+        .add_service(health_service)
+        .add_service(RuntimeServiceServer::new(service::Streaming))
+        .serve_with_incoming_shutdown(
+            crisp_grpc_server::UnixListenerStream::new(listener),
+            crisp_grpc_server::shutdown_signal(),
+        )
+        .await?;
+    Ok(())
+}

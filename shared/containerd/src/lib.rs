@@ -7,13 +7,11 @@
 
 use containerd_client::services::v1::version_client::VersionClient;
 use crisp_errors::GrpcError;
-use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Endpoint, Uri};
 
 pub use containerd_client;
 
@@ -90,24 +88,12 @@ pub struct ContainerdVersion {
     pub revision: String,
 }
 
-/// A tonic channel to a unix socket, connected on first use and reconnected after a failure.
-pub fn unix_channel(path: &Path, connect_timeout: Duration) -> tonic::transport::Channel {
-    let path = path.to_path_buf();
-    // The URI is required by the builder but unused: the connector dials the socket.
-    Endpoint::from_static("http://localhost")
-        .connect_timeout(connect_timeout)
-        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
-        }))
-}
-
 impl Containerd {
     /// Prepares a connection; nothing is dialled until the first call.
     pub fn connect(address: &Path, namespace: &str) -> Result<Self, ContainerdError> {
         let namespace_value = MetadataValue::try_from(namespace)
             .map_err(|_| ContainerdError::Namespace(namespace.to_string()))?;
-        let channel = unix_channel(address, Duration::from_secs(5));
+        let channel = crisp_grpc_server::unix_channel(address, Duration::from_secs(5));
         Ok(Self {
             channel: InterceptedService::new(channel, CallMetadata { namespace: namespace_value }),
             address: address.to_path_buf(),

@@ -1,4 +1,4 @@
-//! How a crisp service serves gRPC.
+//! gRPC over unix sockets, the way every crisp service serves and dials it.
 //!
 //! - [`start`]: parse the command line, load the configuration, install telemetry.
 //! - [`UnixSocket`]: bind a unix socket safely (a stale file is replaced, a live one is not),
@@ -6,8 +6,12 @@
 //! - [`server`]: a tonic server with a span on every RPC; add `tonic_health` beside the
 //!   service so the proxy can check it.
 //! - [`shutdown_signal`]: SIGINT or SIGTERM.
+//! - [`unix_channel`]: a client channel to a service's socket.
 
+mod dial;
 mod socket;
+
+pub use dial::unix_channel;
 
 pub use socket::{SocketError, UnixSocket};
 
