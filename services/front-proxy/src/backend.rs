@@ -43,8 +43,23 @@ impl Backend {
             Err(err) => Err(err),
         };
         result.map_err(|err| {
+            if is_timeout(&err) {
+                // The channel keeps the call's `grpc-timeout` too; that is the caller's deadline.
+                return crate::deadline::exceeded(&self.describe());
+            }
             tracing::warn!(backend = %self.describe(), error = %crisp_errors::message_chain(&err), "backend unavailable");
             tonic::Status::unavailable(format!("{} is unavailable: {}", self.describe(), crisp_errors::message_chain(&err)))
         })
     }
+}
+
+fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if err.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }

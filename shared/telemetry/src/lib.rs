@@ -39,7 +39,16 @@ pub struct Telemetry {
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        if let Err(err) = self.provider.shutdown() {
+        // The flush waits for the export task on the Tokio runtime: on one of the runtime's
+        // own threads, let the other threads run it meanwhile.
+        let flush = || self.provider.shutdown();
+        let result = match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(flush)
+            }
+            _ => flush(),
+        };
+        if let Err(err) = result {
             eprintln!("telemetry: flushing spans at shutdown failed: {err}");
         }
     }

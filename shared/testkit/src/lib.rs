@@ -1,1 +1,38 @@
+//! What crisp's tests run against, started for real on temp dirs and free sockets:
+//!
+//! - [`ContainerdProcess`]: a private containerd (its own root, state and socket; its CRI
+//!   plugin off), so tests never touch the node's containerd and can run side by side.
+//! - [`Stack`]: that containerd plus the four crisp services and the proxy, as a node runs
+//!   them; tests talk CRI to [`Stack::proxy_socket`] the way the kubelet does.
+//!
+//! Everything started is stopped when its handle is dropped.
 
+mod containerd;
+mod process;
+mod stack;
+
+pub use containerd::ContainerdProcess;
+pub use process::ServiceProcess;
+pub use stack::{Stack, StackOptions};
+
+use std::path::PathBuf;
+
+/// The directory holding crisp's built binaries: `CRISP_BIN_DIR`, or the cargo target
+/// directory the running test was built into (`target/<profile>/`).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("CRISP_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test binary>
+    let dir = exe
+        .parent()
+        .and_then(|deps| if deps.ends_with("deps") { deps.parent() } else { Some(deps) })
+        .ok_or_else(|| anyhow::anyhow!("cannot tell the target directory from {}", exe.display()))?;
+    Ok(dir.to_path_buf())
+}
+
+/// A CRI channel to a unix socket.
+pub fn cri_channel(socket: &std::path::Path) -> tonic::transport::Channel {
+    crisp_grpc_server::unix_channel(socket, std::time::Duration::from_secs(5))
+}
