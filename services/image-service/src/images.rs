@@ -1,0 +1,61 @@
+//! ListImages, ImageStatus and RemoveImage: reading and deleting the image records.
+
+use crate::error::ImageError;
+use crate::reference::ImageName;
+use crate::store::ImageStore;
+use crisp_proto::cri::{Image, ImageFilter};
+use std::collections::HashMap;
+
+/// Every image, or those the filter's image names.
+pub async fn list(store: &ImageStore, filter: Option<&ImageFilter>) -> Result<Vec<Image>, ImageError> {
+    let wanted = filter.and_then(|f| f.image.as_ref()).map(|spec| spec.image.as_str()).filter(|s| !s.is_empty());
+    match wanted {
+        None => Ok(store.list().await?.iter().map(|image| image.to_cri()).collect()),
+        Some(name) => {
+            let name = ImageName::parse(name)?;
+            Ok(store.find(&name).await?.iter().map(|image| image.to_cri()).collect())
+        }
+    }
+}
+
+/// The image named `name`, and with `verbose` containerd's `info` entry: the image config as
+/// `{"chainID": .., "imageSpec": <config>}` JSON. An unknown image is `None`, not an error.
+pub async fn status(
+    store: &ImageStore,
+    name: &str,
+    verbose: bool,
+) -> Result<(Option<Image>, HashMap<String, String>), ImageError> {
+    let name = ImageName::parse(name)?;
+    let Some(image) = store.find(&name).await? else {
+        return Ok((None, HashMap::new()));
+    };
+    let mut info = HashMap::new();
+    if verbose {
+        let chain = crate::oci::chain_ids(&image.details.config.rootfs.diff_ids);
+        let value = serde_json::json!({
+            "chainID": chain.last().cloned().unwrap_or_default(),
+            "imageSpec": image.details.config_json,
+        });
+        info.insert("info".to_string(), value.to_string());
+    }
+    Ok((Some(image.to_cri()), info))
+}
+
+/// Removes the image `name` names with every name it has; an absent image is removed already.
+pub async fn remove(store: &ImageStore, name: &str) -> Result<(), ImageError> {
+    let name = ImageName::parse(name)?;
+    let Some(image) = store.find(&name).await? else {
+        return Ok(());
+    };
+    // The id record goes last, with containerd's garbage collection run synchronously so the
+    // content and snapshots are gone when the call returns.
+    let (id_records, names): (Vec<_>, Vec<_>) = image.record_names.iter().partition(|n| **n == image.id);
+    for record in names {
+        store.delete(record, false).await?;
+    }
+    for record in id_records {
+        store.delete(record, true).await?;
+    }
+    tracing::info!(id = %image.id, tags = ?image.repo_tags, digests = ?image.repo_digests, "removed image");
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Getting one blob into containerd's content store: skipped when present, otherwise streamed
+//! from the registry into an ingest (resuming what an earlier try left) and committed with its
+//! expected digest and size, so containerd keeps it only if every byte matches.
+
+use super::progress::Progress;
+use crate::content::{self, Ingest, Opened};
+use crate::error::PullError;
+use crate::oci::Descriptor;
+use crate::registry::Registry;
+use bytes::{Bytes, BytesMut};
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::StatusRequest;
+use crisp_containerd::{Containerd, ContainerdError};
+use std::collections::HashMap;
+use std::time::Duration;
+use tonic::Code;
+use tracing::Instrument;
+
+/// Bytes sent to containerd per write.
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// The blob's kind, as containerd names ingests (`layer-sha256:...`).
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Index,
+    Manifest,
+    Config,
+    Layer,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Index => "index",
+            Kind::Manifest => "manifest",
+            Kind::Config => "config",
+            Kind::Layer => "layer",
+        }
+    }
+}
+
+/// Where a blob's bytes come from.
+pub enum Source<'a> {
+    /// Already in memory (a manifest read to resolve the reference); checked here too.
+    Bytes(&'a [u8]),
+    Registry(&'a Registry),
+}
+
+/// Makes sure the blob `desc` is in the content store with `labels`.
+pub async fn ensure(
+    containerd: &Containerd,
+    lease: &str,
+    kind: Kind,
+    desc: &Descriptor,
+    source: Source<'_>,
+    labels: HashMap<String, String>,
+    progress: &Progress,
+) -> Result<(), PullError> {
+    let span = tracing::info_span!("blob", kind = kind.name(), digest = %desc.digest, size = desc.size);
+    async {
+        if let Source::Bytes(bytes) = &source {
+            check_in_memory(kind, desc, bytes)?;
+        }
+        let reference = format!("{}-{}", kind.name(), desc.digest);
+        let mut waited_offset = None;
+        loop {
+            if content::blob_info(containerd, &desc.digest).await?.is_some() {
+                // Present: hold it in this pull's lease and label it.
+                content::set_labels(containerd, Some(lease), &desc.digest, labels.clone()).await?;
+                progress.step();
+                tracing::debug!("already in the content store");
+                return Ok(());
+            }
+            match Ingest::open(containerd, lease, &reference, desc.size, &desc.digest).await? {
+                Opened::Exists => continue,
+                Opened::Locked => {
+                    // Another pull writes it: wait, counting its progress as ours.
+                    let offset = ingest_offset(containerd, &reference).await;
+                    if let (Some(now), Some(before)) = (offset, waited_offset) {
+                        if now > before {
+                            progress.add_bytes((now - before) as u64);
+                        }
+                    }
+                    waited_offset = offset.or(waited_offset);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Opened::Ingest(ingest) => {
+                    let result = write(ingest, kind, desc, &source, labels.clone(), progress).await;
+                    match result {
+                        Ok(()) => {
+                            progress.step();
+                            tracing::debug!("stored");
+                            return Ok(());
+                        }
+                        Err(err @ PullError::DigestMismatch { .. }) => {
+                            content::abort(containerd, &reference).await;
+                            return Err(err);
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn check_in_memory(kind: Kind, desc: &Descriptor, bytes: &[u8]) -> Result<(), PullError> {
+    let digest = crate::digest::sha256_of(bytes);
+    if digest != desc.digest || bytes.len() as i64 != desc.size {
+        return Err(PullError::DigestMismatch {
+            what: kind.name(),
+            digest: desc.digest.clone(),
+            detail: format!("{} bytes with digest {digest}", bytes.len()),
+        });
+    }
+    Ok(())
+}
+
+async fn ingest_offset(containerd: &Containerd, reference: &str) -> Option<i64> {
+    ContentClient::new(containerd.channel())
+        .status(StatusRequest { r#ref: reference.to_string() })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().status)
+        .map(|s| s.offset)
+}
+
+async fn write(
+    mut ingest: Ingest,
+    kind: Kind,
+    desc: &Descriptor,
+    source: &Source<'_>,
+    labels: HashMap<String, String>,
+    progress: &Progress,
+) -> Result<(), PullError> {
+    match source {
+        Source::Bytes(bytes) => {
+            if ingest.offset != 0 {
+                ingest.restart().await?;
+            }
+            ingest.write(Bytes::copy_from_slice(bytes)).await?;
+            progress.add_bytes(bytes.len() as u64);
+        }
+        Source::Registry(registry) => {
+            if ingest.offset > desc.size {
+                ingest.restart().await?;
+            }
+            if ingest.offset > 0 {
+                tracing::info!(offset = ingest.offset, "resuming a partial download");
+            }
+            if ingest.offset < desc.size {
+                let (mut response, ranged) = registry.fetch_blob(&desc.digest, ingest.offset as u64).await?;
+                if ingest.offset > 0 && !ranged {
+                    ingest.restart().await?;
+                }
+                let mut buffer = BytesMut::with_capacity(WRITE_CHUNK);
+                loop {
+                    let chunk = match response.chunk().await {
+                        Ok(Some(chunk)) => chunk,
+                        Ok(None) => break,
+                        Err(source) => {
+                            if !buffer.is_empty() {
+                                ingest.write(buffer.split().freeze()).await?;
+                            }
+                            return Err(PullError::Registry(crate::registry::RegistryError::Unreachable {
+                                host: response.url().host_str().unwrap_or_default().to_string(),
+                                source,
+                            }));
+                        }
+                    };
+                    progress.add_bytes(chunk.len() as u64);
+                    if ingest.offset + (buffer.len() + chunk.len()) as i64 > desc.size {
+                        return Err(PullError::DigestMismatch {
+                            what: kind.name(),
+                            digest: desc.digest.clone(),
+                            detail: format!("more than the {} bytes its descriptor says", desc.size),
+                        });
+                    }
+                    buffer.extend_from_slice(&chunk);
+                    if buffer.len() >= WRITE_CHUNK {
+                        ingest.write(buffer.split().freeze()).await?;
+                    }
+                }
+                if !buffer.is_empty() {
+                    ingest.write(buffer.split().freeze()).await?;
+                }
+            }
+        }
+    }
+    if ingest.offset != desc.size {
+        return Err(PullError::Registry(crate::registry::RegistryError::Status {
+            host: String::new(),
+            status: http::StatusCode::PARTIAL_CONTENT,
+            what: format!("blob {} (the body ended at {} of {} bytes)", desc.digest, ingest.offset, desc.size),
+            detail: String::new(),
+        }));
+    }
+    match ingest.commit(labels).await {
+        Ok(()) => Ok(()),
+        Err(ContainerdError::Call { source, .. })
+            if matches!(source.code(), Code::FailedPrecondition | Code::InvalidArgument)
+                && source.message().contains("digest") =>
+        {
+            Err(PullError::DigestMismatch {
+                what: kind.name(),
+                digest: desc.digest.clone(),
+                detail: format!("bytes containerd rejected ({})", source.message()),
+            })
+        }
+        Err(err) => Err(err.into()),
+    }
+}

@@ -1,0 +1,143 @@
+//! Concurrent pulls of one image in this process share one pull. The pull runs in its own
+//! task; it is cancelled when the last caller waiting for it goes away (its deadline passed or
+//! it hung up).
+
+use crate::error::PullError;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub type PullResult = Result<String, Arc<PullError>>;
+
+struct Flight {
+    id: u64,
+    result: watch::Receiver<Option<PullResult>>,
+    waiters: usize,
+    cancel: CancellationToken,
+}
+
+#[derive(Clone, Default)]
+pub struct Coalescer {
+    flights: Arc<Mutex<HashMap<String, Flight>>>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// One caller's wait on a flight; dropping it leaves the flight.
+struct Waiter {
+    coalescer: Coalescer,
+    key: String,
+    id: u64,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut flights = self.coalescer.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(flight) = flights.get_mut(&self.key).filter(|f| f.id == self.id) {
+            flight.waiters -= 1;
+            if flight.waiters == 0 {
+                flight.cancel.cancel();
+                flights.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Coalescer {
+    /// Joins the pull for `key`, starting it with `start` when none runs.
+    pub async fn join<F, Fut>(&self, key: &str, start: F) -> PullResult
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = PullResult> + Send + 'static,
+    {
+        let (mut result, waiter) = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            match flights.get_mut(key) {
+                Some(flight) => {
+                    flight.waiters += 1;
+                    tracing::info!(image = key, waiters = flight.waiters, "joining a pull already running");
+                    let waiter = Waiter { coalescer: self.clone(), key: key.to_string(), id: flight.id };
+                    (flight.result.clone(), waiter)
+                }
+                None => {
+                    let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let cancel = CancellationToken::new();
+                    let (sender, receiver) = watch::channel(None);
+                    let pull = start(cancel.clone());
+                    let flights_ref = self.flights.clone();
+                    let key_owned = key.to_string();
+                    tokio::spawn(async move {
+                        let outcome = pull.await;
+                        // Later callers start afresh (and find the image in containerd).
+                        {
+                            let mut flights = flights_ref.lock().unwrap_or_else(|p| p.into_inner());
+                            if flights.get(&key_owned).is_some_and(|f| f.id == id) {
+                                flights.remove(&key_owned);
+                            }
+                        }
+                        let _ = sender.send(Some(outcome));
+                    });
+                    flights.insert(key.to_string(), Flight { id, result: receiver.clone(), waiters: 1, cancel });
+                    (receiver, Waiter { coalescer: self.clone(), key: key.to_string(), id })
+                }
+            }
+        };
+        let outcome = loop {
+            if let Some(outcome) = result.borrow_and_update().clone() {
+                break outcome;
+            }
+            if result.changed().await.is_err() {
+                break Err(Arc::new(PullError::Internal("the pull task ended without a result".into())));
+            }
+        };
+        drop(waiter);
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn concurrent_joins_share_one_pull() {
+        let coalescer = Coalescer::default();
+        let starts = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let coalescer = coalescer.clone();
+            let starts = starts.clone();
+            tasks.push(tokio::spawn(async move {
+                coalescer
+                    .join("img", |_| {
+                        starts.fetch_add(1, Ordering::SeqCst);
+                        async {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            Ok("sha256:x".to_string())
+                        }
+                    })
+                    .await
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap(), "sha256:x");
+        }
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn last_waiter_leaving_cancels() {
+        let coalescer = Coalescer::default();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let joined = coalescer.join("img", |cancel| async move {
+            cancel.cancelled().await;
+            let _ = tx.send(());
+            Err(Arc::new(PullError::Cancelled))
+        });
+        assert!(tokio::time::timeout(Duration::from_millis(100), joined).await.is_err());
+        tokio::time::timeout(Duration::from_secs(1), rx).await.unwrap().unwrap();
+    }
+}

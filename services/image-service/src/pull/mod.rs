@@ -1,0 +1,379 @@
+//! PullImage: resolve the reference at the registry, store index, manifest, config and layers
+//! in containerd's content store under a lease (layers downloading in parallel while earlier
+//! ones unpack in chain order), then create the image records, then drop the lease.
+
+mod blob;
+mod coalesce;
+mod progress;
+
+use crate::content;
+use crate::error::{ImageError, PullError};
+use crate::hosts;
+use crate::oci::{self, Descriptor};
+use crate::reference::Reference;
+use crate::registry::auth::Credentials;
+use crate::registry::{Clients, Registry};
+use crate::store::{ImageStore, record_name};
+use crate::unpack;
+use blob::{Kind, Source};
+use coalesce::{Coalescer, PullResult};
+use crisp_config::ImageConfig;
+use crisp_containerd::Containerd;
+use crisp_proto::cri::AuthConfig;
+use progress::Progress;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::{Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Pulls images into containerd.
+#[derive(Clone)]
+pub struct Puller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    containerd: Containerd,
+    store: ImageStore,
+    clients: Clients,
+    config: ImageConfig,
+    coalescer: Coalescer,
+    /// The sandbox image's record name, pinned whenever it is pulled.
+    sandbox_image: Option<String>,
+}
+
+impl Puller {
+    pub fn new(containerd: Containerd, store: ImageStore, config: ImageConfig) -> Self {
+        let sandbox_image = Reference::parse(&config.sandbox_image).ok().map(|r| record_name(&r));
+        Self {
+            inner: Arc::new(Inner {
+                containerd,
+                store,
+                clients: Clients::default(),
+                config,
+                coalescer: Coalescer::default(),
+                sandbox_image,
+            }),
+        }
+    }
+
+    /// Pulls `image` and answers its id (`sha256:<config digest>`). `deadline` is the caller's.
+    pub async fn pull(
+        &self,
+        image: &str,
+        auth: Option<&AuthConfig>,
+        deadline: Option<Duration>,
+    ) -> Result<String, ImageError> {
+        let reference = Reference::parse(image)?;
+        let wrap = |source: Arc<PullError>| ImageError::Pull { image: reference.to_string(), source };
+        let credentials = match auth.map(Credentials::from_cri).transpose() {
+            Ok(creds) => creds.flatten(),
+            Err(err) => return Err(wrap(Arc::new(err.into()))),
+        };
+        // Pulls with different credentials do not share: one caller's bad password must not
+        // fail (or succeed) another's pull.
+        let key = format!("{reference}#{}", credentials_key(credentials.as_ref()));
+        let inner = self.inner.clone();
+        let pull_reference = reference.clone();
+        let joined = self.inner.coalescer.join(&key, move |cancel| async move {
+            inner.run(pull_reference, credentials, cancel).await
+        });
+        let outcome: PullResult = match deadline {
+            Some(deadline) => match tokio::time::timeout(deadline, joined).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Arc::new(PullError::DeadlineExceeded(deadline))),
+            },
+            None => joined.await,
+        };
+        outcome.map_err(wrap)
+    }
+}
+
+fn credentials_key(credentials: Option<&Credentials>) -> String {
+    use std::hash::{Hash, Hasher};
+    let Some(c) = credentials else { return "anonymous".into() };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (&c.username, &c.password, &c.identity_token, &c.registry_token).hash(&mut hasher);
+    format!("{:x}", hasher.finish())
+}
+
+impl Inner {
+    /// One pull, in its own task: under a lease, stopped by `cancel` or a stall.
+    async fn run(self: Arc<Self>, reference: Reference, credentials: Option<Credentials>, cancel: CancellationToken) -> PullResult {
+        let span = tracing::info_span!("pull", image = %reference);
+        async move {
+            let started = std::time::Instant::now();
+            let lease = content::create_lease(&self.containerd, &reference.to_string())
+                .await
+                .map_err(|e| Arc::new(PullError::from(e)))?;
+            let progress = Progress::default();
+            let image = reference.to_string();
+            let outcome = tokio::select! {
+                outcome = self.pull(&reference, credentials, &lease, &progress) => outcome,
+                stalled = progress::watchdog(&progress, self.config.pull_progress_timeout, &image) => Err(stalled),
+                _ = cancel.cancelled() => Err(PullError::Cancelled),
+            };
+            if let Err(err) = content::delete_lease(&self.containerd, &lease).await {
+                tracing::warn!(lease, error = %err, "deleting the pull's lease failed; it expires by itself");
+            }
+            let bytes = progress.bytes.load(Ordering::Relaxed);
+            match &outcome {
+                Ok(id) => tracing::info!(id, bytes, elapsed = ?started.elapsed(), "pulled"),
+                Err(err) => tracing::warn!(error = %crisp_errors::message_chain(err), bytes, elapsed = ?started.elapsed(), "pull failed"),
+            }
+            outcome.map_err(Arc::new)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn pull(
+        &self,
+        reference: &Reference,
+        credentials: Option<Credentials>,
+        lease: &str,
+        progress: &Progress,
+    ) -> Result<String, PullError> {
+        let hosts = hosts::hosts_for(self.config.registry_config_path.as_deref(), &reference.domain)?;
+        let registry = Registry::new(&self.clients, reference.clone(), hosts, credentials)?;
+        let top = registry.resolve().await?;
+        if let Some(digest) = &reference.digest {
+            if &top.digest != digest {
+                return Err(PullError::DigestMismatch {
+                    what: "manifest",
+                    digest: digest.clone(),
+                    detail: format!("content with digest {}", top.digest),
+                });
+            }
+        }
+        let top_desc = Descriptor {
+            media_type: top.media_type.clone(),
+            digest: top.digest.clone(),
+            size: top.bytes.len() as i64,
+            platform: None,
+            annotations: None,
+        };
+        let source_label = (
+            format!("containerd.io/distribution.source.{}", reference.domain),
+            reference.path.clone(),
+        );
+
+        // The platform manifest: the top object, or picked from the index.
+        let (manifest_desc, manifest_bytes) = if oci::is_index(&top.media_type) {
+            let index: oci::Index = serde_json::from_slice(&top.bytes).map_err(|e| PullError::Malformed {
+                what: "index",
+                digest: top.digest.clone(),
+                detail: e.to_string(),
+            })?;
+            let platform = oci::host_platform();
+            let chosen = oci::pick_platform(&index, &platform)
+                .ok_or_else(|| PullError::NoPlatform(format!("{}/{}", platform.os, platform.architecture)))?
+                .clone();
+            let labels = HashMap::from([
+                ("containerd.io/gc.ref.content.m.0".to_string(), chosen.digest.clone()),
+                source_label.clone(),
+            ]);
+            blob::ensure(&self.containerd, lease, Kind::Index, &top_desc, Source::Bytes(&top.bytes), labels, progress)
+                .await?;
+            let fetched = registry.fetch_manifest(&chosen.digest, false).await?;
+            (chosen, fetched.bytes)
+        } else if oci::is_manifest(&top.media_type) {
+            (top_desc.clone(), top.bytes.clone())
+        } else {
+            return Err(PullError::UnsupportedMediaType(top.media_type.clone()));
+        };
+        let manifest: oci::Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| PullError::Malformed {
+            what: "manifest",
+            digest: manifest_desc.digest.clone(),
+            detail: e.to_string(),
+        })?;
+        let mut manifest_labels = HashMap::from([
+            ("containerd.io/gc.ref.content.config".to_string(), manifest.config.digest.clone()),
+            source_label.clone(),
+        ]);
+        for (i, layer) in manifest.layers.iter().enumerate() {
+            manifest_labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), layer.digest.clone());
+        }
+        blob::ensure(
+            &self.containerd,
+            lease,
+            Kind::Manifest,
+            &manifest_desc,
+            Source::Bytes(&manifest_bytes),
+            manifest_labels,
+            progress,
+        )
+        .await?;
+
+        // The config: fetched (small) to learn the diff ids; the snapshot label names the top
+        // of the chain so containerd's GC keeps the unpacked layers with the image.
+        let config_bytes = self.config_bytes(&registry, &manifest.config).await?;
+        let config: oci::ImageConfig = serde_json::from_slice(&config_bytes).map_err(|e| PullError::Malformed {
+            what: "config",
+            digest: manifest.config.digest.clone(),
+            detail: e.to_string(),
+        })?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(PullError::Malformed {
+                what: "config",
+                digest: manifest.config.digest.clone(),
+                detail: format!(
+                    "it lists {} diff ids for {} layers",
+                    config.rootfs.diff_ids.len(),
+                    manifest.layers.len()
+                ),
+            });
+        }
+        let chain = oci::chain_ids(&config.rootfs.diff_ids);
+        let snapshotter = self.config.snapshotter.clone();
+        let mut config_labels = HashMap::from([source_label.clone()]);
+        if let Some(top_chain) = chain.last() {
+            config_labels.insert(format!("containerd.io/gc.ref.snapshot.{snapshotter}"), top_chain.clone());
+        }
+        blob::ensure(
+            &self.containerd,
+            lease,
+            Kind::Config,
+            &manifest.config,
+            Source::Bytes(&config_bytes),
+            config_labels,
+            progress,
+        )
+        .await?;
+
+        progress
+            .total
+            .store(manifest.layers.iter().map(|l| l.size.max(0) as u64).sum(), Ordering::Relaxed);
+        self.layers(&registry, lease, &manifest.layers, &config.rootfs.diff_ids, &chain, &source_label, progress)
+            .await?;
+
+        // Everything is in place: the records, then (by the caller) the lease goes.
+        let target = containerd_client::types::Descriptor {
+            media_type: top.media_type.clone(),
+            digest: top.digest.clone(),
+            size: top.bytes.len() as i64,
+            annotations: Default::default(),
+        };
+        let id = manifest.config.digest.clone();
+        let mut names = Vec::new();
+        if let Some(tagged) = reference.tagged() {
+            names.push(tagged);
+        }
+        names.push(reference.with_digest(&top.digest));
+        let pinned = names.iter().any(|n| Some(n) == self.sandbox_image.as_ref());
+        for name in names.iter().chain(std::iter::once(&id)) {
+            self.store.put(name, &target, pinned).await?;
+        }
+        Ok(id)
+    }
+
+    async fn config_bytes(&self, registry: &Registry, desc: &Descriptor) -> Result<Vec<u8>, PullError> {
+        if content::blob_info(&self.containerd, &desc.digest).await?.is_some() {
+            return Ok(content::read_blob(&self.containerd, &desc.digest).await?);
+        }
+        let (mut response, _) = registry.fetch_blob(&desc.digest, 0).await?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|source| {
+            PullError::Registry(crate::registry::RegistryError::Unreachable {
+                host: response.url().host_str().unwrap_or_default().to_string(),
+                source,
+            })
+        })? {
+            if bytes.len() + chunk.len() > desc.size.max(0) as usize {
+                break;
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        // Checked against its digest when stored (Source::Bytes).
+        Ok(bytes)
+    }
+
+    /// Downloads every layer (at most `max_concurrent_downloads` at once) and unpacks the
+    /// missing part of the chain in order, each layer as soon as it and its parent are there.
+    #[allow(clippy::too_many_arguments)]
+    async fn layers(
+        &self,
+        registry: &Registry,
+        lease: &str,
+        layers: &[Descriptor],
+        diff_ids: &[String],
+        chain: &[String],
+        source_label: &(String, String),
+        progress: &Progress,
+    ) -> Result<(), PullError> {
+        let snapshotter = &self.config.snapshotter;
+        // The longest prefix of the chain already unpacked (a committed snapshot implies its
+        // parents).
+        let mut unpacked = 0;
+        for i in (0..chain.len()).rev() {
+            if unpack::snapshot_exists(&self.containerd, snapshotter, &chain[i]).await? {
+                unpacked = i + 1;
+                break;
+            }
+        }
+        let limit = Semaphore::new(self.config.max_concurrent_downloads.max(1));
+        let mut done = Vec::new();
+        let mut downloads = Vec::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let (tx, rx) = oneshot::channel::<()>();
+            done.push(rx);
+            let labels = HashMap::from([
+                ("containerd.io/uncompressed".to_string(), diff_ids[i].clone()),
+                source_label.clone(),
+            ]);
+            let limit = &limit;
+            downloads.push(async move {
+                let _permit = limit.acquire().await.map_err(|_| PullError::Internal("semaphore closed".into()))?;
+                blob::ensure(&self.containerd, lease, Kind::Layer, layer, Source::Registry(registry), labels, progress)
+                    .await?;
+                let _ = tx.send(());
+                Ok::<(), PullError>(())
+            });
+        }
+        let download_all = async {
+            futures::future::try_join_all(downloads).await?;
+            Ok::<(), PullError>(())
+        };
+        let unpack_all = async {
+            for (i, ready) in done.into_iter().enumerate() {
+                if i < unpacked {
+                    continue;
+                }
+                // A dropped sender means that download failed; try_join_all reports it.
+                if ready.await.is_err() {
+                    return std::future::pending().await;
+                }
+                let layer = &layers[i];
+                let span = tracing::info_span!("unpack", layer = %layer.digest, chain_id = %chain[i]);
+                progress.unpacking.fetch_add(1, Ordering::Relaxed);
+                let result = unpack::unpack_layer(
+                    &self.containerd,
+                    snapshotter,
+                    lease,
+                    unpack::Layer {
+                        descriptor: containerd_client::types::Descriptor {
+                            media_type: layer.media_type.clone(),
+                            digest: layer.digest.clone(),
+                            size: layer.size,
+                            annotations: Default::default(),
+                        },
+                        diff_id: &diff_ids[i],
+                        chain_id: &chain[i],
+                        parent: i.checked_sub(1).map(|p| chain[p].as_str()),
+                    },
+                )
+                .instrument(span)
+                .await;
+                progress.unpacking.fetch_sub(1, Ordering::Relaxed);
+                result?;
+                progress.step();
+            }
+            Ok::<(), PullError>(())
+        };
+        tokio::try_join!(download_all, unpack_all)?;
+        Ok(())
+    }
+}

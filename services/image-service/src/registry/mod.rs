@@ -1,0 +1,411 @@
+//! A registry v2 client for one pull: resolves a reference to a manifest, fetches manifests
+//! and blobs, trying each configured host (mirrors first) in order, answering auth challenges.
+
+pub mod auth;
+
+use crate::hosts::RegistryHost;
+use crate::oci;
+use crate::reference::Reference;
+use auth::{Challenge, Credentials, parse_challenge};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// The largest manifest or index accepted.
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry {host} is unreachable: {source}")]
+    Unreachable { host: String, source: reqwest::Error },
+    #[error("{what} not found at {host}")]
+    NotFound { host: String, what: String },
+    #[error("registry {host} refused the credentials ({status}){detail}")]
+    Unauthenticated { host: String, status: StatusCode, detail: String },
+    #[error("registry {host} denied access ({status}){detail}")]
+    Denied { host: String, status: StatusCode, detail: String },
+    #[error("registry {host} answered {status} for {what}{detail}")]
+    Status { host: String, status: StatusCode, what: String, detail: String },
+    #[error("manifest {what} from {host} is larger than 4 MiB")]
+    ManifestTooLarge { host: String, what: String },
+    #[error("TLS setup for {host}: {detail}")]
+    Tls { host: String, detail: String },
+    #[error("token request to {realm} failed: {detail}")]
+    Token { realm: String, detail: String },
+}
+
+impl RegistryError {
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            RegistryError::Unreachable { .. } => Code::Unavailable,
+            RegistryError::NotFound { .. } => Code::NotFound,
+            RegistryError::Unauthenticated { .. } => Code::Unauthenticated,
+            RegistryError::Denied { .. } => Code::PermissionDenied,
+            RegistryError::Status { status, .. } if status.is_server_error() => Code::Unavailable,
+            RegistryError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
+            RegistryError::Status { .. } => Code::Unknown,
+            RegistryError::ManifestTooLarge { .. } => Code::InvalidArgument,
+            RegistryError::Tls { .. } => Code::FailedPrecondition,
+            RegistryError::Token { .. } => Code::Unauthenticated,
+        }
+    }
+
+    /// Whether the next host may answer better (a mirror missing the image, down, or failing).
+    fn try_next_host(&self) -> bool {
+        !matches!(self, RegistryError::ManifestTooLarge { .. })
+    }
+}
+
+/// HTTP clients shared by every pull, one per TLS setting (a `ca` list or `skip_verify`).
+#[derive(Default, Clone)]
+pub struct Clients {
+    clients: Arc<Mutex<HashMap<(bool, Vec<PathBuf>), reqwest::Client>>>,
+}
+
+impl Clients {
+    fn client_for(&self, host: &RegistryHost) -> Result<reqwest::Client, RegistryError> {
+        let key = (host.skip_verify, host.ca.clone());
+        let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let tls = |detail: String| RegistryError::Tls { host: host.host.clone(), detail };
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("crisp/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::limited(10))
+            .danger_accept_invalid_certs(host.skip_verify);
+        for ca in &host.ca {
+            let pem = std::fs::read(ca).map_err(|e| tls(format!("reading ca {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| tls(format!("parsing ca {}: {e}", ca.display())))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().map_err(|e| tls(e.to_string()))?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+/// The manifest (or index) a reference points at.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub media_type: String,
+    pub digest: String,
+    pub bytes: Bytes,
+}
+
+struct Host {
+    config: RegistryHost,
+    client: reqwest::Client,
+    /// The `Authorization` value that worked last on this host.
+    authorization: Mutex<Option<HeaderValue>>,
+}
+
+/// A registry session for one repository.
+pub struct Registry {
+    reference: Reference,
+    hosts: Vec<Host>,
+    credentials: Option<Credentials>,
+}
+
+impl Registry {
+    pub fn new(
+        clients: &Clients,
+        reference: Reference,
+        hosts: Vec<RegistryHost>,
+        credentials: Option<Credentials>,
+    ) -> Result<Registry, RegistryError> {
+        let hosts = hosts
+            .into_iter()
+            .map(|config| {
+                let client = clients.client_for(&config)?;
+                let authorization = Mutex::new(
+                    credentials
+                        .as_ref()
+                        .filter(|c| !c.registry_token.is_empty())
+                        .and_then(|c| HeaderValue::from_str(&format!("Bearer {}", c.registry_token)).ok()),
+                );
+                Ok(Host { config, client, authorization })
+            })
+            .collect::<Result<Vec<_>, RegistryError>>()?;
+        Ok(Registry { reference, hosts, credentials })
+    }
+
+    /// Fetches what the reference names (by digest if it has one, else by tag).
+    pub async fn resolve(&self) -> Result<Fetched, RegistryError> {
+        let by_digest = self.reference.digest.is_some();
+        self.fetch_manifest(self.reference.object(), !by_digest).await
+    }
+
+    /// Fetches a manifest or index by tag or digest. When fetched by digest its bytes are
+    /// checked against it by the caller.
+    pub async fn fetch_manifest(&self, object: &str, needs_resolve: bool) -> Result<Fetched, RegistryError> {
+        let what = format!("manifest {}:{object}", self.reference.repository());
+        self.each_host(needs_resolve, |host| {
+            let what = what.clone();
+            async move {
+                let url = self.url(host, &format!("manifests/{object}"));
+                let response = self
+                    .send(host, &url, Some(oci::MANIFEST_ACCEPT), None, &what)
+                    .await?;
+                let header_type = response
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
+                if response.content_length().is_some_and(|len| len as usize > MAX_MANIFEST_BYTES) {
+                    return Err(RegistryError::ManifestTooLarge { host: host.config.host.clone(), what });
+                }
+                let bytes = read_limited(response, MAX_MANIFEST_BYTES, &host.config.host, &what).await?;
+                let media_type = media_type_of(&bytes).or(header_type).unwrap_or_default();
+                let digest = crate::digest::sha256_of(&bytes);
+                Ok(Fetched { media_type, digest, bytes })
+            }
+        })
+        .await
+    }
+
+    /// Starts a blob download at `offset`; the response's body is the rest of the blob.
+    /// Returns whether the host honoured the range (else the body starts at 0).
+    pub async fn fetch_blob(&self, digest: &str, offset: u64) -> Result<(reqwest::Response, bool), RegistryError> {
+        let what = format!("blob {digest} of {}", self.reference.repository());
+        self.each_host(false, |host| {
+            let what = what.clone();
+            async move {
+                let url = self.url(host, &format!("blobs/{digest}"));
+                let range = (offset > 0).then(|| format!("bytes={offset}-"));
+                let response = self.send(host, &url, None, range.as_deref(), &what).await?;
+                let ranged = response.status() == StatusCode::PARTIAL_CONTENT;
+                Ok((response, ranged))
+            }
+        })
+        .await
+    }
+
+    async fn each_host<'a, T, F, Fut>(&'a self, needs_resolve: bool, mut call: F) -> Result<T, RegistryError>
+    where
+        F: FnMut(&'a Host) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let mut last = None;
+        for host in self.hosts.iter().filter(|h| !needs_resolve || h.config.resolve) {
+            match call(host).await {
+                Ok(value) => return Ok(value),
+                Err(err) if err.try_next_host() => {
+                    tracing::debug!(host = %host.config.base(), error = %err, "registry host failed; trying the next");
+                    last = Some(err);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| RegistryError::NotFound {
+            host: self.reference.domain.clone(),
+            what: "a host that may resolve tags (hosts.toml capabilities)".into(),
+        }))
+    }
+
+    fn url(&self, host: &Host, tail: &str) -> String {
+        let mut url = format!("{}/{}/{tail}", host.config.base(), self.reference.path);
+        if host.config.mirror {
+            url.push_str("?ns=");
+            url.push_str(&self.reference.domain);
+        }
+        url
+    }
+
+    /// GETs `url`, answering one auth challenge, and maps failure statuses to errors.
+    async fn send(
+        &self,
+        host: &Host,
+        url: &str,
+        accept: Option<&str>,
+        range: Option<&str>,
+        what: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let name = host.config.host.clone();
+        let mut answered_challenge = false;
+        loop {
+            let mut request = host.client.get(url);
+            if let Some(accept) = accept {
+                request = request.header(header::ACCEPT, accept);
+            }
+            if let Some(range) = range {
+                request = request.header(header::RANGE, range);
+            }
+            let authorization = host.authorization.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(value) = authorization {
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|source| RegistryError::Unreachable { host: name.clone(), source })?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(response);
+            }
+            if status == StatusCode::UNAUTHORIZED && !answered_challenge {
+                let challenge = response
+                    .headers()
+                    .get(header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_challenge);
+                if let Some(challenge) = challenge {
+                    if let Some(value) = self.authorize(host, &challenge).await? {
+                        *host.authorization.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+                        answered_challenge = true;
+                        continue;
+                    }
+                }
+            }
+            let detail = error_detail(response).await;
+            return Err(match status {
+                StatusCode::UNAUTHORIZED => RegistryError::Unauthenticated { host: name, status, detail },
+                StatusCode::FORBIDDEN => RegistryError::Denied { host: name, status, detail },
+                StatusCode::NOT_FOUND => RegistryError::NotFound { host: name, what: what.to_string() },
+                _ => RegistryError::Status { host: name, status, what: what.to_string(), detail },
+            });
+        }
+    }
+
+    /// The `Authorization` header answering `challenge`, or None when there is nothing to
+    /// answer with (anonymous access refused).
+    async fn authorize(&self, host: &Host, challenge: &Challenge) -> Result<Option<HeaderValue>, RegistryError> {
+        match challenge.scheme.as_str() {
+            "basic" => Ok(self
+                .credentials
+                .as_ref()
+                .and_then(|c| c.basic())
+                .and_then(|v| HeaderValue::from_str(&v).ok())),
+            "bearer" => {
+                let Some(realm) = challenge.params.get("realm") else { return Ok(None) };
+                let token = self.bearer_token(host, realm, challenge).await?;
+                Ok(HeaderValue::from_str(&format!("Bearer {token}")).ok())
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn bearer_token(&self, host: &Host, realm: &str, challenge: &Challenge) -> Result<String, RegistryError> {
+        let token_err = |detail: String| RegistryError::Token { realm: realm.to_string(), detail };
+        let service = challenge.params.get("service").cloned().unwrap_or_default();
+        let scope = challenge
+            .params
+            .get("scope")
+            .cloned()
+            .unwrap_or_else(|| format!("repository:{}:pull", self.reference.path));
+        let refresh = self.credentials.as_ref().filter(|c| !c.identity_token.is_empty());
+        let request = if let Some(creds) = refresh {
+            // OAuth2: exchange the identity (refresh) token.
+            let form = [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", creds.identity_token.as_str()),
+                ("service", service.as_str()),
+                ("scope", scope.as_str()),
+                ("client_id", "crisp"),
+            ];
+            host.client.post(realm).form(&form)
+        } else {
+            let mut request = host.client.get(realm).query(&[("service", service.as_str()), ("scope", scope.as_str())]);
+            if let Some(basic) = self.credentials.as_ref().and_then(|c| c.basic()) {
+                request = request.header(header::AUTHORIZATION, basic);
+            }
+            request
+        };
+        let response = request.send().await.map_err(|e| token_err(e.to_string()))?;
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let detail = error_detail(response).await;
+            return Err(RegistryError::Unauthenticated { host: host.config.host.clone(), status, detail });
+        }
+        if !status.is_success() {
+            return Err(token_err(format!("{status}{}", error_detail(response).await)));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let bytes = response.bytes().await.map_err(|e| token_err(e.to_string()))?;
+        let body: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| token_err(e.to_string()))?;
+        body.token
+            .filter(|t| !t.is_empty())
+            .or(body.access_token)
+            .ok_or_else(|| token_err("the answer holds no token".into()))
+    }
+}
+
+/// The `mediaType` field of a manifest or index, when it has one.
+fn media_type_of(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+        config: Option<serde_json::Value>,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).ok()?;
+    probe.media_type.or_else(|| {
+        if probe.manifests.is_some() {
+            Some(oci::OCI_INDEX.to_string())
+        } else if probe.config.is_some() {
+            Some(oci::OCI_MANIFEST.to_string())
+        } else {
+            None
+        }
+    })
+}
+
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+    host: &str,
+    what: &str,
+) -> Result<Bytes, RegistryError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|source| RegistryError::Unreachable { host: host.to_string(), source })?
+    {
+        if buf.len() + chunk.len() > limit {
+            return Err(RegistryError::ManifestTooLarge { host: host.to_string(), what: what.to_string() });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// The registry's error text (`{"errors":[{"code":..,"message":..}]}`), shortened, as
+/// `: CODE message`.
+async fn error_detail(response: reqwest::Response) -> String {
+    let text = match response.text().await {
+        Ok(text) => text,
+        Err(_) => return String::new(),
+    };
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorEntry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorEntry {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(errors) = serde_json::from_str::<Errors>(&text) {
+        if let Some(first) = errors.errors.first() {
+            return format!(": {} {}", first.code, first.message);
+        }
+    }
+    let short: String = text.trim().chars().take(200).collect();
+    if short.is_empty() { String::new() } else { format!(": {short}") }
+}

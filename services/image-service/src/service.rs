@@ -1,0 +1,109 @@
+//! The `runtime.v1.ImageService` server: each RPC hands off to the module of its concern.
+
+use crate::error::ImageError;
+use crate::pull::Puller;
+use crate::store::ImageStore;
+use crate::{fsinfo, images};
+use crisp_config::Config;
+use crisp_containerd::Containerd;
+use crisp_proto::cri::image_service_server::ImageService;
+use crisp_proto::cri::*;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+pub struct Images {
+    containerd: Containerd,
+    store: ImageStore,
+    puller: Puller,
+    snapshotter: String,
+}
+
+impl Images {
+    pub fn new(containerd: Containerd, config: &Config) -> Self {
+        let store = ImageStore::new(containerd.clone());
+        let puller = Puller::new(containerd.clone(), store.clone(), config.image.clone());
+        Self { containerd, store, puller, snapshotter: config.image.snapshotter.clone() }
+    }
+}
+
+fn image_name(spec: Option<&ImageSpec>) -> Result<&str, ImageError> {
+    spec.map(|s| s.image.as_str())
+        .filter(|s| !s.is_empty())
+        .ok_or(ImageError::MissingField("the request names no image (image.image is empty)"))
+}
+
+/// The caller's deadline from `grpc-timeout`, a little shortened so that our
+/// DEADLINE_EXCEEDED reaches the caller before its own timer fires.
+fn deadline<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let timeout = parse_grpc_timeout(value)?;
+    let margin = (timeout / 20).min(Duration::from_millis(200));
+    Some(timeout - margin)
+}
+
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[tonic::async_trait]
+impl ImageService for Images {
+    async fn list_images(&self, request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+        let request = request.into_inner();
+        let images = images::list(&self.store, request.filter.as_ref()).await?;
+        Ok(Response::new(ListImagesResponse { images }))
+    }
+
+    async fn image_status(&self, request: Request<ImageStatusRequest>) -> Result<Response<ImageStatusResponse>, Status> {
+        let request = request.into_inner();
+        let name = image_name(request.image.as_ref())?;
+        let (image, info) = images::status(&self.store, name, request.verbose).await?;
+        Ok(Response::new(ImageStatusResponse { image, info }))
+    }
+
+    async fn pull_image(&self, request: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let name = image_name(request.image.as_ref())?;
+        let image_ref = self.puller.pull(name, request.auth.as_ref(), deadline).await?;
+        Ok(Response::new(PullImageResponse { image_ref }))
+    }
+
+    async fn remove_image(&self, request: Request<RemoveImageRequest>) -> Result<Response<RemoveImageResponse>, Status> {
+        let request = request.into_inner();
+        let name = image_name(request.image.as_ref())?;
+        images::remove(&self.store, name).await?;
+        Ok(Response::new(RemoveImageResponse {}))
+    }
+
+    async fn image_fs_info(&self, _request: Request<ImageFsInfoRequest>) -> Result<Response<ImageFsInfoResponse>, Status> {
+        let image_filesystems = fsinfo::image_fs_info(&self.containerd, &self.snapshotter).await?;
+        Ok(Response::new(ImageFsInfoResponse { image_filesystems, container_filesystems: vec![] }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout("10q"), None);
+    }
+}
