@@ -48,22 +48,38 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         )
         .context("writing containerd's config")?;
         let binary = which("containerd")?;
-        let mut process = ServiceProcess::spawn(
+        let process = ServiceProcess::spawn(
             "containerd",
             vec![binary, "--config".into(), config.display().to_string()],
             vec![],
             &dir.join("containerd.log"),
         )?;
-        process.wait_for_socket(&address, Duration::from_secs(30)).await?;
-        let this = Self { process, address, root };
+        let mut this = Self { process, address, root };
+        this.wait_ready().await?;
+        Ok(this)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        self.process.wait_for_socket(&self.address, Duration::from_secs(30)).await?;
         // The socket accepts before every plugin is up: wait for an answer.
         for _ in 0..100 {
-            if this.ctr_in("crisp", &["version"]).is_ok() {
-                return Ok(this);
+            if self.ctr_in("crisp", &["version"]).is_ok() {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("containerd does not answer on {}:\n{}", this.address.display(), this.process.log_tail())
+        bail!("containerd does not answer on {}:\n{}", self.address.display(), self.process.log_tail())
+    }
+
+    /// Kills containerd at once, as a crash would.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts containerd again after [`kill`](Self::kill) and waits until it answers.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.start()?;
+        self.wait_ready().await
     }
 
     pub fn address(&self) -> &Path {
@@ -91,9 +107,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    pub fn process(&mut self) -> &mut ServiceProcess {
-        &mut self.process
-    }
 }
 
 /// The path of a program on `PATH`.

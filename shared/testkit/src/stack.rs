@@ -161,6 +161,10 @@ log_level = "info,crisp_proxy=debug,crisp_runtime=debug,crisp_image=debug,crisp_
         &self.containerd
     }
 
+    pub fn containerd_mut(&mut self) -> &mut ContainerdProcess {
+        &mut self.containerd
+    }
+
     pub fn containerd_address(&self) -> &Path {
         self.containerd.address()
     }
