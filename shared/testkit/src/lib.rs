@@ -8,7 +8,9 @@
 //! Everything started is stopped when its handle is dropped.
 
 mod containerd;
+pub mod images;
 mod process;
+pub mod registry;
 mod stack;
 
 pub use containerd::ContainerdProcess;

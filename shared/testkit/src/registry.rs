@@ -1,0 +1,265 @@
+//! A private registry for tests: Debian's `docker-registry` (registry:2) on a free loopback
+//! port with its own storage directory, optionally behind htpasswd (bcrypt) basic auth, and
+//! [`Throttle`], a loopback TCP relay that slows the registry's answers down (to kill a pull
+//! half way, or to trickle bytes to look stalled).
+
+use crate::images::{Blob, BuiltImage};
+use anyhow::{Context, bail};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The registry binary (Debian package `docker-registry`).
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// A running registry; stopped and its storage removed on drop.
+pub struct Registry {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    credentials: Option<(String, String)>,
+    http: reqwest::Client,
+}
+
+impl Registry {
+    /// An open registry (no auth).
+    pub async fn start() -> anyhow::Result<Registry> {
+        Registry::start_inner(None).await
+    }
+
+    /// A registry that requires `user`/`password` (htpasswd, bcrypt) for everything.
+    pub async fn start_with_auth(user: &str, password: &str) -> anyhow::Result<Registry> {
+        Registry::start_inner(Some((user.to_string(), password.to_string()))).await
+    }
+
+    async fn start_inner(credentials: Option<(String, String)>) -> anyhow::Result<Registry> {
+        if !Path::new(REGISTRY_BIN).is_file() {
+            bail!("{REGISTRY_BIN} is missing: apt-get install docker-registry");
+        }
+        let dir = tempfile::Builder::new().prefix("crisp-registry-").tempdir_in("/tmp")?;
+        let port = free_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage)?;
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            storage.display()
+        );
+        if let Some((user, password)) = &credentials {
+            let hash = bcrypt::hash(password, 5).context("bcrypt")?;
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{user}:{hash}\n"))?;
+            config.push_str(&format!("auth:\n  htpasswd:\n    realm: crisp-test\n    path: {}\n", htpasswd.display()));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("registry.log"))?;
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {REGISTRY_BIN}"))?;
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        let registry = Registry { child, addr, dir, credentials, http };
+        registry.wait_ready().await?;
+        Ok(registry)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let url = format!("http://{}/v2/", self.addr);
+        for _ in 0..100 {
+            if let Ok(response) = self.http.get(&url).send().await {
+                if response.status().is_success() || response.status() == reqwest::StatusCode::UNAUTHORIZED {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
+        bail!("the registry at {} did not come up: {log}", self.addr)
+    }
+
+    /// `127.0.0.1:<port>`: the host part of image names served here.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where the registry keeps a blob's bytes (to corrupt it behind the registry's back).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, url);
+        match &self.credentials {
+            Some((user, password)) => request.basic_auth(user, Some(password)),
+            None => request,
+        }
+    }
+
+    /// Uploads a blob (monolithic upload) unless the registry has it.
+    pub async fn push_blob(&self, repo: &str, blob: &Blob) -> anyhow::Result<()> {
+        let base = format!("http://{}/v2/{repo}", self.addr);
+        let head = self.request(reqwest::Method::HEAD, &format!("{base}/blobs/{}", blob.digest)).send().await?;
+        if head.status().is_success() {
+            return Ok(());
+        }
+        let start = self.request(reqwest::Method::POST, &format!("{base}/blobs/uploads/")).send().await?;
+        if start.status() != reqwest::StatusCode::ACCEPTED {
+            bail!("starting an upload to {repo}: {}", start.status());
+        }
+        let location = start
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .context("upload without Location")?
+            .to_string();
+        let location = if location.starts_with('/') { format!("http://{}{location}", self.addr) } else { location };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let put = self
+            .request(reqwest::Method::PUT, &format!("{location}{separator}digest={}", blob.digest))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(blob.data.clone())
+            .send()
+            .await?;
+        if put.status() != reqwest::StatusCode::CREATED {
+            bail!("uploading {} to {repo}: {} {}", blob.digest, put.status(), put.text().await.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Puts a manifest or index under `reference` (a tag or its digest).
+    pub async fn push_manifest(&self, repo: &str, reference: &str, manifest: &Blob) -> anyhow::Result<()> {
+        let url = format!("http://{}/v2/{repo}/manifests/{reference}", self.addr);
+        let put = self
+            .request(reqwest::Method::PUT, &url)
+            .header(reqwest::header::CONTENT_TYPE, &manifest.media_type)
+            .body(manifest.data.clone())
+            .send()
+            .await?;
+        if put.status() != reqwest::StatusCode::CREATED {
+            bail!("putting manifest {repo}:{reference}: {} {}", put.status(), put.text().await.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Pushes an image's blobs and manifest as `repo:tag`; answers the image's name here.
+    pub async fn push(&self, repo: &str, tag: &str, image: &BuiltImage) -> anyhow::Result<String> {
+        self.push_blobs(repo, image).await?;
+        self.push_manifest(repo, tag, &image.manifest).await?;
+        Ok(format!("{}/{repo}:{tag}", self.host()))
+    }
+
+    /// Pushes the blobs and manifest of an image without a tag (for an index to point at).
+    pub async fn push_blobs(&self, repo: &str, image: &BuiltImage) -> anyhow::Result<()> {
+        for layer in &image.layers {
+            self.push_blob(repo, layer).await?;
+        }
+        self.push_blob(repo, &image.config).await?;
+        Ok(())
+    }
+
+    /// Pushes several images and an index of them as `repo:tag`.
+    pub async fn push_index(&self, repo: &str, tag: &str, images: &[&BuiltImage], index: &Blob) -> anyhow::Result<String> {
+        for image in images {
+            self.push_blobs(repo, image).await?;
+            self.push_manifest(repo, &image.manifest.digest, &image.manifest).await?;
+        }
+        self.push_manifest(repo, tag, index).await?;
+        Ok(format!("{}/{repo}:{tag}", self.host()))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A loopback TCP relay in front of a server whose answers it passes on at most
+/// `bytes_per_second` (0: unthrottled), adjustable while it runs. Stops on drop.
+pub struct Throttle {
+    addr: SocketAddr,
+    rate: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Throttle {
+    pub async fn start(upstream: SocketAddr, bytes_per_second: u64) -> anyhow::Result<Throttle> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let rate = Arc::new(AtomicU64::new(bytes_per_second));
+        let shared = rate.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let rate = shared.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                        let _ = server_write.shutdown().await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let limit = rate.load(Ordering::Relaxed);
+                        // Ten slices a second when throttled.
+                        let want = if limit == 0 { buf.len() } else { ((limit / 10).max(1) as usize).min(buf.len()) };
+                        let n = match server_read.read(&mut buf[..want]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        if limit != 0 {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                    let _ = client_write.shutdown().await;
+                    up.abort();
+                });
+            }
+        });
+        Ok(Throttle { addr, rate, task })
+    }
+
+    /// `127.0.0.1:<port>` of the relay.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn set_rate(&self, bytes_per_second: u64) {
+        self.rate.store(bytes_per_second, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
