@@ -5,7 +5,7 @@
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::{
-    AbortRequest, CreateRequest, DeleteRequest, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
+    AbortRequest, AddResourceRequest, CreateRequest, DeleteRequest, ListRequest, Resource, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
     WriteContentRequest, WriteContentResponse,
 };
 use crisp_containerd::{Containerd, ContainerdError};
@@ -32,8 +32,11 @@ pub fn leased<T>(message: T, lease: &str) -> Request<T> {
     request
 }
 
-/// Creates a lease for one pull; it expires by itself after a day.
-pub async fn create_lease(containerd: &Containerd, purpose: &str) -> Result<String, ContainerdError> {
+/// The label naming the image service replica (by its socket) whose pull holds a lease.
+const OWNER_LABEL: &str = "crisp.io/pull-owner";
+
+/// Creates a lease for one pull by `owner`; it expires by itself after a day.
+pub async fn create_lease(containerd: &Containerd, owner: &str, purpose: &str) -> Result<String, ContainerdError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -42,6 +45,7 @@ pub async fn create_lease(containerd: &Containerd, purpose: &str) -> Result<Stri
     let labels = HashMap::from([
         (LEASE_EXPIRE_LABEL.to_string(), expire),
         ("crisp.io/purpose".to_string(), purpose.chars().take(200).collect()),
+        (OWNER_LABEL.to_string(), owner.chars().take(200).collect()),
     ]);
     LeasesClient::new(containerd.channel())
         .create(CreateRequest { id: id.clone(), labels })
@@ -58,6 +62,43 @@ pub async fn delete_lease(containerd: &Containerd, lease: &str) -> Result<(), Co
         Ok(_) => Ok(()),
         Err(s) if s.code() == Code::NotFound => Ok(()),
         Err(s) => Err(ContainerdError::call("deleting a lease", s)),
+    }
+}
+
+/// Holds `id` (a content digest, or a snapshot key with `kind` = `snapshots/<snapshotter>`)
+/// in `lease`: something present before this pull began is kept until the image references it.
+pub async fn hold(containerd: &Containerd, lease: &str, kind: &str, id: &str) -> Result<(), ContainerdError> {
+    let request = AddResourceRequest {
+        id: lease.to_string(),
+        resource: Some(Resource { id: id.to_string(), r#type: kind.to_string() }),
+    };
+    LeasesClient::new(containerd.channel())
+        .add_resource(request)
+        .await
+        .map_err(|s| ContainerdError::call("adding to a lease", s))?;
+    Ok(())
+}
+
+/// Deletes the leases a previous run of this replica (`owner`) left when it died mid-pull.
+/// Called a while after start, so that a retried pull has taken hold of what they protect.
+pub async fn delete_stale_leases(containerd: &Containerd, owner: &str, started_before: std::time::SystemTime) {
+    let filter = format!("labels.\"{OWNER_LABEL}\"=={owner}");
+    let leases = match LeasesClient::new(containerd.channel()).list(ListRequest { filters: vec![filter] }).await {
+        Ok(response) => response.into_inner().leases,
+        Err(s) => {
+            tracing::warn!(error = %s.message(), "listing stale pull leases failed");
+            return;
+        }
+    };
+    let cutoff = started_before.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    for lease in leases {
+        let created = lease.created_at.as_ref().map(|t| t.seconds).unwrap_or(i64::MAX);
+        if created < cutoff {
+            tracing::info!(lease = %lease.id, "deleting a lease left by a pull that did not finish");
+            if let Err(err) = delete_lease(containerd, &lease.id).await {
+                tracing::warn!(lease = %lease.id, error = %err, "deleting a stale lease failed");
+            }
+        }
     }
 }
 

@@ -204,6 +204,7 @@ fn free_port() -> anyhow::Result<u16> {
 pub struct Throttle {
     addr: SocketAddr,
     rate: Arc<AtomicU64>,
+    relayed: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -213,9 +214,12 @@ impl Throttle {
         let addr = listener.local_addr()?;
         let rate = Arc::new(AtomicU64::new(bytes_per_second));
         let shared = rate.clone();
+        let relayed = Arc::new(AtomicU64::new(0));
+        let counter = relayed.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let rate = shared.clone();
+                let counter = counter.clone();
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
                     let (mut client_read, mut client_write) = client.into_split();
@@ -236,6 +240,7 @@ impl Throttle {
                         if client_write.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
                         if limit != 0 {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
@@ -245,12 +250,17 @@ impl Throttle {
                 });
             }
         });
-        Ok(Throttle { addr, rate, task })
+        Ok(Throttle { addr, rate, relayed, task })
     }
 
     /// `127.0.0.1:<port>` of the relay.
     pub fn host(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Bytes passed from the server to clients so far.
+    pub fn bytes_relayed(&self) -> u64 {
+        self.relayed.load(Ordering::Relaxed)
     }
 
     pub fn set_rate(&self, bytes_per_second: u64) {

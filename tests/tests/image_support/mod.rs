@@ -20,13 +20,14 @@ pub async fn stack() -> anyhow::Result<Stack> {
     stack_with("").await
 }
 
-/// Writes `<dir>/<registry>/hosts.toml` sending `registry` to the plain-HTTP `mirror` first.
-pub fn write_hosts_toml(dir: &Path, registry: &str, mirror: &str) -> anyhow::Result<()> {
+/// Writes `<dir>/<registry>/hosts.toml` sending `registry` to the plain-HTTP `mirror` first,
+/// then to `server` (a URL).
+pub fn write_hosts_toml(dir: &Path, registry: &str, mirror: &str, server: &str) -> anyhow::Result<()> {
     let host_dir = dir.join(registry);
     std::fs::create_dir_all(&host_dir)?;
     std::fs::write(
         host_dir.join("hosts.toml"),
-        format!("server = \"https://{registry}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+        format!("server = \"{server}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
     )?;
     Ok(())
 }
@@ -90,4 +91,23 @@ pub async fn assert_no_leases(stack: &Stack) -> anyhow::Result<()> {
 /// The busybox image with one more layer, in `format`.
 pub fn busybox(format: Format) -> anyhow::Result<BuiltImage> {
     ImageBuilder::new(format).busybox_layer()?.file_layer("etc/motd", "hello from crisp\n").build()
+}
+
+/// Standard base64 with padding (the `auth` field of an AuthConfig).
+pub fn base64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -66,6 +66,7 @@ pub async fn ensure(
         loop {
             if content::blob_info(containerd, &desc.digest).await?.is_some() {
                 // Present: hold it in this pull's lease and label it.
+                content::hold(containerd, lease, "content", &desc.digest).await?;
                 content::set_labels(containerd, Some(lease), &desc.digest, labels.clone()).await?;
                 progress.step();
                 tracing::debug!("already in the content store");

@@ -46,6 +46,17 @@ struct Inner {
 }
 
 impl Puller {
+    /// Deletes, after `delay`, the leases an earlier run of this replica left mid-pull.
+    pub fn clean_stale_leases_later(&self, delay: Duration) {
+        let containerd = self.inner.containerd.clone();
+        let owner = self.inner.config.socket.display().to_string();
+        let started = std::time::SystemTime::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            content::delete_stale_leases(&containerd, &owner, started).await;
+        });
+    }
+
     pub fn new(containerd: Containerd, store: ImageStore, config: ImageConfig) -> Self {
         let sandbox_image = Reference::parse(&config.sandbox_image).ok().map(|r| record_name(&r));
         Self {
@@ -106,7 +117,8 @@ impl Inner {
         let span = tracing::info_span!("pull", image = %reference);
         async move {
             let started = std::time::Instant::now();
-            let lease = content::create_lease(&self.containerd, &reference.to_string())
+            let owner = self.config.socket.display().to_string();
+            let lease = content::create_lease(&self.containerd, &owner, &reference.to_string())
                 .await
                 .map_err(|e| Arc::new(PullError::from(e)))?;
             let progress = Progress::default();
@@ -311,6 +323,7 @@ impl Inner {
         for i in (0..chain.len()).rev() {
             if unpack::snapshot_exists(&self.containerd, snapshotter, &chain[i]).await? {
                 unpacked = i + 1;
+                content::hold(&self.containerd, lease, &format!("snapshots/{snapshotter}"), &chain[i]).await?;
                 break;
             }
         }

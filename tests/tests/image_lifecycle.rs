@@ -1,0 +1,78 @@
+//! RemoveImage by each kind of name, names shared by one image, and ImageFsInfo.
+
+mod image_support;
+
+use crisp_proto::cri::ImageFsInfoRequest;
+use crisp_testkit::images::{Format, ImageBuilder};
+use crisp_testkit::registry::Registry;
+use image_support::*;
+
+#[tokio::test]
+async fn remove_by_tag_digest_or_id_removes_every_name() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let stack = stack().await?;
+    let mut client = stack.image_client();
+    let image = busybox(Format::Oci)?;
+    let v1 = registry.push("test/app", "v1", &image).await?;
+    let v2 = registry.push("test/app", "v2", &image).await?;
+    let by_digest = format!("{}/test/app@{}", registry.host(), image.manifest.digest);
+    let other = ImageBuilder::new(Format::Oci).file_layer("x", "other\n").build()?;
+    let other_name = registry.push("test/other", "v1", &other).await?;
+    pull(&mut client, &other_name).await?;
+
+    for name_kind in ["tag", "digest", "id"] {
+        pull(&mut client, &v1).await?;
+        pull(&mut client, &v2).await?;
+        let s = status(&mut client, &v2).await?.expect("pulled");
+        assert_eq!(s.repo_tags, vec![v1.clone(), v2.clone()], "one image with both tags");
+        let target = match name_kind {
+            "tag" => v1.clone(),
+            "digest" => by_digest.clone(),
+            _ => image.id(),
+        };
+        remove(&mut client, &target).await?;
+        for name in [&v1, &v2, &by_digest, &image.id()] {
+            assert!(status(&mut client, name).await?.is_none(), "{name} still there after removing by {name_kind}");
+        }
+        let names = ctr_images(&stack)?;
+        assert_eq!(names.iter().filter(|n| n.contains("test/app") || **n == image.id()).count(), 0, "{names:?}");
+        assert!(names.contains(&other_name), "another image went too: {names:?}");
+        // containerd's GC ran: the layers and snapshots are gone.
+        let content = stack.ctr(&["content", "ls", "-q"])?;
+        assert!(!content.contains(&image.layers[1].digest), "layer content left after removing by {name_kind}");
+        let snapshots = stack.ctr(&["snapshots", "ls"])?;
+        assert!(!snapshots.contains(&image.diff_ids[0]), "snapshot left after removing by {name_kind}");
+    }
+    // Removing what is absent succeeds.
+    remove(&mut client, &v1).await?;
+    remove(&mut client, &format!("sha256:{}", "0".repeat(64))).await?;
+    assert_eq!(list(&mut client).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn image_fs_info_reports_what_images_use() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let stack = stack().await?;
+    let mut client = stack.image_client();
+    let used = |r: &crisp_proto::cri::ImageFsInfoResponse| -> (u64, u64) {
+        r.image_filesystems.iter().fold((0, 0), |(b, i), fs| {
+            (b + fs.used_bytes.as_ref().map_or(0, |v| v.value), i + fs.inodes_used.as_ref().map_or(0, |v| v.value))
+        })
+    };
+    let before = client.image_fs_info(ImageFsInfoRequest {}).await?.into_inner();
+    let image = ImageBuilder::new(Format::Oci).busybox_layer()?.data_layer(2 << 20, 7).build()?;
+    let name = registry.push("test/big", "v1", &image).await?;
+    pull(&mut client, &name).await?;
+    let after = client.image_fs_info(ImageFsInfoRequest {}).await?.into_inner();
+
+    let mountpoints: Vec<_> = after.image_filesystems.iter().filter_map(|f| f.fs_id.as_ref()).map(|f| f.mountpoint.clone()).collect();
+    assert!(mountpoints.iter().any(|m| m.ends_with("io.containerd.snapshotter.v1.overlayfs")), "{mountpoints:?}");
+    assert!(mountpoints.iter().any(|m| m.ends_with("io.containerd.content.v1.content")), "{mountpoints:?}");
+    let (bytes_before, inodes_before) = used(&before);
+    let (bytes_after, inodes_after) = used(&after);
+    // The unpacked 2 MiB data layer and busybox, plus the compressed blobs.
+    assert!(bytes_after >= bytes_before + (3 << 20), "{bytes_before} -> {bytes_after}");
+    assert!(inodes_after > inodes_before + 5, "{inodes_before} -> {inodes_after}");
+    Ok(())
+}
