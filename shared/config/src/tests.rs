@@ -83,3 +83,10 @@ fn a_missing_named_file_is_an_error() {
     let err = Config::load(&cli.config).unwrap_err().to_string();
     assert!(err.contains("/nonexistent/crisp.toml"), "{err}");
 }
+
+#[test]
+fn the_example_config_is_the_defaults() {
+    let example = include_str!("../../../deploy/config.example.toml");
+    let parsed = Config::from_toml(example).unwrap();
+    assert_eq!(parsed, Config::default());
+}

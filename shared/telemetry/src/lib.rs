@@ -13,6 +13,7 @@ pub use rpc_layer::{RpcTraceLayer, RpcTraceService};
 
 use crisp_config::{LogFormat, TelemetryConfig};
 use opentelemetry::trace::TracerProvider as _;
+use std::io::IsTerminal;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
@@ -84,7 +85,10 @@ pub fn init(service_name: &'static str, config: &TelemetryConfig) -> Result<Tele
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name));
 
     let fmt = match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
