@@ -11,7 +11,7 @@
 mod dial;
 mod socket;
 
-pub use dial::unix_channel;
+pub use dial::{unix_channel, unix_channel_with_backoff};
 
 pub use socket::{SocketError, UnixSocket};
 
