@@ -44,7 +44,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[tokio::test]
+// Multi-threaded: the collector must keep answering while the stack, dropped at the end,
+// waits for the services to flush their last spans to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_and_backend_spans_form_one_trace() {
     let collector = Collector::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,6 +1,7 @@
 //! HTTP/2 on a unix socket.
 
 use crate::Router;
+use crisp_grpc_server::DRAIN_TIMEOUT;
 use crisp_telemetry::RpcTraceLayer;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -9,11 +10,8 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tower::Layer;
 
-/// How long calls in flight may run on after shutdown is asked for.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves `router` on `listener` until `shutdown` turns true, then lets the calls in flight
-/// finish (for at most ten seconds).
+/// finish (for at most [`DRAIN_TIMEOUT`]).
 pub async fn serve(listener: UnixListener, router: Router, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let service = RpcTraceLayer::forwarding().layer(router);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

@@ -35,13 +35,12 @@ async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Err
     health.set_serving::<RuntimeServiceServer<service::Runtime>>().await;
 
     let runtime = service::Runtime::new(containerd, config);
-    crisp_grpc_server::server()
-        .add_service(health_service)
-        .add_service(RuntimeServiceServer::new(runtime))
-        .serve_with_incoming_shutdown(
-            crisp_grpc_server::UnixListenerStream::new(listener),
-            crisp_grpc_server::shutdown_signal(),
-        )
-        .await?;
+    crisp_grpc_server::serve_until_shutdown(|shutdown| {
+        crisp_grpc_server::server()
+            .add_service(health_service)
+            .add_service(RuntimeServiceServer::new(runtime))
+            .serve_with_incoming_shutdown(crisp_grpc_server::UnixListenerStream::new(listener), shutdown)
+    })
+    .await?;
     Ok(())
 }

@@ -65,6 +65,39 @@ pub fn server() -> tonic::transport::Server<Stack<RpcTraceLayer, tower_layer::Id
     tonic::transport::Server::builder().layer(RpcTraceLayer::server())
 }
 
+/// How long calls in flight may run on after SIGTERM before the service exits anyway.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs a server until SIGINT or SIGTERM, then lets the calls in flight finish for at most
+/// [`DRAIN_TIMEOUT`]. `serve` gets the shutdown future to pass to tonic's
+/// `serve_with_incoming_shutdown`. The bound matters: a graceful tonic server also waits for
+/// idle connections (the proxy keeps one open to each backend) to close.
+pub async fn serve_until_shutdown<F, Fut, E>(serve: F) -> Result<(), E>
+where
+    F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let signal = Box::pin(async move {
+        shutdown_signal().await;
+        let _ = stopping.send(());
+    });
+    let server = serve(signal);
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result,
+        _ = async {
+            if stopped.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => {
+            tracing::warn!("connections still open {DRAIN_TIMEOUT:?} after the shutdown signal; exiting");
+            Ok(())
+        }
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -33,6 +33,9 @@ pub enum TelemetryError {
     Install(#[from] tracing_subscriber::util::TryInitError),
 }
 
+/// How long a service waits at exit for its last spans to reach the collector.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Keeps the trace pipeline alive; dropping it flushes the spans not yet exported.
 pub struct Telemetry {
     provider: SdkTracerProvider,
@@ -42,7 +45,7 @@ impl Drop for Telemetry {
     fn drop(&mut self) {
         // The flush waits for the export task on the Tokio runtime: on one of the runtime's
         // own threads, let the other threads run it meanwhile.
-        let flush = || self.provider.shutdown();
+        let flush = || self.provider.shutdown_with_timeout(FLUSH_TIMEOUT);
         let result = match tokio::runtime::Handle::try_current() {
             Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(flush)

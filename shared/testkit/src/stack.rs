@@ -32,7 +32,7 @@ impl Default for StackOptions {
 /// A running node stack. Dropping it stops everything and removes its directory.
 pub struct Stack {
     // Field order is drop order: the services go before containerd, the directory last.
-    services: Vec<(ServiceProcess, PathBuf)>,
+    services: Services,
     containerd: ContainerdProcess,
     config: PathBuf,
     proxy_socket: PathBuf,
@@ -135,7 +135,7 @@ log_level = "info,crisp_proxy=debug,crisp_runtime=debug,crisp_image=debug,crisp_
         for (process, socket) in &mut services {
             process.wait_for_socket(socket, START_TIMEOUT).await?;
         }
-        Ok(Stack { services, containerd, config, proxy_socket, proxy_image_socket, dir })
+        Ok(Stack { services: Services(services), containerd, config, proxy_socket, proxy_image_socket, dir })
     }
 
     /// The CRI socket, as the kubelet dials it.
@@ -189,6 +189,7 @@ log_level = "info,crisp_proxy=debug,crisp_runtime=debug,crisp_image=debug,crisp_
 
     fn service(&mut self, name: &str) -> anyhow::Result<&mut (ServiceProcess, PathBuf)> {
         self.services
+            .0
             .iter_mut()
             .find(|(p, _)| p.name() == name)
             .ok_or_else(|| anyhow::anyhow!("no service {name} (proxy, runtime, streaming, image-N)"))
@@ -217,5 +218,17 @@ log_level = "info,crisp_proxy=debug,crisp_runtime=debug,crisp_image=debug,crisp_
     /// The pid of a running service.
     pub fn service_pid(&mut self, name: &str) -> anyhow::Result<u32> {
         self.service(name)?.0.pid().ok_or_else(|| anyhow::anyhow!("{name} is not running"))
+    }
+}
+
+/// The services, stopped in the reverse of their start order: the proxy first, so that no
+/// backend waits on the proxy's connection to it.
+struct Services(Vec<(ServiceProcess, PathBuf)>);
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        while let Some((mut process, _)) = self.0.pop() {
+            process.stop(Duration::from_secs(5));
+        }
     }
 }
