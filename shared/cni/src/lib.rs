@@ -194,7 +194,7 @@ mod tests {
         std::fs::write(bin.join("bridge"), "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(bin.join("bridge"), std::fs::Permissions::from_mode(0o755)).unwrap();
         let net = NetworkConfig::load(dir.path()).unwrap();
-        let err = net.check_plugins(&[bin.clone()]).unwrap_err().to_string();
+        let err = net.check_plugins(std::slice::from_ref(&bin)).unwrap_err().to_string();
         assert!(err.contains("portmap"), "{err}");
         std::fs::write(bin.join("portmap"), "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(bin.join("portmap"), std::fs::Permissions::from_mode(0o755)).unwrap();
