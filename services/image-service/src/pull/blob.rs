@@ -17,7 +17,7 @@ use tonic::Code;
 use tracing::Instrument;
 
 /// Bytes sent to containerd per write.
-const WRITE_CHUNK: usize = 1 << 20;
+const WRITE_CHUNK: usize = 4 << 20;
 
 /// The blob's kind, as containerd names ingests (`layer-sha256:...`).
 #[derive(Debug, Clone, Copy)]
@@ -86,11 +86,12 @@ pub async fn ensure(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Opened::Ingest(ingest) => {
+                    let started = std::time::Instant::now();
                     let result = write(ingest, kind, desc, &source, labels.clone(), progress).await;
                     match result {
                         Ok(()) => {
                             progress.step();
-                            tracing::debug!("stored");
+                            tracing::debug!(elapsed = ?started.elapsed(), "stored");
                             return Ok(());
                         }
                         Err(err @ PullError::DigestMismatch { .. }) => {

@@ -362,6 +362,7 @@ impl Inner {
                 let layer = &layers[i];
                 let span = tracing::info_span!("unpack", layer = %layer.digest, chain_id = %chain[i]);
                 progress.unpacking.fetch_add(1, Ordering::Relaxed);
+                let unpack_started = std::time::Instant::now();
                 let result = unpack::unpack_layer(
                     &self.containerd,
                     snapshotter,
@@ -382,6 +383,7 @@ impl Inner {
                 .await;
                 progress.unpacking.fetch_sub(1, Ordering::Relaxed);
                 result?;
+                tracing::debug!(layer = %layer.digest, elapsed = ?unpack_started.elapsed(), "layer unpacked");
                 progress.step();
             }
             Ok::<(), PullError>(())

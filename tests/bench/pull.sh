@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Benchmark: a cold pull through crisp's image service vs containerd's own CRI plugin.
+# Needs: containerd running with its CRI plugin at /run/containerd/containerd.sock (or pass
+# --containerd-socket), docker-registry and busybox-static installed, root.
+# Usage: tests/bench/pull.sh [--runs N] [--containerd-socket PATH]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release --bins
+cargo run --release -p crisp-e2e --example bench-pull -- "$@"

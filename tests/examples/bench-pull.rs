@@ -1,0 +1,129 @@
+//! `bench-pull`: pulls one cold image (several layers, 120 MiB of half random, half
+//! repetitive data, gzipped) from a local registry through crisp's image service and through
+//! containerd's own CRI plugin on this machine, and prints both times, their ratio and the
+//! image service's peak RSS. Not a test: run it by hand (`tests/bench/pull.sh`).
+//!
+//! bench-pull [--runs N] [--max-concurrent-downloads N (crisp's; default 3 like containerd)]
+//!            [--containerd-socket /run/containerd/containerd.sock]
+//!
+//! crisp runs on a private containerd (the test kit's stack, namespace `crisp`); containerd's
+//! CRI pulls into the node's containerd (namespace `k8s.io`). Before every timed pull the image
+//! is removed from both (CRI RemoveImage, which runs containerd's garbage collection), so each
+//! pull fetches and unpacks everything.
+
+use crisp_proto::cri::image_service_client::ImageServiceClient;
+use crisp_proto::cri::{ImageSpec, PullImageRequest, RemoveImageRequest};
+use crisp_testkit::images::{Format, ImageBuilder};
+use crisp_testkit::registry::Registry;
+use crisp_testkit::{Stack, StackOptions};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+const LAYERS: u64 = 5;
+const LAYER_BYTES: usize = 24 << 20;
+
+fn main() -> anyhow::Result<()> {
+    // The crisp binaries sit in target/<profile>/, one level above this example.
+    if std::env::var_os("CRISP_BIN_DIR").is_none() {
+        let exe = std::env::current_exe()?;
+        if let Some(profile_dir) = exe.parent().filter(|d| d.ends_with("examples")).and_then(|d| d.parent()) {
+            // SAFETY: no other thread runs yet.
+            unsafe { std::env::set_var("CRISP_BIN_DIR", profile_dir) };
+        }
+    }
+    tokio::runtime::Runtime::new()?.block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let mut runs = 3;
+    let mut downloads = 3;
+    let mut containerd_socket = PathBuf::from("/run/containerd/containerd.sock");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(runs),
+            "--max-concurrent-downloads" => downloads = args.next().and_then(|v| v.parse().ok()).unwrap_or(downloads),
+            "--containerd-socket" => containerd_socket = args.next().map(PathBuf::from).unwrap_or(containerd_socket),
+            other => anyhow::bail!("unknown argument {other}; usage: bench-pull [--runs N] [--max-concurrent-downloads N] [--containerd-socket PATH]"),
+        }
+    }
+
+    eprintln!("building the image ({LAYERS} x {} MiB data layers + busybox)...", LAYER_BYTES >> 20);
+    let mut builder = ImageBuilder::new(Format::Oci).busybox_layer()?;
+    for seed in 0..LAYERS {
+        builder = builder.data_layer(LAYER_BYTES, 100 + seed);
+    }
+    let image = builder.build()?;
+    let compressed: usize = image.layers.iter().map(|l| l.data.len()).sum();
+    let registry = Registry::start().await?;
+    let name = registry.push("bench/pull", "v1", &image).await?;
+    eprintln!(
+        "image {name}: {} layers, {:.1} MiB compressed, {:.1} MiB uncompressed",
+        image.layers.len(),
+        compressed as f64 / 1048576.0,
+        (LAYERS as usize * LAYER_BYTES) as f64 / 1048576.0
+    );
+
+    let mut stack = Stack::start_with(StackOptions {
+        extra_config: format!("[image]\nmax_concurrent_downloads = {downloads}\n"),
+        ..Default::default()
+    })
+    .await?;
+    let mut crisp = stack.image_client();
+    let mut containerd = ImageServiceClient::new(crisp_testkit::cri_channel(&containerd_socket));
+
+    let mut crisp_times = Vec::new();
+    let mut containerd_times = Vec::new();
+    for run in 1..=runs {
+        let t = timed_cold_pull(&mut containerd, &name).await.map_err(|e| {
+            anyhow::anyhow!("containerd's CRI at {} failed: {e}", containerd_socket.display())
+        })?;
+        eprintln!("run {run}: containerd CRI {:.2} s", t.as_secs_f64());
+        containerd_times.push(t);
+        let t = timed_cold_pull(&mut crisp, &name).await?;
+        eprintln!("run {run}: crisp         {:.2} s", t.as_secs_f64());
+        crisp_times.push(t);
+    }
+    let pid = stack.service_pid("image-0")?;
+    let cpu = cpu_seconds(pid);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: ?").to_string();
+
+    if std::env::var_os("BENCH_SHOW_LOG").is_some() {
+        eprintln!("{}", stack.service_log("image-0")?);
+    }
+    let crisp_median = median(&mut crisp_times);
+    let containerd_median = median(&mut containerd_times);
+    println!("image: {:.1} MiB compressed in {} layers", compressed as f64 / 1048576.0, image.layers.len());
+    println!("containerd CRI pull (median of {runs}): {:.2} s", containerd_median.as_secs_f64());
+    println!("crisp pull          (median of {runs}): {:.2} s", crisp_median.as_secs_f64());
+    println!("ratio crisp/containerd: {:.2} (target <= 0.60)", crisp_median.as_secs_f64() / containerd_median.as_secs_f64());
+    println!("crisp-image peak RSS: {}", peak.trim_start_matches("VmHWM:").trim());
+    println!("crisp-image CPU time over all runs: {cpu:.2} s");
+    Ok(())
+}
+
+async fn timed_cold_pull(client: &mut ImageServiceClient<Channel>, name: &str) -> anyhow::Result<Duration> {
+    let spec = Some(ImageSpec { image: name.to_string(), ..Default::default() });
+    client.remove_image(RemoveImageRequest { image: spec.clone() }).await?;
+    let started = Instant::now();
+    client.pull_image(PullImageRequest { image: spec.clone(), auth: None, sandbox_config: None }).await?;
+    let elapsed = started.elapsed();
+    client.remove_image(RemoveImageRequest { image: spec }).await?;
+    Ok(elapsed)
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields after the command: state is 0, utime 11, stime 12; 100 ticks a second.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
