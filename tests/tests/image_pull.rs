@@ -72,6 +72,10 @@ async fn pulls_oci_and_docker_images_by_tag_and_digest() -> anyhow::Result<()> {
     assert!(config_labels.contains("containerd.io/gc.ref.content.l.2="), "{config_labels}");
     assert_no_leases(&stack).await?;
 
+    // A container runs from the unpacked layers, the last layer's file winning.
+    let motd = stack.ctr(&["run", "--rm", &multi_name, "crisp-image-test", "/bin/cat", "/etc/motd"])?;
+    assert_eq!(motd, "layer three wins\n");
+
     // By digest: same image, no new tag.
     let by_digest = format!("{}/test/multi@{}", registry.host(), multi.manifest.digest);
     assert_eq!(pull(&mut client, &by_digest).await?, multi.id());
