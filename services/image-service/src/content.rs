@@ -183,7 +183,7 @@ pub async fn read_blob(containerd: &Containerd, digest: &str) -> Result<Vec<u8>,
 /// How opening an ingest ended.
 pub enum Opened {
     /// Write from `offset` (bytes a killed earlier try left are kept).
-    Ingest(Ingest),
+    Ingest(Box<Ingest>),
     /// The blob is already in the store.
     Exists,
     /// Another writer (a concurrent pull here or in another replica) holds the ingest.
@@ -235,7 +235,7 @@ impl Ingest {
             Some(Err(s)) => return classify_open(s),
             None => return Err(ContainerdError::call("content write", Status::unknown("no answer to stat"))),
         };
-        Ok(Opened::Ingest(Ingest {
+        Ok(Opened::Ingest(Box::new(Ingest {
             sender,
             responses,
             reference: reference.to_string(),
@@ -243,7 +243,7 @@ impl Ingest {
             expected: expected.to_string(),
             offset: first.offset,
             in_flight: 0,
-        }))
+        })))
     }
 
     /// Appends `data` at the current offset.
@@ -333,11 +333,9 @@ pub async fn abort(containerd: &Containerd, reference: &str) {
     if let Err(s) = ContentClient::new(containerd.channel())
         .abort(AbortRequest { r#ref: reference.to_string() })
         .await
-    {
-        if s.code() != Code::NotFound {
+        && s.code() != Code::NotFound {
             tracing::warn!(reference, error = %s.message(), "aborting a content ingest failed");
         }
-    }
 }
 
 #[cfg(test)]

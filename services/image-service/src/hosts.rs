@@ -192,9 +192,7 @@ fn parse_url(path: &Path, url: &str, override_path: bool) -> Result<RegistryHost
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(bad());
     }
-    let api_path = if override_path {
-        url_path.to_string()
-    } else if url_path.ends_with("/v2") {
+    let api_path = if override_path || url_path.ends_with("/v2") {
         url_path.to_string()
     } else {
         format!("{url_path}/v2")

@@ -192,11 +192,10 @@ fn is_domain(s: &str) -> bool {
         Some((host, port)) if !host.ends_with(']') || s.starts_with('[') => (host, Some(port)),
         _ => (s, None),
     };
-    if let Some(port) = port {
-        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+    if let Some(port) = port
+        && (port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit())) {
             return false;
         }
-    }
     if host.starts_with('[') && host.ends_with(']') {
         return host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
     }

@@ -58,20 +58,21 @@ pub async fn unpack_layer(
         parent: layer.parent.unwrap_or_default().to_string(),
         labels: Default::default(),
     };
+    let started = std::time::Instant::now();
     let mounts = snapshots
         .prepare(leased(prepare, lease))
         .await
         .map_err(|s| ContainerdError::call("snapshot prepare", s))?
         .into_inner()
         .mounts;
+    tracing::debug!(elapsed = ?started.elapsed(), "snapshot prepared");
     let result = apply_and_commit(containerd, snapshotter, lease, &key, mounts, &layer).await;
     if result.is_err() {
         let remove = RemoveSnapshotRequest { snapshotter: snapshotter.to_string(), key: key.clone() };
-        if let Err(s) = snapshots.remove(leased(remove, lease)).await {
-            if s.code() != Code::NotFound {
+        if let Err(s) = snapshots.remove(leased(remove, lease)).await
+            && s.code() != Code::NotFound {
                 tracing::warn!(key, error = %s.message(), "removing a failed unpack snapshot");
             }
-        }
     }
     result
 }
@@ -84,6 +85,7 @@ async fn apply_and_commit(
     mounts: Vec<containerd_client::types::Mount>,
     layer: &Layer<'_>,
 ) -> Result<(), UnpackError> {
+    let started = std::time::Instant::now();
     let apply = ApplyRequest { diff: Some(layer.descriptor.clone()), mounts, payloads: Default::default(), sync_fs: false };
     let applied = DiffClient::new(containerd.channel())
         .apply(leased(apply, lease))
@@ -93,6 +95,7 @@ async fn apply_and_commit(
         .applied
         .map(|d| d.digest)
         .unwrap_or_default();
+    tracing::debug!(elapsed = ?started.elapsed(), "diff applied");
     if applied != layer.diff_id {
         return Err(UnpackError::DiffIdMismatch {
             layer: layer.descriptor.digest.clone(),

@@ -75,10 +75,10 @@ impl Registry {
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let url = format!("http://{}/v2/", self.addr);
         for _ in 0..100 {
-            if let Ok(response) = self.http.get(&url).send().await {
-                if response.status().is_success() || response.status() == reqwest::StatusCode::UNAUTHORIZED {
-                    return Ok(());
-                }
+            if let Ok(response) = self.http.get(&url).send().await
+                && (response.status().is_success() || response.status() == reqwest::StatusCode::UNAUTHORIZED)
+            {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

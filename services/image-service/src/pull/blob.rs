@@ -77,11 +77,10 @@ pub async fn ensure(
                 Opened::Locked => {
                     // Another pull writes it: wait, counting its progress as ours.
                     let offset = ingest_offset(containerd, &reference).await;
-                    if let (Some(now), Some(before)) = (offset, waited_offset) {
-                        if now > before {
+                    if let (Some(now), Some(before)) = (offset, waited_offset)
+                        && now > before {
                             progress.add_bytes((now - before) as u64);
                         }
-                    }
                     waited_offset = offset.or(waited_offset);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -130,7 +129,7 @@ async fn ingest_offset(containerd: &Containerd, reference: &str) -> Option<i64> 
 }
 
 async fn write(
-    mut ingest: Ingest,
+    mut ingest: Box<Ingest>,
     kind: Kind,
     desc: &Descriptor,
     source: &Source<'_>,

@@ -152,15 +152,14 @@ impl Inner {
         let hosts = hosts::hosts_for(self.config.registry_config_path.as_deref(), &reference.domain)?;
         let registry = Registry::new(&self.clients, reference.clone(), hosts, credentials)?;
         let top = registry.resolve().await?;
-        if let Some(digest) = &reference.digest {
-            if &top.digest != digest {
+        if let Some(digest) = &reference.digest
+            && &top.digest != digest {
                 return Err(PullError::DigestMismatch {
                     what: "manifest",
                     digest: digest.clone(),
                     detail: format!("content with digest {}", top.digest),
                 });
             }
-        }
         let top_desc = Descriptor {
             media_type: top.media_type.clone(),
             digest: top.digest.clone(),

@@ -59,10 +59,13 @@ impl RegistryError {
     }
 }
 
-/// HTTP clients shared by every pull, one per TLS setting (a `ca` list or `skip_verify`).
+/// A TLS setting: `skip_verify` and the `ca` files.
+type TlsKey = (bool, Vec<PathBuf>);
+
+/// HTTP clients shared by every pull, one per TLS setting.
 #[derive(Default, Clone)]
 pub struct Clients {
-    clients: Arc<Mutex<HashMap<(bool, Vec<PathBuf>), reqwest::Client>>>,
+    clients: Arc<Mutex<HashMap<TlsKey, reqwest::Client>>>,
 }
 
 impl Clients {
@@ -257,13 +260,12 @@ impl Registry {
                     .get(header::WWW_AUTHENTICATE)
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_challenge);
-                if let Some(challenge) = challenge {
-                    if let Some(value) = self.authorize(host, &challenge).await? {
+                if let Some(challenge) = challenge
+                    && let Some(value) = self.authorize(host, &challenge).await? {
                         *host.authorization.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
                         answered_challenge = true;
                         continue;
                     }
-                }
             }
             let detail = error_detail(response).await;
             return Err(match status {
@@ -401,11 +403,10 @@ async fn error_detail(response: reqwest::Response) -> String {
         #[serde(default)]
         message: String,
     }
-    if let Ok(errors) = serde_json::from_str::<Errors>(&text) {
-        if let Some(first) = errors.errors.first() {
+    if let Ok(errors) = serde_json::from_str::<Errors>(&text)
+        && let Some(first) = errors.errors.first() {
             return format!(": {} {}", first.code, first.message);
         }
-    }
     let short: String = text.trim().chars().take(200).collect();
     if short.is_empty() { String::new() } else { format!(": {short}") }
 }
