@@ -17,7 +17,7 @@ use tonic::Code;
 use tracing::Instrument;
 
 /// Bytes sent to containerd per write.
-const WRITE_CHUNK: usize = 4 << 20;
+const WRITE_CHUNK: usize = 1 << 20;
 
 /// The blob's kind, as containerd names ingests (`layer-sha256:...`).
 #[derive(Debug, Clone, Copy)]
