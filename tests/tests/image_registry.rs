@@ -113,3 +113,40 @@ async fn failures_answer_with_their_codes_and_keep_nothing() -> anyhow::Result<(
     assert_no_leases(&stack).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn bearer_token_challenges() -> anyhow::Result<()> {
+    use crisp_testkit::token_auth::TokenAuthRegistry;
+    let upstream = Registry::start().await?;
+    let image = busybox(Format::Docker)?;
+    upstream.push("private/app", "v1", &image).await?;
+    let front = TokenAuthRegistry::start(upstream.addr(), "bob", "builder", "identity-123", "preissued-456").await?;
+    let name = format!("{}/private/app:v1", front.host());
+    let stack = stack().await?;
+    let mut client = stack.image_client();
+
+    let err = pull(&mut client, &name).await.expect_err("anonymous");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let wrong = AuthConfig { username: "bob".into(), password: "nope".into(), ..Default::default() };
+    let err = pull_with(&mut client, &name, Some(wrong)).await.expect_err("wrong password");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains(&name), "{}", err.message());
+
+    // username/password at the token realm; the token is then reused for the blobs.
+    let before = front.token_requests();
+    let right = AuthConfig { username: "bob".into(), password: "builder".into(), ..Default::default() };
+    assert_eq!(pull_with(&mut client, &name, Some(right)).await?, image.id());
+    assert_eq!(front.token_requests() - before, 1, "one token for the whole pull");
+
+    // An identity token (OAuth2 refresh token) and a registry token work too.
+    remove(&mut client, &name).await?;
+    let identity = AuthConfig { identity_token: "identity-123".into(), ..Default::default() };
+    assert_eq!(pull_with(&mut client, &name, Some(identity)).await?, image.id());
+    remove(&mut client, &name).await?;
+    let token = AuthConfig { registry_token: "preissued-456".into(), ..Default::default() };
+    let before = front.token_requests();
+    assert_eq!(pull_with(&mut client, &name, Some(token)).await?, image.id());
+    assert_eq!(front.token_requests(), before, "a registry token needs no token request");
+    assert_no_leases(&stack).await?;
+    Ok(())
+}

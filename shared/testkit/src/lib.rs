@@ -11,6 +11,7 @@ mod containerd;
 pub mod images;
 mod process;
 pub mod registry;
+pub mod token_auth;
 mod stack;
 
 pub use containerd::ContainerdProcess;
