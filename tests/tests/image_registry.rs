@@ -150,3 +150,34 @@ async fn bearer_token_challenges() -> anyhow::Result<()> {
     assert_no_leases(&stack).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn https_registries_with_ca_or_skip_verify() -> anyhow::Result<()> {
+    let registry = Registry::start_tls().await?;
+    let image = busybox(Format::Oci)?;
+    let name = registry.push("secure/app", "v1", &image).await?;
+    let ca = registry.ca_path().expect("a TLS registry has a certificate").to_path_buf();
+    let hosts = tempfile::tempdir()?;
+    let host_dir = hosts.path().join(registry.host());
+    std::fs::create_dir_all(&host_dir)?;
+    let write = |extra: &str| {
+        std::fs::write(host_dir.join("hosts.toml"), format!("server = \"https://{}\"\n{extra}\n", registry.host()))
+    };
+    let stack = stack_with(&format!("registry_config_path = \"{}\"", hosts.path().display())).await?;
+    let mut client = stack.image_client();
+
+    // hosts.toml is read at each pull.
+    write("")?;
+    let err = pull(&mut client, &name).await.expect_err("an untrusted certificate");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains(&name), "{}", err.message());
+
+    write(&format!("ca = \"{}\"", ca.display()))?;
+    assert_eq!(pull(&mut client, &name).await?, image.id());
+    remove(&mut client, &name).await?;
+
+    write("skip_verify = true")?;
+    assert_eq!(pull(&mut client, &name).await?, image.id());
+    assert_no_leases(&stack).await?;
+    Ok(())
+}

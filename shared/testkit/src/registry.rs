@@ -20,6 +20,8 @@ pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 pub struct Registry {
     child: Child,
     addr: SocketAddr,
+    /// The self-signed certificate (PEM) when the registry serves HTTPS.
+    tls_cert: Option<PathBuf>,
     dir: tempfile::TempDir,
     credentials: Option<(String, String)>,
     http: reqwest::Client,
@@ -28,15 +30,21 @@ pub struct Registry {
 impl Registry {
     /// An open registry (no auth).
     pub async fn start() -> anyhow::Result<Registry> {
-        Registry::start_inner(None).await
+        Registry::start_inner(None, false).await
+    }
+
+    /// A registry serving HTTPS with a self-signed certificate for 127.0.0.1 (made with
+    /// `openssl`); [`Registry::ca_path`] is the certificate to trust.
+    pub async fn start_tls() -> anyhow::Result<Registry> {
+        Registry::start_inner(None, true).await
     }
 
     /// A registry that requires `user`/`password` (htpasswd, bcrypt) for everything.
     pub async fn start_with_auth(user: &str, password: &str) -> anyhow::Result<Registry> {
-        Registry::start_inner(Some((user.to_string(), password.to_string()))).await
+        Registry::start_inner(Some((user.to_string(), password.to_string())), false).await
     }
 
-    async fn start_inner(credentials: Option<(String, String)>) -> anyhow::Result<Registry> {
+    async fn start_inner(credentials: Option<(String, String)>, tls: bool) -> anyhow::Result<Registry> {
         if !Path::new(REGISTRY_BIN).is_file() {
             bail!("{REGISTRY_BIN} is missing: apt-get install docker-registry");
         }
@@ -55,6 +63,12 @@ impl Registry {
             std::fs::write(&htpasswd, format!("{user}:{hash}\n"))?;
             config.push_str(&format!("auth:\n  htpasswd:\n    realm: crisp-test\n    path: {}\n", htpasswd.display()));
         }
+        let mut tls_cert = None;
+        if tls {
+            let (ca, cert, key) = make_certificate(dir.path())?;
+            config.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
+            tls_cert = Some(ca);
+        }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.path().join("registry.log"))?;
@@ -66,14 +80,18 @@ impl Registry {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {REGISTRY_BIN}"))?;
-        let http = reqwest::Client::builder().no_proxy().build()?;
-        let registry = Registry { child, addr, dir, credentials, http };
+        let mut http = reqwest::Client::builder().no_proxy();
+        if let Some(cert) = &tls_cert {
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(cert)?)?);
+        }
+        let http = http.build()?;
+        let registry = Registry { child, addr, tls_cert, dir, credentials, http };
         registry.wait_ready().await?;
         Ok(registry)
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        let url = format!("http://{}/v2/", self.addr);
+        let url = format!("{}/v2/", self.base());
         for _ in 0..100 {
             if let Ok(response) = self.http.get(&url).send().await
                 && (response.status().is_success() || response.status() == reqwest::StatusCode::UNAUTHORIZED)
@@ -84,6 +102,17 @@ impl Registry {
         }
         let log = std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
         bail!("the registry at {} did not come up: {log}", self.addr)
+    }
+
+    /// `http://127.0.0.1:<port>` (or `https://`).
+    pub fn base(&self) -> String {
+        let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The certificate to trust for a TLS registry.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.tls_cert.as_deref()
     }
 
     /// `127.0.0.1:<port>`: the host part of image names served here.
@@ -116,7 +145,7 @@ impl Registry {
 
     /// Uploads a blob (monolithic upload) unless the registry has it.
     pub async fn push_blob(&self, repo: &str, blob: &Blob) -> anyhow::Result<()> {
-        let base = format!("http://{}/v2/{repo}", self.addr);
+        let base = format!("{}/v2/{repo}", self.base());
         let head = self.request(reqwest::Method::HEAD, &format!("{base}/blobs/{}", blob.digest)).send().await?;
         if head.status().is_success() {
             return Ok(());
@@ -131,7 +160,7 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .context("upload without Location")?
             .to_string();
-        let location = if location.starts_with('/') { format!("http://{}{location}", self.addr) } else { location };
+        let location = if location.starts_with('/') { format!("{}{location}", self.base()) } else { location };
         let separator = if location.contains('?') { '&' } else { '?' };
         let put = self
             .request(reqwest::Method::PUT, &format!("{location}{separator}digest={}", blob.digest))
@@ -147,7 +176,7 @@ impl Registry {
 
     /// Puts a manifest or index under `reference` (a tag or its digest).
     pub async fn push_manifest(&self, repo: &str, reference: &str, manifest: &Blob) -> anyhow::Result<()> {
-        let url = format!("http://{}/v2/{repo}/manifests/{reference}", self.addr);
+        let url = format!("{}/v2/{repo}/manifests/{reference}", self.base());
         let put = self
             .request(reqwest::Method::PUT, &url)
             .header(reqwest::header::CONTENT_TYPE, &manifest.media_type)
@@ -192,6 +221,35 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with `openssl`: (CA
+/// certificate, server certificate, server key).
+fn make_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let path = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")?;
+    let steps: [Vec<String>; 3] = [
+        vec!["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+            "-subj", "/CN=crisp test CA", "-keyout", &path("ca.key"), "-out", &path("ca.pem")]
+            .into_iter().map(String::from).collect(),
+        vec!["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", &path("key.pem"), "-out", &path("leaf.csr")]
+            .into_iter().map(String::from).collect(),
+        vec!["x509", "-req", "-in", &path("leaf.csr"), "-CA", &path("ca.pem"), "-CAkey", &path("ca.key"),
+            "-CAcreateserial", "-days", "2", "-extfile", &path("leaf.ext"), "-out", &path("cert.pem")]
+            .into_iter().map(String::from).collect(),
+    ];
+    for args in steps {
+        let output = Command::new("openssl")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running openssl (apt-get install openssl)")?;
+        if !output.status.success() {
+            bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        }
+    }
+    Ok((dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem")))
 }
 
 fn free_port() -> anyhow::Result<u16> {
