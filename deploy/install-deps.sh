@@ -8,7 +8,7 @@ set -euo pipefail
 packages=(
   containerd runc containernetworking-plugins iptables iproute2
   protobuf-compiler pkg-config ca-certificates
-  docker-registry busybox-static apache2-utils
+  docker-registry busybox-static apache2-utils openssl
 )
 
 missing=()
