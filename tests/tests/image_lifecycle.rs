@@ -3,7 +3,7 @@
 mod image_support;
 
 use crisp_proto::cri::ImageFsInfoRequest;
-use crisp_testkit::images::{Format, ImageBuilder};
+use crisp_testkit::images::{Format, ImageBuilder, sha256};
 use crisp_testkit::registry::Registry;
 use image_support::*;
 
@@ -16,10 +16,12 @@ async fn remove_by_tag_digest_or_id_removes_every_name() -> anyhow::Result<()> {
     let v1 = registry.push("test/app", "v1", &image).await?;
     let v2 = registry.push("test/app", "v2", &image).await?;
     let by_digest = format!("{}/test/app@{}", registry.host(), image.manifest.digest);
-    let other = ImageBuilder::new(Format::Oci).file_layer("x", "other\n").build()?;
+    let other = ImageBuilder::new(Format::Oci).busybox_layer()?.file_layer("x", "other\n").build()?;
     let other_name = registry.push("test/other", "v1", &other).await?;
     pull(&mut client, &other_name).await?;
 
+    // The top snapshot's name (containerd's chain id); the busybox layer below is shared.
+    let top_chain_id = sha256(format!("{} {}", image.diff_ids[0], image.diff_ids[1]).as_bytes());
     for name_kind in ["tag", "digest", "id"] {
         pull(&mut client, &v1).await?;
         pull(&mut client, &v2).await?;
@@ -41,8 +43,20 @@ async fn remove_by_tag_digest_or_id_removes_every_name() -> anyhow::Result<()> {
         let content = stack.ctr(&["content", "ls", "-q"])?;
         assert!(!content.contains(&image.layers[1].digest), "layer content left after removing by {name_kind}");
         let snapshots = stack.ctr(&["snapshots", "ls"])?;
-        assert!(!snapshots.contains(&image.diff_ids[0]), "snapshot left after removing by {name_kind}");
+        assert!(!snapshots.contains(&top_chain_id), "snapshot left after removing by {name_kind}");
     }
+    // Three synchronous garbage collections later, the other image (held only by its records
+    // and the GC labels on its blobs) is whole: content, snapshots, and a container runs.
+    let content = stack.ctr(&["content", "ls", "-q"])?;
+    for blob in other.layers.iter().chain([&other.config, &other.manifest]) {
+        assert!(content.contains(&blob.digest), "{} was collected", blob.digest);
+    }
+    let snapshots = stack.ctr(&["snapshots", "ls"])?;
+    let other_top = sha256(format!("{} {}", other.diff_ids[0], other.diff_ids[1]).as_bytes());
+    assert!(snapshots.contains(&other_top), "the other image's snapshot was collected");
+    let check = stack.ctr(&["images", "check"])?;
+    assert!(check.lines().any(|l| l.starts_with(&other_name) && l.contains("complete")), "{check}");
+
     // Removing what is absent succeeds.
     remove(&mut client, &v1).await?;
     remove(&mut client, &format!("sha256:{}", "0".repeat(64))).await?;
