@@ -22,15 +22,19 @@ async fn remove_by_tag_digest_or_id_removes_every_name() -> anyhow::Result<()> {
 
     // The top snapshot's name (containerd's chain id); the busybox layer below is shared.
     let top_chain_id = sha256(format!("{} {}", image.diff_ids[0], image.diff_ids[1]).as_bytes());
-    for name_kind in ["tag", "digest", "id"] {
+    for name_kind in ["tag", "digest", "id", "short id"] {
         pull(&mut client, &v1).await?;
         pull(&mut client, &v2).await?;
         let s = status(&mut client, &v2).await?.expect("pulled");
         assert_eq!(s.repo_tags, vec![v1.clone(), v2.clone()], "one image with both tags");
+        let short = status(&mut client, &image.id()[7..19]).await?.expect("status by a short id");
+        assert_eq!(short.id, image.id());
         let target = match name_kind {
             "tag" => v1.clone(),
             "digest" => by_digest.clone(),
-            _ => image.id(),
+            "id" => image.id(),
+            // What `crictl images` shows and `crictl rmi` takes: a short id.
+            _ => image.id()["sha256:".len().."sha256:".len() + 12].to_string(),
         };
         remove(&mut client, &target).await?;
         for name in [&v1, &v2, &by_digest, &image.id()] {

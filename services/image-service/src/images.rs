@@ -2,7 +2,7 @@
 
 use crate::error::ImageError;
 use crate::reference::ImageName;
-use crate::store::ImageStore;
+use crate::store::{self, ImageStore};
 use crisp_proto::cri::{Image, ImageFilter};
 use std::collections::HashMap;
 
@@ -11,10 +11,7 @@ pub async fn list(store: &ImageStore, filter: Option<&ImageFilter>) -> Result<Ve
     let wanted = filter.and_then(|f| f.image.as_ref()).map(|spec| spec.image.as_str()).filter(|s| !s.is_empty());
     match wanted {
         None => Ok(store.list().await?.iter().map(|image| image.to_cri()).collect()),
-        Some(name) => {
-            let name = ImageName::parse(name)?;
-            Ok(store.find(&name).await?.iter().map(|image| image.to_cri()).collect())
-        }
+        Some(name) => Ok(resolve(store, name).await?.iter().map(|image| image.to_cri()).collect()),
     }
 }
 
@@ -25,8 +22,7 @@ pub async fn status(
     name: &str,
     verbose: bool,
 ) -> Result<(Option<Image>, HashMap<String, String>), ImageError> {
-    let name = ImageName::parse(name)?;
-    let Some(image) = store.find(&name).await? else {
+    let Some(image) = resolve(store, name).await? else {
         return Ok((None, HashMap::new()));
     };
     let mut info = HashMap::new();
@@ -43,8 +39,7 @@ pub async fn status(
 
 /// Removes the image `name` names with every name it has; an absent image is removed already.
 pub async fn remove(store: &ImageStore, name: &str) -> Result<(), ImageError> {
-    let name = ImageName::parse(name)?;
-    let Some(image) = store.find(&name).await? else {
+    let Some(image) = resolve(store, name).await? else {
         return Ok(());
     };
     // The id record goes last, with containerd's garbage collection run synchronously so the
@@ -58,4 +53,29 @@ pub async fn remove(store: &ImageStore, name: &str) -> Result<(), ImageError> {
     }
     tracing::info!(id = %image.id, tags = ?image.repo_tags, digests = ?image.repo_digests, "removed image");
     Ok(())
+}
+
+/// The image `input` names, as containerd's CRI resolves it: a full id, or a reference, or
+/// else (like `crictl rmi 3f57d9401f8d`) a unique prefix of an id, with or without `sha256:`.
+async fn resolve(store: &ImageStore, input: &str) -> Result<Option<store::Image>, ImageError> {
+    let name = ImageName::parse(input);
+    if let Ok(name) = &name
+        && let Some(image) = store.find(name).await?
+    {
+        return Ok(Some(image));
+    }
+    let hex = input.strip_prefix("sha256:").unwrap_or(input);
+    let is_prefix = !hex.is_empty() && hex.len() < 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !is_prefix {
+        // Not an id prefix: a malformed reference is the caller's error.
+        name?;
+        return Ok(None);
+    }
+    let mut matches: Vec<_> = store
+        .list()
+        .await?
+        .into_iter()
+        .filter(|image| image.id.strip_prefix("sha256:").is_some_and(|id| id.starts_with(hex)))
+        .collect();
+    Ok(if matches.len() == 1 { matches.pop() } else { None })
 }
