@@ -94,3 +94,24 @@ async fn image_fs_info_reports_what_images_use() -> anyhow::Result<()> {
     assert!(inodes_after > inodes_before + 5, "{inodes_before} -> {inodes_after}");
     Ok(())
 }
+
+#[tokio::test]
+async fn images_other_clients_put_in_the_namespace_count_too() -> anyhow::Result<()> {
+    // Side-loading, as with containerd's CRI: `ctr images pull` (or import) into the namespace.
+    let registry = Registry::start().await?;
+    let stack = stack().await?;
+    let mut client = stack.image_client();
+    let image = busybox(Format::Docker)?;
+    let name = registry.push("side/loaded", "v1", &image).await?;
+    stack.ctr(&["images", "pull", "--plain-http", &name])?;
+
+    let listed = list(&mut client).await?;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, image.id());
+    assert_eq!(listed[0].repo_tags, vec![name.clone()]);
+    let s = status(&mut client, &name).await?.expect("a side-loaded image has a status");
+    assert_eq!(s.size, image.size());
+    remove(&mut client, &name).await?;
+    assert!(ctr_images(&stack)?.is_empty());
+    Ok(())
+}

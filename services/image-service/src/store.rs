@@ -2,7 +2,8 @@
 //! per name (`repo:tag`, `repo@digest`) plus an id record `sha256:<config digest>`, all with
 //! the same target and the label `io.cri-containerd.image=managed`; the pinned (sandbox) image
 //! also carries `io.cri-containerd.pinned=pinned`. A CRI image is the group of records whose
-//! target leads to the same config.
+//! target leads to the same config. Like containerd's CRI, every image in the namespace counts,
+//! also those put there by other clients (`ctr images import` / `pull`): side-loading works.
 
 use crate::content;
 use crate::oci;
@@ -72,7 +73,7 @@ impl ImageStore {
         Self { containerd, details: Default::default() }
     }
 
-    /// Every CRI image, from the managed records.
+    /// Every CRI image, from the namespace's image records.
     pub async fn list(&self) -> Result<Vec<Image>, StoreError> {
         let records = self.records().await?;
         let mut groups: BTreeMap<String, Vec<Record>> = BTreeMap::new();
@@ -109,18 +110,14 @@ impl ImageStore {
         let Some(record) = self.record(&record_name).await? else {
             return Ok(None);
         };
-        if record.labels.get(MANAGED_LABEL).map(String::as_str) != Some(MANAGED_VALUE) {
-            return Ok(None);
-        }
         let Some(target) = record.target else { return Ok(None) };
         let id = self.details(&target).await?.config_digest.clone();
         Ok(self.list().await?.into_iter().find(|image| image.id == id))
     }
 
     async fn records(&self) -> Result<Vec<Record>, StoreError> {
-        let filter = format!("labels.\"{MANAGED_LABEL}\"=={MANAGED_VALUE}");
         Ok(ImagesClient::new(self.containerd.channel())
-            .list(ListImagesRequest { filters: vec![filter] })
+            .list(ListImagesRequest { filters: vec![] })
             .await
             .map_err(|s| ContainerdError::call("listing images", s))?
             .into_inner()
