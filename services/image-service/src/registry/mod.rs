@@ -20,8 +20,8 @@ const MAX_MANIFEST_BYTES: usize = 4 << 20;
 pub enum RegistryError {
     #[error("registry {host} is unreachable: {source}")]
     Unreachable { host: String, source: reqwest::Error },
-    #[error("{what} not found at {host}")]
-    NotFound { host: String, what: String },
+    #[error("{what} not found at {host}{detail}")]
+    NotFound { host: String, what: String, detail: String },
     #[error("registry {host} refused the credentials ({status}){detail}")]
     Unauthenticated { host: String, status: StatusCode, detail: String },
     #[error("registry {host} denied access ({status}){detail}")]
@@ -211,6 +211,7 @@ impl Registry {
         Err(last.unwrap_or_else(|| RegistryError::NotFound {
             host: self.reference.domain.clone(),
             what: "a host that may resolve tags (hosts.toml capabilities)".into(),
+            detail: String::new(),
         }))
     }
 
@@ -271,7 +272,7 @@ impl Registry {
             return Err(match status {
                 StatusCode::UNAUTHORIZED => RegistryError::Unauthenticated { host: name, status, detail },
                 StatusCode::FORBIDDEN => RegistryError::Denied { host: name, status, detail },
-                StatusCode::NOT_FOUND => RegistryError::NotFound { host: name, what: what.to_string() },
+                StatusCode::NOT_FOUND => RegistryError::NotFound { host: name, what: what.to_string(), detail },
                 _ => RegistryError::Status { host: name, status, what: what.to_string(), detail },
             });
         }
