@@ -12,7 +12,7 @@ use containerd_client::services::v1::snapshots::{ListSnapshotsRequest, UsageRequ
 use containerd_client::services::v1::{ListContentRequest, PluginsRequest};
 use crisp_containerd::{Containerd, ContainerdError};
 use crisp_proto::cri::{FilesystemIdentifier, FilesystemUsage, UInt64Value};
-use tokio_stream::StreamExt;
+use futures::StreamExt;
 
 pub async fn image_fs_info(containerd: &Containerd, snapshotter: &str) -> Result<Vec<FilesystemUsage>, ImageError> {
     let timestamp = std::time::SystemTime::now()
@@ -47,9 +47,18 @@ async fn snapshot_usage(containerd: &Containerd, snapshotter: &str) -> Result<(u
         let batch = batch.map_err(|s| ContainerdError::call("listing snapshots", s))?;
         keys.extend(batch.info.into_iter().map(|i| i.name));
     }
+    // A few at a time: an active snapshot's usage walks its directory.
+    let usages = futures::stream::iter(keys.into_iter().map(|key| {
+        let mut client = client.clone();
+        let request = UsageRequest { snapshotter: snapshotter.to_string(), key };
+        async move { client.usage(request).await }
+    }))
+    .buffer_unordered(8)
+    .collect::<Vec<_>>()
+    .await;
     let (mut bytes, mut inodes) = (0u64, 0u64);
-    for key in keys {
-        match client.usage(UsageRequest { snapshotter: snapshotter.to_string(), key }).await {
+    for usage in usages {
+        match usage {
             Ok(usage) => {
                 let usage = usage.into_inner();
                 bytes += usage.size.max(0) as u64;
