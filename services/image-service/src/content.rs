@@ -247,7 +247,7 @@ impl Ingest {
     }
 
     /// Appends `data` at the current offset.
-    pub async fn write(&mut self, data: bytes::Bytes) -> Result<(), ContainerdError> {
+    pub async fn write(&mut self, data: Vec<u8>) -> Result<(), ContainerdError> {
         let len = data.len() as i64;
         let message = WriteContentRequest {
             action: WriteAction::Write as i32,
@@ -255,7 +255,7 @@ impl Ingest {
             total: self.total,
             expected: self.expected.clone(),
             offset: self.offset,
-            data: data.to_vec(),
+            data,
             labels: HashMap::new(),
         };
         self.send(message).await?;
@@ -270,7 +270,7 @@ impl Ingest {
     /// Restarts the ingest at byte 0 (the source could not resume).
     pub async fn restart(&mut self) -> Result<(), ContainerdError> {
         self.offset = 0;
-        self.write(bytes::Bytes::new()).await
+        self.write(Vec::new()).await
     }
 
     /// Commits: containerd checks size and digest; a mismatch answers FAILED_PRECONDITION

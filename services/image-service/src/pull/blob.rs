@@ -7,7 +7,6 @@ use crate::content::{self, Ingest, Opened};
 use crate::error::PullError;
 use crate::oci::Descriptor;
 use crate::registry::Registry;
-use bytes::{Bytes, BytesMut};
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::StatusRequest;
 use crisp_containerd::{Containerd, ContainerdError};
@@ -141,7 +140,7 @@ async fn write(
             if ingest.offset != 0 {
                 ingest.restart().await?;
             }
-            ingest.write(Bytes::copy_from_slice(bytes)).await?;
+            ingest.write(bytes.to_vec()).await?;
             progress.add_bytes(bytes.len() as u64);
         }
         Source::Registry(registry) => {
@@ -156,14 +155,14 @@ async fn write(
                 if ingest.offset > 0 && !ranged {
                     ingest.restart().await?;
                 }
-                let mut buffer = BytesMut::with_capacity(WRITE_CHUNK);
+                let mut buffer = Vec::with_capacity(WRITE_CHUNK);
                 loop {
                     let chunk = match response.chunk().await {
                         Ok(Some(chunk)) => chunk,
                         Ok(None) => break,
                         Err(source) => {
                             if !buffer.is_empty() {
-                                ingest.write(buffer.split().freeze()).await?;
+                                ingest.write(std::mem::replace(&mut buffer, Vec::with_capacity(WRITE_CHUNK))).await?;
                             }
                             return Err(PullError::Registry(crate::registry::RegistryError::Unreachable {
                                 host: response.url().host_str().unwrap_or_default().to_string(),
@@ -181,11 +180,11 @@ async fn write(
                     }
                     buffer.extend_from_slice(&chunk);
                     if buffer.len() >= WRITE_CHUNK {
-                        ingest.write(buffer.split().freeze()).await?;
+                        ingest.write(std::mem::replace(&mut buffer, Vec::with_capacity(WRITE_CHUNK))).await?;
                     }
                 }
                 if !buffer.is_empty() {
-                    ingest.write(buffer.split().freeze()).await?;
+                    ingest.write(std::mem::replace(&mut buffer, Vec::with_capacity(WRITE_CHUNK))).await?;
                 }
             }
         }
