@@ -17,6 +17,8 @@ pub enum HostsError {
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("{path}: host `{host}` is not a valid URL or host")]
     BadHost { path: PathBuf, host: String },
+    #[error("{path}: header `{name}` is not a valid HTTP header name and value")]
+    BadHeader { path: PathBuf, name: String },
 }
 
 /// One place a registry's content can be fetched from.
@@ -34,6 +36,8 @@ pub struct RegistryHost {
     pub resolve: bool,
     /// A mirror (not the registry itself): requests carry `?ns=<registry>`.
     pub mirror: bool,
+    /// Extra headers sent with every request to this host (`[host."…".header]`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl RegistryHost {
@@ -55,6 +59,8 @@ struct HostsFile {
     #[serde(default)]
     override_path: Option<bool>,
     #[serde(default)]
+    header: Option<toml::map::Map<String, toml::Value>>,
+    #[serde(default)]
     host: toml::map::Map<String, toml::Value>,
 }
 
@@ -68,6 +74,28 @@ struct HostEntry {
     ca: Option<StringOrList>,
     #[serde(default)]
     override_path: Option<bool>,
+    #[serde(default)]
+    header: Option<toml::map::Map<String, toml::Value>>,
+}
+
+/// `name = "value"` or `name = ["v1", "v2"]` pairs, checked to be valid HTTP headers.
+fn headers(path: &Path, table: Option<&toml::map::Map<String, toml::Value>>) -> Result<Vec<(String, String)>, HostsError> {
+    let mut headers = Vec::new();
+    for (name, value) in table.into_iter().flatten() {
+        let values: Vec<&str> = match value {
+            toml::Value::String(v) => vec![v.as_str()],
+            toml::Value::Array(values) => values.iter().filter_map(|v| v.as_str()).collect(),
+            _ => vec![],
+        };
+        for value in values {
+            let valid = http::HeaderName::from_bytes(name.as_bytes()).is_ok() && http::HeaderValue::from_str(value).is_ok();
+            if !valid {
+                return Err(HostsError::BadHeader { path: path.to_path_buf(), name: name.clone() });
+            }
+            headers.push((name.clone(), value.to_string()));
+        }
+    }
+    Ok(headers)
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +149,7 @@ fn default_host(registry: &str) -> RegistryHost {
         ca: vec![],
         resolve: true,
         mirror: false,
+        headers: vec![],
     }
 }
 
@@ -147,6 +176,7 @@ fn parse_hosts(path: &Path, text: &str, registry: &str) -> Result<Vec<RegistryHo
         let mut host = parse_url(path, name, entry.override_path.unwrap_or(false))?;
         host.skip_verify = entry.skip_verify.unwrap_or(false);
         host.ca = entry.ca.as_ref().map(|ca| ca.paths(base)).unwrap_or_default();
+        host.headers = headers(path, entry.header.as_ref())?;
         host.resolve = entry
             .capabilities
             .as_ref()
@@ -167,6 +197,7 @@ fn parse_hosts(path: &Path, text: &str, registry: &str) -> Result<Vec<RegistryHo
     if let Some(ca) = &file.ca {
         server.ca = ca.paths(base);
     }
+    server.headers = headers(path, file.header.as_ref())?;
     if let Some(caps) = &file.capabilities {
         server.resolve = caps.iter().any(|c| c == "resolve");
         if !caps.iter().any(|c| c == "pull") {
@@ -205,6 +236,7 @@ fn parse_url(path: &Path, url: &str, override_path: bool) -> Result<RegistryHost
         ca: vec![],
         resolve: true,
         mirror: false,
+        headers: vec![],
     })
 }
 
@@ -222,6 +254,9 @@ server = "https://registry.k8s.io"
   capabilities = ["pull"]
   skip_verify = true
   ca = "ca.crt"
+  [host."https://mirror.example/base".header]
+    x-one = "1"
+    x-two = ["a", "b"]
 "#;
         let hosts = parse_hosts(Path::new("/etc/crisp/certs.d/registry.k8s.io/hosts.toml"), text, "registry.k8s.io").unwrap();
         assert_eq!(hosts.len(), 3);
@@ -230,6 +265,10 @@ server = "https://registry.k8s.io"
         assert_eq!(hosts[1].base(), "https://mirror.example/base/v2");
         assert!(!hosts[1].resolve && hosts[1].skip_verify);
         assert_eq!(hosts[1].ca, vec![PathBuf::from("/etc/crisp/certs.d/registry.k8s.io/ca.crt")]);
+        assert_eq!(
+            hosts[1].headers,
+            vec![("x-one".into(), "1".into()), ("x-two".into(), "a".into()), ("x-two".into(), "b".into())]
+        );
         assert_eq!(hosts[2].base(), "https://registry.k8s.io/v2");
         assert!(!hosts[2].mirror);
     }

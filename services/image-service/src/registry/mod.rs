@@ -237,6 +237,9 @@ impl Registry {
         let mut answered_challenge = false;
         loop {
             let mut request = host.client.get(url);
+            for (name, value) in &host.config.headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
             if let Some(accept) = accept {
                 request = request.header(header::ACCEPT, accept);
             }
