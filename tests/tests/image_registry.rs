@@ -44,9 +44,13 @@ async fn a_mirror_in_hosts_toml_serves_an_upstream_name() -> anyhow::Result<()> 
     let pause = ImageBuilder::new(Format::Docker).busybox_layer()?.cmd(&["/bin/sleep", "3600"]).build()?;
     mirror.push("pause", "3.10", &pause).await?;
     let hosts = tempfile::tempdir()?;
-    // The upstream server is a closed loopback port: tests reach nothing beyond loopback.
+    // A first mirror that is down, the one that has the image, and as the upstream server a
+    // closed loopback port: tests reach nothing beyond loopback.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    write_hosts_toml(hosts.path(), "registry.k8s.io", &mirror.host(), &format!("http://{closed}"))?;
+    let down = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mirrors = [down.to_string(), mirror.host()];
+    let mirrors: Vec<&str> = mirrors.iter().map(String::as_str).collect();
+    write_hosts_toml(hosts.path(), "registry.k8s.io", &mirrors, &format!("http://{closed}"))?;
     let stack = stack_with(&format!("registry_config_path = \"{}\"", hosts.path().display())).await?;
     let mut client = stack.image_client();
 

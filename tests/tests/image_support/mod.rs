@@ -20,15 +20,16 @@ pub async fn stack() -> anyhow::Result<Stack> {
     stack_with("").await
 }
 
-/// Writes `<dir>/<registry>/hosts.toml` sending `registry` to the plain-HTTP `mirror` first,
-/// then to `server` (a URL).
-pub fn write_hosts_toml(dir: &Path, registry: &str, mirror: &str, server: &str) -> anyhow::Result<()> {
+/// Writes `<dir>/<registry>/hosts.toml` sending `registry` to the plain-HTTP `mirrors` first,
+/// in order, then to `server` (a URL).
+pub fn write_hosts_toml(dir: &Path, registry: &str, mirrors: &[&str], server: &str) -> anyhow::Result<()> {
     let host_dir = dir.join(registry);
     std::fs::create_dir_all(&host_dir)?;
-    std::fs::write(
-        host_dir.join("hosts.toml"),
-        format!("server = \"{server}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
-    )?;
+    let mut text = format!("server = \"{server}\"\n");
+    for mirror in mirrors {
+        text.push_str(&format!("\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"));
+    }
+    std::fs::write(host_dir.join("hosts.toml"), text)?;
     Ok(())
 }
 
