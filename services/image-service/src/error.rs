@@ -21,6 +21,13 @@ pub enum ImageError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Containerd(#[from] ContainerdError),
+    /// A failure of an RPC about one image (status, remove), naming it.
+    #[error("image {image}")]
+    About {
+        image: String,
+        #[source]
+        source: Box<ImageError>,
+    },
     #[error("pulling image {image}")]
     Pull {
         image: String,
@@ -91,6 +98,17 @@ impl GrpcError for ImageError {
             ImageError::Store(err) => err.code(),
             ImageError::Containerd(err) => err.code(),
             ImageError::Pull { source, .. } => source.code(),
+            ImageError::About { source, .. } => source.code(),
+        }
+    }
+}
+
+impl ImageError {
+    /// This error, naming `image` unless it does already.
+    pub fn about(self, image: &str) -> ImageError {
+        match self {
+            err @ (ImageError::Reference(_) | ImageError::Pull { .. } | ImageError::About { .. }) => err,
+            err => ImageError::About { image: image.to_string(), source: Box::new(err) },
         }
     }
 }

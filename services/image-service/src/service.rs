@@ -75,7 +75,7 @@ impl ImageService for Images {
     async fn image_status(&self, request: Request<ImageStatusRequest>) -> Result<Response<ImageStatusResponse>, Status> {
         let request = request.into_inner();
         let name = image_name(request.image.as_ref())?;
-        let (image, info) = images::status(&self.store, name, request.verbose).await?;
+        let (image, info) = images::status(&self.store, name, request.verbose).await.map_err(|e| e.about(name))?;
         Ok(Response::new(ImageStatusResponse { image, info }))
     }
 
@@ -90,7 +90,7 @@ impl ImageService for Images {
     async fn remove_image(&self, request: Request<RemoveImageRequest>) -> Result<Response<RemoveImageResponse>, Status> {
         let request = request.into_inner();
         let name = image_name(request.image.as_ref())?;
-        images::remove(&self.store, name).await?;
+        images::remove(&self.store, name).await.map_err(|e| e.about(name))?;
         Ok(Response::new(RemoveImageResponse {}))
     }
 
