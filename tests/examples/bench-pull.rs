@@ -45,7 +45,9 @@ async fn bench() -> anyhow::Result<()> {
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(runs),
             "--max-concurrent-downloads" => downloads = args.next().and_then(|v| v.parse().ok()).unwrap_or(downloads),
             "--containerd-socket" => containerd_socket = args.next().map(PathBuf::from).unwrap_or(containerd_socket),
-            other => anyhow::bail!("unknown argument {other}; usage: bench-pull [--runs N] [--max-concurrent-downloads N] [--containerd-socket PATH]"),
+            other => anyhow::bail!(
+                "unknown argument {other}; usage: bench-pull [--runs N] [--max-concurrent-downloads N] [--containerd-socket PATH]"
+            ),
         }
     }
 
@@ -76,9 +78,9 @@ async fn bench() -> anyhow::Result<()> {
     let mut crisp_times = Vec::new();
     let mut containerd_times = Vec::new();
     for run in 1..=runs {
-        let t = timed_cold_pull(&mut containerd, &name).await.map_err(|e| {
-            anyhow::anyhow!("containerd's CRI at {} failed: {e}", containerd_socket.display())
-        })?;
+        let t = timed_cold_pull(&mut containerd, &name)
+            .await
+            .map_err(|e| anyhow::anyhow!("containerd's CRI at {} failed: {e}", containerd_socket.display()))?;
         eprintln!("run {run}: containerd CRI {:.2} s", t.as_secs_f64());
         containerd_times.push(t);
         let t = timed_cold_pull(&mut crisp, &name).await?;
@@ -98,7 +100,10 @@ async fn bench() -> anyhow::Result<()> {
     println!("image: {:.1} MiB compressed in {} layers", compressed as f64 / 1048576.0, image.layers.len());
     println!("containerd CRI pull (median of {runs}): {:.2} s", containerd_median.as_secs_f64());
     println!("crisp pull          (median of {runs}): {:.2} s", crisp_median.as_secs_f64());
-    println!("ratio crisp/containerd: {:.2} (target <= 0.60)", crisp_median.as_secs_f64() / containerd_median.as_secs_f64());
+    println!(
+        "ratio crisp/containerd: {:.2} (target <= 0.60)",
+        crisp_median.as_secs_f64() / containerd_median.as_secs_f64()
+    );
     println!("crisp-image peak RSS: {}", peak.trim_start_matches("VmHWM:").trim());
     println!("crisp-image CPU time over all runs: {cpu:.2} s");
     Ok(())
@@ -117,7 +122,8 @@ async fn timed_cold_pull(client: &mut ImageServiceClient<Channel>, name: &str) -
 /// User + system CPU seconds of a process.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // Fields after the command: state is 0, utime 11, stime 12; 100 ticks a second.
     (ticks(11) + ticks(12)) / 100.0

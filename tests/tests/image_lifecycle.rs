@@ -84,7 +84,8 @@ async fn image_fs_info_reports_what_images_use() -> anyhow::Result<()> {
     pull(&mut client, &name).await?;
     let after = client.image_fs_info(ImageFsInfoRequest {}).await?.into_inner();
 
-    let mountpoints: Vec<_> = after.image_filesystems.iter().filter_map(|f| f.fs_id.as_ref()).map(|f| f.mountpoint.clone()).collect();
+    let mountpoints: Vec<_> =
+        after.image_filesystems.iter().filter_map(|f| f.fs_id.as_ref()).map(|f| f.mountpoint.clone()).collect();
     assert!(mountpoints.iter().any(|m| m.ends_with("io.containerd.snapshotter.v1.overlayfs")), "{mountpoints:?}");
     assert!(mountpoints.iter().any(|m| m.ends_with("io.containerd.content.v1.content")), "{mountpoints:?}");
     let (bytes_before, inodes_before) = used(&before);

@@ -16,7 +16,8 @@ use tonic::Code;
 async fn concurrent_pulls_of_one_image_download_it_once() -> anyhow::Result<()> {
     let registry = Registry::start().await?;
     let relay = Throttle::start(registry.addr(), 4 << 20).await?;
-    let image = ImageBuilder::new(Format::Oci).busybox_layer()?.data_layer(1 << 20, 1).data_layer(1 << 20, 2).build()?;
+    let image =
+        ImageBuilder::new(Format::Oci).busybox_layer()?.data_layer(1 << 20, 1).data_layer(1 << 20, 2).build()?;
     registry.push("test/shared", "v1", &image).await?;
     let name = format!("{}/test/shared:v1", relay.host());
     let stack = crisp_testkit::Stack::start_with(StackOptions { image_replicas: 2, ..Default::default() }).await?;

@@ -5,8 +5,8 @@
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::{
-    AbortRequest, AddResourceRequest, CreateRequest, DeleteRequest, ListRequest, Resource, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
-    WriteContentRequest, WriteContentResponse,
+    AbortRequest, AddResourceRequest, CreateRequest, DeleteRequest, InfoRequest, ListRequest, ReadContentRequest,
+    Resource, UpdateRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
 use crisp_containerd::{Containerd, ContainerdError};
 use std::collections::HashMap;
@@ -37,9 +37,7 @@ const OWNER_LABEL: &str = "crisp.io/pull-owner";
 
 /// Creates a lease for one pull by `owner`; it expires by itself after a day.
 pub async fn create_lease(containerd: &Containerd, owner: &str, purpose: &str) -> Result<String, ContainerdError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let id = format!("crisp-pull-{}-{}-{}", now.as_nanos(), std::process::id(), rand_suffix());
     let expire = httpdate_rfc3339(now + LEASE_LIFETIME);
     let labels = HashMap::from([
@@ -55,10 +53,7 @@ pub async fn create_lease(containerd: &Containerd, owner: &str, purpose: &str) -
 }
 
 pub async fn delete_lease(containerd: &Containerd, lease: &str) -> Result<(), ContainerdError> {
-    match LeasesClient::new(containerd.channel())
-        .delete(DeleteRequest { id: lease.to_string(), sync: false })
-        .await
-    {
+    match LeasesClient::new(containerd.channel()).delete(DeleteRequest { id: lease.to_string(), sync: false }).await {
         Ok(_) => Ok(()),
         Err(s) if s.code() == Code::NotFound => Ok(()),
         Err(s) => Err(ContainerdError::call("deleting a lease", s)),
@@ -330,12 +325,11 @@ fn classify_open(status: Status) -> Result<Opened, ContainerdError> {
 
 /// Drops an ingest and the bytes it holds.
 pub async fn abort(containerd: &Containerd, reference: &str) {
-    if let Err(s) = ContentClient::new(containerd.channel())
-        .abort(AbortRequest { r#ref: reference.to_string() })
-        .await
-        && s.code() != Code::NotFound {
-            tracing::warn!(reference, error = %s.message(), "aborting a content ingest failed");
-        }
+    if let Err(s) = ContentClient::new(containerd.channel()).abort(AbortRequest { r#ref: reference.to_string() }).await
+        && s.code() != Code::NotFound
+    {
+        tracing::warn!(reference, error = %s.message(), "aborting a content ingest failed");
+    }
 }
 
 #[cfg(test)]

@@ -5,4 +5,3 @@ use sha2::{Digest, Sha256};
 pub fn sha256_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
-

@@ -61,7 +61,9 @@ pub enum PullError {
     NoPlatform(String),
     #[error("the caller's deadline passed after {0:?}")]
     DeadlineExceeded(Duration),
-    #[error("no progress for {window:?} (less than {min_bytes} bytes downloaded in that window, no blob completed): the pull is stalled")]
+    #[error(
+        "no progress for {window:?} (less than {min_bytes} bytes downloaded in that window, no blob completed): the pull is stalled"
+    )]
     Stalled { window: Duration, min_bytes: u64 },
     #[error("the pull was cancelled")]
     Cancelled,

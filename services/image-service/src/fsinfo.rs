@@ -29,10 +29,7 @@ pub async fn image_fs_info(containerd: &Containerd, snapshotter: &str) -> Result
         used_bytes: Some(UInt64Value { value: bytes }),
         inodes_used: Some(UInt64Value { value: inodes }),
     };
-    Ok(vec![
-        usage(snap_root, snap_bytes, snap_inodes),
-        usage(content_root, content_bytes, content_inodes),
-    ])
+    Ok(vec![usage(snap_root, snap_bytes, snap_inodes), usage(content_root, content_bytes, content_inodes)])
 }
 
 async fn snapshot_usage(containerd: &Containerd, snapshotter: &str) -> Result<(u64, u64), ContainerdError> {
@@ -97,8 +94,5 @@ async fn plugin_root(containerd: &Containerd, kind: &str, id: &str) -> Result<St
         .map_err(|s| ContainerdError::call("introspecting plugins", s))?
         .into_inner()
         .plugins;
-    Ok(plugins
-        .into_iter()
-        .find_map(|p| p.exports.get("root").cloned())
-        .unwrap_or_default())
+    Ok(plugins.into_iter().find_map(|p| p.exports.get("root").cloned()).unwrap_or_default())
 }

@@ -79,7 +79,10 @@ struct HostEntry {
 }
 
 /// `name = "value"` or `name = ["v1", "v2"]` pairs, checked to be valid HTTP headers.
-fn headers(path: &Path, table: Option<&toml::map::Map<String, toml::Value>>) -> Result<Vec<(String, String)>, HostsError> {
+fn headers(
+    path: &Path,
+    table: Option<&toml::map::Map<String, toml::Value>>,
+) -> Result<Vec<(String, String)>, HostsError> {
     let mut headers = Vec::new();
     for (name, value) in table.into_iter().flatten() {
         let values: Vec<&str> = match value {
@@ -88,7 +91,8 @@ fn headers(path: &Path, table: Option<&toml::map::Map<String, toml::Value>>) -> 
             _ => vec![],
         };
         for value in values {
-            let valid = http::HeaderName::from_bytes(name.as_bytes()).is_ok() && http::HeaderValue::from_str(value).is_ok();
+            let valid =
+                http::HeaderName::from_bytes(name.as_bytes()).is_ok() && http::HeaderValue::from_str(value).is_ok();
             if !valid {
                 return Err(HostsError::BadHeader { path: path.to_path_buf(), name: name.clone() });
             }
@@ -111,9 +115,7 @@ impl StringOrList {
             StringOrList::One(s) => vec![s.clone()],
             StringOrList::Many(v) => v.clone(),
         };
-        list.into_iter()
-            .map(|p| if Path::new(&p).is_absolute() { PathBuf::from(p) } else { base.join(p) })
-            .collect()
+        list.into_iter().map(|p| if Path::new(&p).is_absolute() { PathBuf::from(p) } else { base.join(p) }).collect()
     }
 }
 
@@ -159,8 +161,7 @@ pub fn is_loopback(registry: &str) -> bool {
         _ => registry,
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn parse_hosts(path: &Path, text: &str, registry: &str) -> Result<Vec<RegistryHost>, HostsError> {
@@ -169,18 +170,13 @@ fn parse_hosts(path: &Path, text: &str, registry: &str) -> Result<Vec<RegistryHo
     let base = path.parent().unwrap_or(Path::new("/"));
     let mut hosts = Vec::new();
     for (name, value) in &file.host {
-        let entry: HostEntry = value
-            .clone()
-            .try_into()
-            .map_err(|source| HostsError::Parse { path: path.to_path_buf(), source })?;
+        let entry: HostEntry =
+            value.clone().try_into().map_err(|source| HostsError::Parse { path: path.to_path_buf(), source })?;
         let mut host = parse_url(path, name, entry.override_path.unwrap_or(false))?;
         host.skip_verify = entry.skip_verify.unwrap_or(false);
         host.ca = entry.ca.as_ref().map(|ca| ca.paths(base)).unwrap_or_default();
         host.headers = headers(path, entry.header.as_ref())?;
-        host.resolve = entry
-            .capabilities
-            .as_ref()
-            .is_none_or(|caps| caps.iter().any(|c| c == "resolve"));
+        host.resolve = entry.capabilities.as_ref().is_none_or(|caps| caps.iter().any(|c| c == "resolve"));
         host.mirror = true;
         let pull = entry.capabilities.as_ref().is_none_or(|caps| caps.iter().any(|c| c == "pull"));
         if pull {
@@ -223,11 +219,8 @@ fn parse_url(path: &Path, url: &str, override_path: bool) -> Result<RegistryHost
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(bad());
     }
-    let api_path = if override_path || url_path.ends_with("/v2") {
-        url_path.to_string()
-    } else {
-        format!("{url_path}/v2")
-    };
+    let api_path =
+        if override_path || url_path.ends_with("/v2") { url_path.to_string() } else { format!("{url_path}/v2") };
     Ok(RegistryHost {
         scheme,
         host: host.to_string(),
@@ -258,7 +251,8 @@ server = "https://registry.k8s.io"
     x-one = "1"
     x-two = ["a", "b"]
 "#;
-        let hosts = parse_hosts(Path::new("/etc/crisp/certs.d/registry.k8s.io/hosts.toml"), text, "registry.k8s.io").unwrap();
+        let hosts =
+            parse_hosts(Path::new("/etc/crisp/certs.d/registry.k8s.io/hosts.toml"), text, "registry.k8s.io").unwrap();
         assert_eq!(hosts.len(), 3);
         assert_eq!(hosts[0].base(), "http://127.0.0.1:5001/v2");
         assert!(hosts[0].resolve && hosts[0].mirror);

@@ -65,7 +65,8 @@ async fn resolve(store: &ImageStore, input: &str) -> Result<Option<store::Image>
         return Ok(Some(image));
     }
     let hex = input.strip_prefix("sha256:").unwrap_or(input);
-    let is_prefix = !hex.is_empty() && hex.len() < 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let is_prefix =
+        !hex.is_empty() && hex.len() < 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !is_prefix {
         // Not an id prefix: a malformed reference is the caller's error.
         name?;

@@ -30,8 +30,10 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (config, _telemetry) =
-        crisp_grpc_server::start("crisp-image", "crisp's CRI ImageService: pulls images from registries into containerd");
+    let (config, _telemetry) = crisp_grpc_server::start(
+        "crisp-image",
+        "crisp's CRI ImageService: pulls images from registries into containerd",
+    );
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -93,9 +93,7 @@ pub fn host_platform() -> Platform {
 pub fn pick_platform<'a>(index: &'a Index, platform: &Platform) -> Option<&'a Descriptor> {
     let candidates = || {
         index.manifests.iter().filter(|d| is_manifest(&d.media_type) || d.media_type.is_empty()).filter(|d| {
-            d.platform
-                .as_ref()
-                .is_some_and(|p| p.os == platform.os && p.architecture == platform.architecture)
+            d.platform.as_ref().is_some_and(|p| p.os == platform.os && p.architecture == platform.architecture)
         })
     };
     candidates()
@@ -158,7 +156,8 @@ mod tests {
 
     #[test]
     fn user_is_uid_or_name() {
-        let with = |u: &str| ImageConfig { config: Some(ContainerConfig { user: Some(u.into()) }), ..Default::default() };
+        let with =
+            |u: &str| ImageConfig { config: Some(ContainerConfig { user: Some(u.into()) }), ..Default::default() };
         assert_eq!(image_user(&with("1000:1000")), (Some(1000), String::new()));
         assert_eq!(image_user(&with("nobody")), (None, "nobody".into()));
         assert_eq!(image_user(&with("")), (None, String::new()));

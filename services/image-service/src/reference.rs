@@ -80,7 +80,9 @@ impl Reference {
         }
         let domain = if domain == LEGACY_DEFAULT_DOMAIN { DEFAULT_DOMAIN.to_string() } else { domain };
         if path.split('/').any(|component| !is_path_component(component)) {
-            return Err(err("the repository path must be lowercase components of [a-z0-9] separated by `.`, `_`, `__` or `-`, joined by `/`"));
+            return Err(err(
+                "the repository path must be lowercase components of [a-z0-9] separated by `.`, `_`, `__` or `-`, joined by `/`",
+            ));
         }
         let path = if domain == DEFAULT_DOMAIN && !path.contains('/') {
             format!("{OFFICIAL_REPO_PREFIX}{path}")
@@ -193,9 +195,10 @@ fn is_domain(s: &str) -> bool {
         _ => (s, None),
     };
     if let Some(port) = port
-        && (port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit())) {
-            return false;
-        }
+        && (port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return false;
+    }
     if host.starts_with('[') && host.ends_with(']') {
         return host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
     }
@@ -232,8 +235,19 @@ mod tests {
 
     #[test]
     fn malformed_references_are_rejected() {
-        for bad in ["", "Busybox", "busybox:", "busybox@sha256:abc", "a//b", "-a", "a:b:c", "busybox:-x", " busybox",
-            "host:port/x", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Busybox",
+            "busybox:",
+            "busybox@sha256:abc",
+            "a//b",
+            "-a",
+            "a:b:c",
+            "busybox:-x",
+            " busybox",
+            "host:port/x",
+            &"a".repeat(64),
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -24,10 +24,9 @@ impl Images {
         let puller = Puller::new(containerd.clone(), store.clone(), config.image.clone());
         // A pull this replica's previous run left (it was killed) is likely retried by the
         // kubelet within minutes; its lease keeps what it fetched for that retry until then.
-        puller.clean_stale_leases_later((config.image.pull_progress_timeout * 2).clamp(
-            Duration::from_secs(60),
-            Duration::from_secs(600),
-        ));
+        puller.clean_stale_leases_later(
+            (config.image.pull_progress_timeout * 2).clamp(Duration::from_secs(60), Duration::from_secs(600)),
+        );
         Self { containerd, store, puller, snapshotter: config.image.snapshotter.clone() }
     }
 }
@@ -72,7 +71,10 @@ impl ImageService for Images {
         Ok(Response::new(ListImagesResponse { images }))
     }
 
-    async fn image_status(&self, request: Request<ImageStatusRequest>) -> Result<Response<ImageStatusResponse>, Status> {
+    async fn image_status(
+        &self,
+        request: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
         let request = request.into_inner();
         let name = image_name(request.image.as_ref())?;
         let (image, info) = images::status(&self.store, name, request.verbose).await.map_err(|e| e.about(name))?;
@@ -87,14 +89,20 @@ impl ImageService for Images {
         Ok(Response::new(PullImageResponse { image_ref }))
     }
 
-    async fn remove_image(&self, request: Request<RemoveImageRequest>) -> Result<Response<RemoveImageResponse>, Status> {
+    async fn remove_image(
+        &self,
+        request: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
         let request = request.into_inner();
         let name = image_name(request.image.as_ref())?;
         images::remove(&self.store, name).await.map_err(|e| e.about(name))?;
         Ok(Response::new(RemoveImageResponse {}))
     }
 
-    async fn image_fs_info(&self, _request: Request<ImageFsInfoRequest>) -> Result<Response<ImageFsInfoResponse>, Status> {
+    async fn image_fs_info(
+        &self,
+        _request: Request<ImageFsInfoRequest>,
+    ) -> Result<Response<ImageFsInfoResponse>, Status> {
         let image_filesystems = fsinfo::image_fs_info(&self.containerd, &self.snapshotter).await?;
         Ok(Response::new(ImageFsInfoResponse { image_filesystems, container_filesystems: vec![] }))
     }

@@ -138,7 +138,8 @@ impl ImageStore {
         if pinned {
             labels.insert(PINNED_LABEL.to_string(), PINNED_VALUE.to_string());
         }
-        let record = Record { name: name.to_string(), labels, target: Some(target.clone()), created_at: None, updated_at: None };
+        let record =
+            Record { name: name.to_string(), labels, target: Some(target.clone()), created_at: None, updated_at: None };
         let mut client = ImagesClient::new(self.containerd.channel());
         match client.create(CreateImageRequest { image: Some(record.clone()), source_date_epoch: None }).await {
             Ok(_) => Ok(()),
@@ -201,10 +202,7 @@ impl ImageStore {
         let config_json: serde_json::Value =
             serde_json::from_slice(&config_bytes).map_err(|e| corrupt(format!("config: {e}")))?;
         let details = Arc::new(Details { config_digest: manifest.config.digest, size, config, config_json });
-        self.details
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(target.digest.clone(), details.clone());
+        self.details.lock().unwrap_or_else(|p| p.into_inner()).insert(target.digest.clone(), details.clone());
         Ok(details)
     }
 }

@@ -3,12 +3,12 @@
 //! check the applied digest is the config's diff id → `snapshots.Commit(chain id, key)`.
 
 use crate::content::leased;
+use containerd_client::services::v1::ApplyRequest;
 use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
-use containerd_client::services::v1::ApplyRequest;
 use containerd_client::types::Descriptor;
 use crisp_containerd::{Containerd, ContainerdError};
 use tonic::Code;
@@ -22,7 +22,11 @@ pub enum UnpackError {
 }
 
 /// Whether the snapshot `chain_id` is committed already.
-pub async fn snapshot_exists(containerd: &Containerd, snapshotter: &str, chain_id: &str) -> Result<bool, ContainerdError> {
+pub async fn snapshot_exists(
+    containerd: &Containerd,
+    snapshotter: &str,
+    chain_id: &str,
+) -> Result<bool, ContainerdError> {
     let request = StatSnapshotRequest { snapshotter: snapshotter.to_string(), key: chain_id.to_string() };
     match SnapshotsClient::new(containerd.channel()).stat(request).await {
         Ok(_) => Ok(true),
@@ -47,10 +51,7 @@ pub async fn unpack_layer(
     layer: Layer<'_>,
 ) -> Result<(), UnpackError> {
     let mut snapshots = SnapshotsClient::new(containerd.channel());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let key = format!("extract-{nanos}-{} {}", std::process::id(), layer.chain_id);
     let prepare = PrepareSnapshotRequest {
         snapshotter: snapshotter.to_string(),
@@ -70,9 +71,10 @@ pub async fn unpack_layer(
     if result.is_err() {
         let remove = RemoveSnapshotRequest { snapshotter: snapshotter.to_string(), key: key.clone() };
         if let Err(s) = snapshots.remove(leased(remove, lease)).await
-            && s.code() != Code::NotFound {
-                tracing::warn!(key, error = %s.message(), "removing a failed unpack snapshot");
-            }
+            && s.code() != Code::NotFound
+        {
+            tracing::warn!(key, error = %s.message(), "removing a failed unpack snapshot");
+        }
     }
     result
 }
@@ -86,7 +88,8 @@ async fn apply_and_commit(
     layer: &Layer<'_>,
 ) -> Result<(), UnpackError> {
     let started = std::time::Instant::now();
-    let apply = ApplyRequest { diff: Some(layer.descriptor.clone()), mounts, payloads: Default::default(), sync_fs: false };
+    let apply =
+        ApplyRequest { diff: Some(layer.descriptor.clone()), mounts, payloads: Default::default(), sync_fs: false };
     let applied = DiffClient::new(containerd.channel())
         .apply(leased(apply, lease))
         .await

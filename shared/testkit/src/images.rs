@@ -119,7 +119,8 @@ impl ImageBuilder {
     /// A layer with busybox as `/bin/busybox`, `/bin/sh` and a few applets linked to it, and
     /// `/etc/passwd` and `/etc/group` naming root, nobody and `app` (1000).
     pub fn busybox_layer(self) -> anyhow::Result<ImageBuilder> {
-        let busybox = std::fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX} (apt-get install busybox-static)"))?;
+        let busybox =
+            std::fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX} (apt-get install busybox-static)"))?;
         let mut entries = vec![
             Entry::Dir { path: "bin".into() },
             Entry::Dir { path: "etc".into() },
@@ -173,7 +174,10 @@ impl ImageBuilder {
             } else {
                 let mut line = 0u64;
                 while data.len() < len {
-                    data.extend_from_slice(format!("line {line} of layer {seed}: the quick brown fox jumps over the lazy dog\n").as_bytes());
+                    data.extend_from_slice(
+                        format!("line {line} of layer {seed}: the quick brown fox jumps over the lazy dog\n")
+                            .as_bytes(),
+                    );
                     line += 1;
                 }
             }

@@ -127,12 +127,7 @@ impl Registry {
     /// Where the registry keeps a blob's bytes (to corrupt it behind the registry's back).
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");
-        self.dir
-            .path()
-            .join("storage/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
+        self.dir.path().join("storage/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
     }
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
@@ -206,7 +201,13 @@ impl Registry {
     }
 
     /// Pushes several images and an index of them as `repo:tag`.
-    pub async fn push_index(&self, repo: &str, tag: &str, images: &[&BuiltImage], index: &Blob) -> anyhow::Result<String> {
+    pub async fn push_index(
+        &self,
+        repo: &str,
+        tag: &str,
+        images: &[&BuiltImage],
+        index: &Blob,
+    ) -> anyhow::Result<String> {
         for image in images {
             self.push_blobs(repo, image).await?;
             self.push_manifest(repo, &image.manifest.digest, &image.manifest).await?;
@@ -229,15 +230,63 @@ fn make_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let path = |name: &str| dir.join(name).display().to_string();
     std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")?;
     let steps: [Vec<String>; 3] = [
-        vec!["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-            "-subj", "/CN=crisp test CA", "-keyout", &path("ca.key"), "-out", &path("ca.pem")]
-            .into_iter().map(String::from).collect(),
-        vec!["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1",
-            "-keyout", &path("key.pem"), "-out", &path("leaf.csr")]
-            .into_iter().map(String::from).collect(),
-        vec!["x509", "-req", "-in", &path("leaf.csr"), "-CA", &path("ca.pem"), "-CAkey", &path("ca.key"),
-            "-CAcreateserial", "-days", "2", "-extfile", &path("leaf.ext"), "-out", &path("cert.pem")]
-            .into_iter().map(String::from).collect(),
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=crisp test CA",
+            "-keyout",
+            &path("ca.key"),
+            "-out",
+            &path("ca.pem"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+        vec![
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &path("key.pem"),
+            "-out",
+            &path("leaf.csr"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &path("leaf.csr"),
+            "-CA",
+            &path("ca.pem"),
+            "-CAkey",
+            &path("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &path("leaf.ext"),
+            "-out",
+            &path("cert.pem"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
     ];
     for args in steps {
         let output = Command::new("openssl")

@@ -59,7 +59,9 @@ impl TokenAuthRegistry {
                     let service = hyper::service::service_fn(move |request| {
                         let accepts = accepts.clone();
                         let http = http.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(request, addr, upstream, &accepts, &http).await) }
+                        async move {
+                            Ok::<_, std::convert::Infallible>(handle(request, addr, upstream, &accepts, &http).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -100,9 +102,8 @@ async fn handle(
     accepts: &Accepts,
     http: &reqwest::Client,
 ) -> Response<Full<Bytes>> {
-    let header = |name: &str| {
-        request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string).unwrap_or_default()
-    };
+    let header =
+        |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string).unwrap_or_default();
     if request.uri().path() == "/token" {
         accepts.token_requests.fetch_add(1, Ordering::Relaxed);
         let query = request.uri().query().unwrap_or_default().to_string();
@@ -116,7 +117,10 @@ async fn handle(
             header("authorization") == accepts.basic && query.contains("scope=repository")
         };
         if !granted {
-            return reply(StatusCode::UNAUTHORIZED, r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#);
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#,
+            );
         }
         let token = format!("token-{}", accepts.token_requests.load(Ordering::Relaxed));
         accepts.issued.lock().unwrap_or_else(|p| p.into_inner()).push(token.clone());
@@ -136,8 +140,12 @@ async fn handle(
             .and_then(|p| p.split("/blobs/").next())
             .unwrap_or_default()
             .to_string();
-        let mut response = reply(StatusCode::UNAUTHORIZED, r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#);
-        let challenge = format!(r#"Bearer realm="http://{addr}/token",service="crisp-test",scope="repository:{repo}:pull""#);
+        let mut response = reply(
+            StatusCode::UNAUTHORIZED,
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+        );
+        let challenge =
+            format!(r#"Bearer realm="http://{addr}/token",service="crisp-test",scope="repository:{repo}:pull""#);
         if let Ok(value) = challenge.parse() {
             response.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, value);
         }

@@ -51,11 +51,7 @@ pub async fn pull_with(
 }
 
 pub async fn status(client: &mut ImageServiceClient<Channel>, image: &str) -> anyhow::Result<Option<Image>> {
-    Ok(client
-        .image_status(ImageStatusRequest { image: spec(image), verbose: false })
-        .await?
-        .into_inner()
-        .image)
+    Ok(client.image_status(ImageStatusRequest { image: spec(image), verbose: false }).await?.into_inner().image)
 }
 
 pub async fn remove(client: &mut ImageServiceClient<Channel>, image: &str) -> Result<(), tonic::Status> {

@@ -7,8 +7,8 @@ use crate::content::{self, Ingest, Opened};
 use crate::error::PullError;
 use crate::oci::Descriptor;
 use crate::registry::Registry;
-use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::StatusRequest;
+use containerd_client::services::v1::content_client::ContentClient;
 use crisp_containerd::{Containerd, ContainerdError};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -77,9 +77,10 @@ pub async fn ensure(
                     // Another pull writes it: wait, counting its progress as ours.
                     let offset = ingest_offset(containerd, &reference).await;
                     if let (Some(now), Some(before)) = (offset, waited_offset)
-                        && now > before {
-                            progress.add_bytes((now - before) as u64);
-                        }
+                        && now > before
+                    {
+                        progress.add_bytes((now - before) as u64);
+                    }
                     waited_offset = offset.or(waited_offset);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }

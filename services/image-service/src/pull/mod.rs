@@ -89,9 +89,10 @@ impl Puller {
         let key = format!("{reference}#{}", credentials_key(credentials.as_ref()));
         let inner = self.inner.clone();
         let pull_reference = reference.clone();
-        let joined = self.inner.coalescer.join(&key, move |cancel| async move {
-            inner.run(pull_reference, credentials, cancel).await
-        });
+        let joined = self
+            .inner
+            .coalescer
+            .join(&key, move |cancel| async move { inner.run(pull_reference, credentials, cancel).await });
         let outcome: PullResult = match deadline {
             Some(deadline) => match tokio::time::timeout(deadline, joined).await {
                 Ok(outcome) => outcome,
@@ -113,7 +114,12 @@ fn credentials_key(credentials: Option<&Credentials>) -> String {
 
 impl Inner {
     /// One pull, in its own task: under a lease, stopped by `cancel` or a stall.
-    async fn run(self: Arc<Self>, reference: Reference, credentials: Option<Credentials>, cancel: CancellationToken) -> PullResult {
+    async fn run(
+        self: Arc<Self>,
+        reference: Reference,
+        credentials: Option<Credentials>,
+        cancel: CancellationToken,
+    ) -> PullResult {
         let span = tracing::info_span!("pull", image = %reference);
         async move {
             let started = std::time::Instant::now();
@@ -153,13 +159,14 @@ impl Inner {
         let registry = Registry::new(&self.clients, reference.clone(), hosts, credentials)?;
         let top = registry.resolve().await?;
         if let Some(digest) = &reference.digest
-            && &top.digest != digest {
-                return Err(PullError::DigestMismatch {
-                    what: "manifest",
-                    digest: digest.clone(),
-                    detail: format!("content with digest {}", top.digest),
-                });
-            }
+            && &top.digest != digest
+        {
+            return Err(PullError::DigestMismatch {
+                what: "manifest",
+                digest: digest.clone(),
+                detail: format!("content with digest {}", top.digest),
+            });
+        }
         let top_desc = Descriptor {
             media_type: top.media_type.clone(),
             digest: top.digest.clone(),
@@ -167,10 +174,7 @@ impl Inner {
             platform: None,
             annotations: None,
         };
-        let source_label = (
-            format!("containerd.io/distribution.source.{}", reference.domain),
-            reference.path.clone(),
-        );
+        let source_label = (format!("containerd.io/distribution.source.{}", reference.domain), reference.path.clone());
 
         // The platform manifest: the top object, or picked from the index.
         let (manifest_desc, manifest_bytes) = if oci::is_index(&top.media_type) {
@@ -255,9 +259,7 @@ impl Inner {
         )
         .await?;
 
-        progress
-            .total
-            .store(manifest.layers.iter().map(|l| l.size.max(0) as u64).sum(), Ordering::Relaxed);
+        progress.total.store(manifest.layers.iter().map(|l| l.size.max(0) as u64).sum(), Ordering::Relaxed);
         self.layers(&registry, lease, &manifest.layers, &config.rootfs.diff_ids, &chain, &source_label, progress)
             .await?;
 
@@ -332,10 +334,8 @@ impl Inner {
         for (i, layer) in layers.iter().enumerate() {
             let (tx, rx) = oneshot::channel::<()>();
             done.push(rx);
-            let labels = HashMap::from([
-                ("containerd.io/uncompressed".to_string(), diff_ids[i].clone()),
-                source_label.clone(),
-            ]);
+            let labels =
+                HashMap::from([("containerd.io/uncompressed".to_string(), diff_ids[i].clone()), source_label.clone()]);
             let limit = &limit;
             downloads.push(async move {
                 let _permit = limit.acquire().await.map_err(|_| PullError::Internal("semaphore closed".into()))?;

@@ -109,7 +109,8 @@ mod tests {
                 }
             })
         };
-        let result = tokio::time::timeout(Duration::from_secs(10), watchdog(&progress, Duration::from_secs(2), "x")).await;
+        let result =
+            tokio::time::timeout(Duration::from_secs(10), watchdog(&progress, Duration::from_secs(2), "x")).await;
         assert!(result.is_err(), "watchdog fired on a steady download");
         feeder.abort();
     }

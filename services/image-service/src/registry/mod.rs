@@ -155,9 +155,7 @@ impl Registry {
             let what = what.clone();
             async move {
                 let url = self.url(host, &format!("manifests/{object}"));
-                let response = self
-                    .send(host, &url, Some(oci::MANIFEST_ACCEPT), None, &what)
-                    .await?;
+                let response = self.send(host, &url, Some(oci::MANIFEST_ACCEPT), None, &what).await?;
                 let header_type = response
                     .headers()
                     .get(header::CONTENT_TYPE)
@@ -250,10 +248,8 @@ impl Registry {
             if let Some(value) = authorization {
                 request = request.header(header::AUTHORIZATION, value);
             }
-            let response = request
-                .send()
-                .await
-                .map_err(|source| RegistryError::Unreachable { host: name.clone(), source })?;
+            let response =
+                request.send().await.map_err(|source| RegistryError::Unreachable { host: name.clone(), source })?;
             let status = response.status();
             if status.is_success() {
                 return Ok(response);
@@ -265,11 +261,12 @@ impl Registry {
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_challenge);
                 if let Some(challenge) = challenge
-                    && let Some(value) = self.authorize(host, &challenge).await? {
-                        *host.authorization.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
-                        answered_challenge = true;
-                        continue;
-                    }
+                    && let Some(value) = self.authorize(host, &challenge).await?
+                {
+                    *host.authorization.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+                    answered_challenge = true;
+                    continue;
+                }
             }
             let detail = error_detail(response).await;
             return Err(match status {
@@ -285,11 +282,9 @@ impl Registry {
     /// answer with (anonymous access refused).
     async fn authorize(&self, host: &Host, challenge: &Challenge) -> Result<Option<HeaderValue>, RegistryError> {
         match challenge.scheme.as_str() {
-            "basic" => Ok(self
-                .credentials
-                .as_ref()
-                .and_then(|c| c.basic())
-                .and_then(|v| HeaderValue::from_str(&v).ok())),
+            "basic" => {
+                Ok(self.credentials.as_ref().and_then(|c| c.basic()).and_then(|v| HeaderValue::from_str(&v).ok()))
+            }
             "bearer" => {
                 let Some(realm) = challenge.params.get("realm") else { return Ok(None) };
                 let token = self.bearer_token(host, realm, challenge).await?;
@@ -376,10 +371,8 @@ async fn read_limited(
     what: &str,
 ) -> Result<Bytes, RegistryError> {
     let mut buf = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|source| RegistryError::Unreachable { host: host.to_string(), source })?
+    while let Some(chunk) =
+        response.chunk().await.map_err(|source| RegistryError::Unreachable { host: host.to_string(), source })?
     {
         if buf.len() + chunk.len() > limit {
             return Err(RegistryError::ManifestTooLarge { host: host.to_string(), what: what.to_string() });
@@ -408,9 +401,10 @@ async fn error_detail(response: reqwest::Response) -> String {
         message: String,
     }
     if let Ok(errors) = serde_json::from_str::<Errors>(&text)
-        && let Some(first) = errors.errors.first() {
-            return format!(": {} {}", first.code, first.message);
-        }
+        && let Some(first) = errors.errors.first()
+    {
+        return format!(": {} {}", first.code, first.message);
+    }
     let short: String = text.trim().chars().take(200).collect();
     if short.is_empty() { String::new() } else { format!(": {short}") }
 }
