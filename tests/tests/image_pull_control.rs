@@ -115,6 +115,12 @@ async fn a_pull_killed_half_way_is_resumed() -> anyhow::Result<()> {
         assert!(std::time::Instant::now() < deadline, "the download never got going");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A slow pull logs its progress every five seconds.
+    while !stack.service_log("image-0")?.contains("pull progress") {
+        assert!(std::time::Instant::now() < deadline, "no progress line in:\n{}", stack.service_log("image-0")?);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stack.service_log("image-0")?.contains("bytes_total"));
     stack.kill_service("image-0")?;
     let err = first.await?.expect_err("its image service died");
     assert!(matches!(err.code(), Code::Unavailable | Code::Unknown | Code::Internal), "{err:?}");
