@@ -4,20 +4,12 @@
 use crisp_proxy::{Backends, Router, serve};
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let (config, _telemetry) = crisp_grpc_server::start(
+fn main() -> ExitCode {
+    crisp_grpc_server::run_service(
         "crisp-proxy",
         "crisp's front proxy: the CRI socket, routed to the image, runtime and streaming services",
-    );
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err}");
-            eprintln!("crisp-proxy: {err}");
-            ExitCode::FAILURE
-        }
-    }
+        run,
+    )
 }
 
 async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {

@@ -6,39 +6,31 @@ mod status;
 mod version;
 
 use crisp_containerd::Containerd;
+use crisp_grpc_server::MAX_MESSAGE_BYTES;
 use crisp_proto::cri::runtime_service_server::RuntimeServiceServer;
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let (config, _telemetry) = crisp_grpc_server::start(
+fn main() -> ExitCode {
+    crisp_grpc_server::run_service(
         "crisp-runtime",
         "crisp's CRI RuntimeService: pod sandboxes and containers on containerd",
-    );
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err}");
-            eprintln!("crisp-runtime: {err}");
-            ExitCode::FAILURE
-        }
-    }
+        run,
+    )
 }
 
 async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {
-    let containerd = Containerd::connect(&config.containerd.address, &config.containerd.namespace)?;
-    let version = containerd.wait_ready(config.containerd.connect_timeout).await?;
-    tracing::info!(containerd = %version.version, namespace = %containerd.namespace(), "connected to containerd");
-
+    let containerd = Containerd::connect_ready(&config.containerd).await?;
     let (listener, _socket) = crisp_grpc_server::UnixSocket::bind(&config.runtime.socket, 0o600).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RuntimeServiceServer<service::Runtime>>().await;
 
-    let runtime = service::Runtime::new(containerd, config);
+    let runtime = RuntimeServiceServer::new(service::Runtime::new(containerd, config))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     crisp_grpc_server::serve_until_shutdown(|shutdown| {
         crisp_grpc_server::server()
             .add_service(health_service)
-            .add_service(RuntimeServiceServer::new(runtime))
+            .add_service(runtime)
             .serve_with_incoming_shutdown(crisp_grpc_server::UnixListenerStream::new(listener), shutdown)
     })
     .await?;

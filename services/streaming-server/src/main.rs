@@ -7,27 +7,12 @@ use crisp_containerd::Containerd;
 use crisp_proto::cri::runtime_service_server::RuntimeServiceServer;
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let (config, _telemetry) = crisp_grpc_server::start(
-        "crisp-streaming",
-        "crisp's streaming server: Exec, Attach and PortForward",
-    );
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err}");
-            eprintln!("crisp-streaming: {err}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> ExitCode {
+    crisp_grpc_server::run_service("crisp-streaming", "crisp's streaming server: Exec, Attach and PortForward", run)
 }
 
 async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {
-    let containerd = Containerd::connect(&config.containerd.address, &config.containerd.namespace)?;
-    let version = containerd.wait_ready(config.containerd.connect_timeout).await?;
-    tracing::info!(containerd = %version.version, namespace = %containerd.namespace(), "connected to containerd");
-
+    let _containerd = Containerd::connect_ready(&config.containerd).await?;
     let (listener, _socket) = crisp_grpc_server::UnixSocket::bind(&config.streaming.socket, 0o600).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RuntimeServiceServer<service::Streaming>>().await;

@@ -90,6 +90,15 @@ pub struct ContainerdVersion {
 }
 
 impl Containerd {
+    /// Connects as `config` says and waits (at most `config.connect_timeout`) until containerd
+    /// answers: how a service starts.
+    pub async fn connect_ready(config: &crisp_config::ContainerdConfig) -> Result<Self, ContainerdError> {
+        let containerd = Containerd::connect(&config.address, &config.namespace)?;
+        let version = containerd.wait_ready(config.connect_timeout).await?;
+        tracing::info!(containerd = %version.version, namespace = %containerd.namespace(), "connected to containerd");
+        Ok(containerd)
+    }
+
     /// Prepares a connection; nothing is dialled until the first call.
     pub fn connect(address: &Path, namespace: &str) -> Result<Self, ContainerdError> {
         let namespace_value = MetadataValue::try_from(namespace)

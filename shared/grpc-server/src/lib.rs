@@ -60,6 +60,40 @@ impl Cli {
     }
 }
 
+/// The largest CRI message a service sends or accepts (the kubelet's limit too): lists on a
+/// busy node outgrow tonic's 4 MiB default.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// The whole life of a service binary: builds the Tokio runtime, [`start`]s (command line,
+/// configuration, telemetry), runs `run`, and turns its error into a logged message and a
+/// failure exit status. Spans are flushed before the process exits.
+pub fn run_service<F, Fut>(service_name: &'static str, about: &'static str, run: F) -> std::process::ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("{service_name}: cannot start the Tokio runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let (config, telemetry) = start(service_name, about);
+        let code = match run(config).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!("{err}");
+                eprintln!("{service_name}: {err}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+        drop(telemetry);
+        code
+    })
+}
+
 /// A tonic server builder with a span on every RPC.
 pub fn server() -> tonic::transport::Server<Stack<RpcTraceLayer, tower_layer::Identity>> {
     tonic::transport::Server::builder().layer(RpcTraceLayer::server())
