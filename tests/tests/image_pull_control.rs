@@ -146,12 +146,8 @@ async fn a_pull_killed_half_way_is_resumed() -> anyhow::Result<()> {
     assert!(refetched < layer_bytes * 3 / 4, "the retry downloaded {refetched} of {layer_bytes} bytes");
     let s = status(&mut client, &name).await?.expect("pulled");
     assert_eq!(s.repo_tags, vec![name.clone()]);
-    // The killed pull's lease is left to expire (containerd's gc.expire) or to the replica's
-    // stale-lease sweep; the retry's lease is gone.
-    let leases = stack.ctr(&["leases", "ls"])?;
-    assert!(leases.lines().count() <= 2, "{leases}");
-    if leases.lines().count() == 2 {
-        assert!(leases.contains("containerd.io/gc.expire="), "{leases}");
-    }
+    // The retry took over the killed pull's lease (and its partial download) and deleted it.
+    assert_no_leases(&stack).await?;
+    assert!(stack.service_log("image-0")?.contains("taking over the lease"));
     Ok(())
 }

@@ -42,7 +42,7 @@ pub async fn create_lease(containerd: &Containerd, owner: &str, purpose: &str) -
     let expire = httpdate_rfc3339(now + LEASE_LIFETIME);
     let labels = HashMap::from([
         (LEASE_EXPIRE_LABEL.to_string(), expire),
-        ("crisp.io/purpose".to_string(), purpose.chars().take(200).collect()),
+        (PURPOSE_LABEL.to_string(), purpose.chars().take(200).collect()),
         (OWNER_LABEL.to_string(), owner.chars().take(200).collect()),
     ]);
     LeasesClient::new(containerd.channel())
@@ -74,25 +74,62 @@ pub async fn hold(containerd: &Containerd, lease: &str, kind: &str, id: &str) ->
     Ok(())
 }
 
+/// The label naming what a pull's lease is for (the image reference).
+const PURPOSE_LABEL: &str = "crisp.io/purpose";
+
+/// The leases pulls of an earlier run of this replica (`owner`) left when it died: those
+/// created before `started` (when this run began).
+async fn stale_leases(
+    containerd: &Containerd,
+    owner: &str,
+    started: std::time::SystemTime,
+) -> Result<Vec<containerd_client::services::v1::Lease>, ContainerdError> {
+    let quoted = owner.replace('\\', "\\\\").replace('"', "\\\"");
+    let filter = format!("labels.\"{OWNER_LABEL}\"==\"{quoted}\"");
+    let leases = LeasesClient::new(containerd.channel())
+        .list(ListRequest { filters: vec![filter] })
+        .await
+        .map_err(|s| ContainerdError::call("listing leases", s))?
+        .into_inner()
+        .leases;
+    let cutoff = started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    Ok(leases
+        .into_iter()
+        .filter(|lease| lease.created_at.as_ref().map(|t| t.seconds).unwrap_or(i64::MAX) < cutoff)
+        .collect())
+}
+
+/// A lease an earlier, killed run of this replica left for a pull of `purpose`, if any: the
+/// retry takes it over, so what the killed pull fetched stays protected.
+pub async fn stale_lease_for(
+    containerd: &Containerd,
+    owner: &str,
+    purpose: &str,
+    started: std::time::SystemTime,
+) -> Result<Vec<String>, ContainerdError> {
+    let purpose: String = purpose.chars().take(200).collect();
+    Ok(stale_leases(containerd, owner, started)
+        .await?
+        .into_iter()
+        .filter(|lease| lease.labels.get(PURPOSE_LABEL) == Some(&purpose))
+        .map(|lease| lease.id)
+        .collect())
+}
+
 /// Deletes the leases a previous run of this replica (`owner`) left when it died mid-pull.
 /// Called a while after start, so that a retried pull has taken hold of what they protect.
-pub async fn delete_stale_leases(containerd: &Containerd, owner: &str, started_before: std::time::SystemTime) {
-    let filter = format!("labels.\"{OWNER_LABEL}\"=={owner}");
-    let leases = match LeasesClient::new(containerd.channel()).list(ListRequest { filters: vec![filter] }).await {
-        Ok(response) => response.into_inner().leases,
-        Err(s) => {
-            tracing::warn!(error = %s.message(), "listing stale pull leases failed");
+pub async fn delete_stale_leases(containerd: &Containerd, owner: &str, started: std::time::SystemTime) {
+    let leases = match stale_leases(containerd, owner, started).await {
+        Ok(leases) => leases,
+        Err(err) => {
+            tracing::warn!(error = %err, "listing stale pull leases failed");
             return;
         }
     };
-    let cutoff = started_before.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
     for lease in leases {
-        let created = lease.created_at.as_ref().map(|t| t.seconds).unwrap_or(i64::MAX);
-        if created < cutoff {
-            tracing::info!(lease = %lease.id, "deleting a lease left by a pull that did not finish");
-            if let Err(err) = delete_lease(containerd, &lease.id).await {
-                tracing::warn!(lease = %lease.id, error = %err, "deleting a stale lease failed");
-            }
+        tracing::info!(lease = %lease.id, "deleting a lease left by a pull that did not finish");
+        if let Err(err) = delete_lease(containerd, &lease.id).await {
+            tracing::warn!(lease = %lease.id, error = %err, "deleting a stale lease failed");
         }
     }
 }

@@ -43,6 +43,10 @@ struct Inner {
     coalescer: Coalescer,
     /// The sandbox image's record name, pinned whenever it is pulled.
     sandbox_image: Option<String>,
+    /// When this run began: leases of this replica older than that are a killed run's.
+    started: std::time::SystemTime,
+    /// Leases of a killed run taken over by a pull now running.
+    adopted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Puller {
@@ -50,7 +54,7 @@ impl Puller {
     pub fn clean_stale_leases_later(&self, delay: Duration) {
         let containerd = self.inner.containerd.clone();
         let owner = self.inner.config.socket.display().to_string();
-        let started = std::time::SystemTime::now();
+        let started = self.inner.started;
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             content::delete_stale_leases(&containerd, &owner, started).await;
@@ -67,6 +71,8 @@ impl Puller {
                 config,
                 coalescer: Coalescer::default(),
                 sandbox_image,
+                started: std::time::SystemTime::now(),
+                adopted: Default::default(),
             }),
         }
     }
@@ -123,10 +129,7 @@ impl Inner {
         let span = tracing::info_span!("pull", image = %reference);
         async move {
             let started = std::time::Instant::now();
-            let owner = self.config.socket.display().to_string();
-            let lease = content::create_lease(&self.containerd, &owner, &reference.to_string())
-                .await
-                .map_err(|e| Arc::new(PullError::from(e)))?;
+            let lease = self.lease_for(&reference.to_string()).await.map_err(|e| Arc::new(PullError::from(e)))?;
             let progress = Progress::default();
             let image = reference.to_string();
             let outcome = tokio::select! {
@@ -137,6 +140,7 @@ impl Inner {
             if let Err(err) = content::delete_lease(&self.containerd, &lease).await {
                 tracing::warn!(lease, error = %err, "deleting the pull's lease failed; it expires by itself");
             }
+            self.adopted.lock().unwrap_or_else(|p| p.into_inner()).remove(&lease);
             let bytes = progress.bytes.load(Ordering::Relaxed);
             match &outcome {
                 Ok(id) => tracing::info!(id, bytes, elapsed = ?started.elapsed(), "pulled"),
@@ -146,6 +150,24 @@ impl Inner {
         }
         .instrument(span)
         .await
+    }
+
+    /// The pull's lease: one a killed earlier run of this replica left for the same image
+    /// (taken over, with what it protects), else a new one.
+    async fn lease_for(&self, image: &str) -> Result<String, crisp_containerd::ContainerdError> {
+        let owner = self.config.socket.display().to_string();
+        match content::stale_lease_for(&self.containerd, &owner, image, self.started).await {
+            Ok(candidates) => {
+                let mut adopted = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(lease) = candidates.into_iter().find(|l| !adopted.contains(l)) {
+                    adopted.insert(lease.clone());
+                    tracing::info!(lease, "taking over the lease of a pull of this image that was killed");
+                    return Ok(lease);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "looking for a killed pull's lease failed"),
+        }
+        content::create_lease(&self.containerd, &owner, image).await
     }
 
     async fn pull(
