@@ -65,6 +65,13 @@ async fn a_mirror_in_hosts_toml_serves_an_upstream_name() -> anyhow::Result<()> 
     assert!(labels.contains("io.cri-containerd.pinned=pinned"), "{labels}");
     assert!(labels.contains("io.cri-containerd.image=managed"), "{labels}");
 
+    // A short name, normalised as the kubelet does, through a mirror for docker.io.
+    mirror.push("library/busybox", "latest", &pause).await?;
+    write_hosts_toml(hosts.path(), "docker.io", &[&mirror.host()], &format!("http://{closed}"))?;
+    assert_eq!(pull(&mut client, "busybox").await?, pause.id());
+    let s = status(&mut client, "busybox").await?.expect("status by the short name");
+    assert!(s.repo_tags.contains(&"docker.io/library/busybox:latest".to_string()), "{:?}", s.repo_tags);
+
     // A name the mirror lacks falls through to the upstream server (unreachable here).
     let err = pull(&mut client, "registry.k8s.io/absent:1").await.expect_err("not on the mirror");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
