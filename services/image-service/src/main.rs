@@ -22,49 +22,35 @@ mod store;
 mod unpack;
 
 use crisp_containerd::Containerd;
+use crisp_grpc_server::MAX_MESSAGE_BYTES;
 use crisp_proto::cri::image_service_server::ImageServiceServer;
 use std::process::ExitCode;
 
-/// CRI messages can be large (ListImages on a busy node).
-const MAX_MESSAGE_BYTES: usize = 16 << 20;
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let (config, _telemetry) = crisp_grpc_server::start(
+fn main() -> ExitCode {
+    crisp_grpc_server::run_service(
         "crisp-image",
         "crisp's CRI ImageService: pulls images from registries into containerd",
-    );
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err}");
-            eprintln!("crisp-image: {err}");
-            ExitCode::FAILURE
-        }
-    }
+        run,
+    )
 }
 
 async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {
-    let containerd = Containerd::connect(&config.containerd.address, &config.containerd.namespace)?;
-    let version = containerd.wait_ready(config.containerd.connect_timeout).await?;
-    tracing::info!(containerd = %version.version, namespace = %containerd.namespace(), "connected to containerd");
-
+    let containerd = Containerd::connect_ready(&config.containerd).await?;
     let (listener, _socket) = crisp_grpc_server::UnixSocket::bind(&config.image.socket, 0o600).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ImageServiceServer<service::Images>>().await;
 
-    let images = service::Images::new(containerd, &config);
-    crisp_grpc_server::server()
-        .add_service(health_service)
-        .add_service(
-            ImageServiceServer::new(images)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(
-            crisp_grpc_server::UnixListenerStream::new(listener),
-            crisp_grpc_server::shutdown_signal(),
-        )
-        .await?;
+    // A pull still running at shutdown is cut off after the drain time; its lease is taken
+    // over by the next pull of the image (or swept) when the service is back.
+    let images = ImageServiceServer::new(service::Images::new(containerd, &config))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    crisp_grpc_server::serve_until_shutdown(|shutdown| {
+        crisp_grpc_server::server()
+            .add_service(health_service)
+            .add_service(images)
+            .serve_with_incoming_shutdown(crisp_grpc_server::UnixListenerStream::new(listener), shutdown)
+    })
+    .await?;
     Ok(())
 }
