@@ -2,7 +2,7 @@
 //! per layer, in chain order, `snapshots.Prepare(key, parent)` → `diff.Apply(layer, mounts)` →
 //! check the applied digest is the config's diff id → `snapshots.Commit(chain id, key)`.
 
-use crate::content::leased;
+use crate::content::{self, leased};
 use containerd_client::services::v1::ApplyRequest;
 use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
@@ -35,6 +35,16 @@ pub async fn snapshot_exists(
     }
 }
 
+/// Adds the committed snapshot `chain_id` to `lease`.
+pub async fn hold_snapshot(
+    containerd: &Containerd,
+    snapshotter: &str,
+    lease: &str,
+    chain_id: &str,
+) -> Result<(), ContainerdError> {
+    content::hold(containerd, lease, &format!("snapshots/{snapshotter}"), chain_id).await
+}
+
 /// One layer to unpack on top of `parent`.
 pub struct Layer<'a> {
     pub descriptor: Descriptor,
@@ -44,12 +54,19 @@ pub struct Layer<'a> {
 }
 
 /// Unpacks `layer` (its blob is in the content store) into the snapshot named by its chain id.
+/// When that snapshot exists already (another pull, here or in another replica, committed it
+/// meanwhile), it is only added to `lease`.
 pub async fn unpack_layer(
     containerd: &Containerd,
     snapshotter: &str,
     lease: &str,
     layer: Layer<'_>,
 ) -> Result<(), UnpackError> {
+    if snapshot_exists(containerd, snapshotter, layer.chain_id).await? {
+        hold_snapshot(containerd, snapshotter, lease, layer.chain_id).await?;
+        tracing::debug!("snapshot committed by another pull meanwhile");
+        return Ok(());
+    }
     let mut snapshots = SnapshotsClient::new(containerd.channel());
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let key = format!("extract-{nanos}-{} {}", std::process::id(), layer.chain_id);
@@ -114,10 +131,12 @@ async fn apply_and_commit(
     };
     match SnapshotsClient::new(containerd.channel()).commit(leased(commit, lease)).await {
         Ok(_) => Ok(()),
-        // Another pull committed the same chain first: theirs is identical; drop ours.
+        // Another pull committed the same chain first: theirs is identical; drop ours, and hold
+        // theirs in our lease (their lease may go, and GC run, before our image record is written).
         Err(s) if s.code() == Code::AlreadyExists => {
             let remove = RemoveSnapshotRequest { snapshotter: snapshotter.to_string(), key: key.to_string() };
             let _ = SnapshotsClient::new(containerd.channel()).remove(leased(remove, lease)).await;
+            hold_snapshot(containerd, snapshotter, lease, layer.chain_id).await?;
             Ok(())
         }
         Err(s) => Err(ContainerdError::call("snapshot commit", s).into()),

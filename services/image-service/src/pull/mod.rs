@@ -346,7 +346,7 @@ impl Inner {
         for i in (0..chain.len()).rev() {
             if unpack::snapshot_exists(&self.containerd, snapshotter, &chain[i]).await? {
                 unpacked = i + 1;
-                content::hold(&self.containerd, lease, &format!("snapshots/{snapshotter}"), &chain[i]).await?;
+                unpack::hold_snapshot(&self.containerd, snapshotter, lease, &chain[i]).await?;
                 break;
             }
         }
