@@ -1,5 +1,6 @@
-//! `bench-pull`: pulls one cold image (several layers, 120 MiB of half random, half
-//! repetitive data, gzipped) from a local registry through crisp's image service and through
+//! `bench-pull`: pulls one cold image (a busybox layer and five layers of 40 MiB of real
+//! files from this machine's /usr, gzipped: they inflate like real layers do; with
+//! `--synthetic`, five 24 MiB layers of half random, half repetitive data) from a local registry through crisp's image service and through
 //! containerd's own CRI plugin on this machine, and prints both times, their ratio and the
 //! image service's peak RSS. Not a test: run it by hand (`tests/bench/pull.sh`).
 //!
@@ -22,6 +23,7 @@ use tonic::transport::Channel;
 
 const LAYERS: u64 = 5;
 const LAYER_BYTES: usize = 24 << 20;
+const SYSTEM_LAYER_BYTES: usize = 40 << 20;
 
 fn main() -> anyhow::Result<()> {
     // The crisp binaries sit in target/<profile>/, one level above this example.
@@ -39,22 +41,34 @@ async fn bench() -> anyhow::Result<()> {
     let mut runs = 3;
     let mut downloads = 3;
     let mut containerd_socket = PathBuf::from("/run/containerd/containerd.sock");
+    let mut synthetic = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(runs),
             "--max-concurrent-downloads" => downloads = args.next().and_then(|v| v.parse().ok()).unwrap_or(downloads),
+            "--synthetic" => synthetic = true,
             "--containerd-socket" => containerd_socket = args.next().map(PathBuf::from).unwrap_or(containerd_socket),
             other => anyhow::bail!(
-                "unknown argument {other}; usage: bench-pull [--runs N] [--max-concurrent-downloads N] [--containerd-socket PATH]"
+                "unknown argument {other}; usage: bench-pull [--runs N] [--max-concurrent-downloads N] [--synthetic] [--containerd-socket PATH]"
             ),
         }
     }
 
-    eprintln!("building the image ({LAYERS} x {} MiB data layers + busybox)...", LAYER_BYTES >> 20);
     let mut builder = ImageBuilder::new(Format::Oci).busybox_layer()?;
-    for seed in 0..LAYERS {
-        builder = builder.data_layer(LAYER_BYTES, 100 + seed);
+    let uncompressed;
+    if synthetic {
+        eprintln!("building the image ({LAYERS} x {} MiB synthetic layers + busybox)...", LAYER_BYTES >> 20);
+        for seed in 0..LAYERS {
+            builder = builder.data_layer(LAYER_BYTES, 100 + seed);
+        }
+        uncompressed = LAYERS as usize * LAYER_BYTES;
+    } else {
+        eprintln!("building the image ({LAYERS} x {} MiB of /usr files + busybox)...", SYSTEM_LAYER_BYTES >> 20);
+        for i in 0..LAYERS as usize {
+            builder = builder.system_files_layer(i * SYSTEM_LAYER_BYTES, SYSTEM_LAYER_BYTES)?;
+        }
+        uncompressed = LAYERS as usize * SYSTEM_LAYER_BYTES;
     }
     let image = builder.build()?;
     let compressed: usize = image.layers.iter().map(|l| l.data.len()).sum();
@@ -64,7 +78,7 @@ async fn bench() -> anyhow::Result<()> {
         "image {name}: {} layers, {:.1} MiB compressed, {:.1} MiB uncompressed",
         image.layers.len(),
         compressed as f64 / 1048576.0,
-        (LAYERS as usize * LAYER_BYTES) as f64 / 1048576.0
+        uncompressed as f64 / 1048576.0
     );
 
     let mut stack = Stack::start_with(StackOptions {

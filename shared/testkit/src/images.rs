@@ -189,6 +189,62 @@ impl ImageBuilder {
         self.layer(entries)
     }
 
+    /// A layer of real files, as image layers hold: the regular files under `/usr/lib`,
+    /// `/usr/share` and `/usr/bin` in path order, from the first `skip` bytes' worth on, up to
+    /// `size` bytes, kept under `sys/` with their directories. They compress like real layers
+    /// do (shared libraries, executables, text), so inflating them costs what it costs in a
+    /// real pull.
+    pub fn system_files_layer(self, skip: usize, size: usize) -> anyhow::Result<ImageBuilder> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            paths.sort();
+            for path in paths {
+                match std::fs::symlink_metadata(&path) {
+                    Ok(meta) if meta.is_dir() => walk(&path, out),
+                    Ok(meta) if meta.is_file() => out.push(path),
+                    _ => {}
+                }
+            }
+        }
+        let mut files = Vec::new();
+        for root in ["/usr/lib", "/usr/share", "/usr/bin"] {
+            walk(std::path::Path::new(root), &mut files);
+        }
+        let mut entries = Vec::new();
+        let mut dirs = std::collections::BTreeSet::new();
+        let (mut seen, mut taken) = (0usize, 0usize);
+        for file in files {
+            if taken >= size {
+                break;
+            }
+            let Ok(meta) = std::fs::metadata(&file) else { continue };
+            let len = meta.len() as usize;
+            seen += len;
+            if seen <= skip || len == 0 || len > size - taken {
+                continue;
+            }
+            let Ok(data) = std::fs::read(&file) else { continue };
+            let path = format!("sys{}", file.display());
+            let mut parent = std::path::Path::new(&path).parent();
+            let mut missing = Vec::new();
+            while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+                if dirs.insert(dir.display().to_string()) {
+                    missing.push(dir.display().to_string());
+                }
+                parent = dir.parent();
+            }
+            entries.extend(missing.into_iter().rev().map(|path| Entry::Dir { path }));
+            use std::os::unix::fs::PermissionsExt;
+            entries.push(Entry::File { path, data, mode: meta.permissions().mode() & 0o7777 });
+            taken += len;
+        }
+        if taken < size / 2 {
+            anyhow::bail!("only {taken} bytes of system files found past {skip}; wanted {size}");
+        }
+        Ok(self.layer(entries))
+    }
+
     /// The image's `User` (`1000`, `app`, `1000:1000`).
     pub fn user(mut self, user: &str) -> ImageBuilder {
         self.user = Some(user.to_string());
