@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub type PullResult = Result<String, Arc<PullError>>;
 
@@ -16,6 +17,8 @@ struct Flight {
     result: watch::Receiver<Option<PullResult>>,
     waiters: usize,
     cancel: CancellationToken,
+    /// The span the pull task runs in (a child of the span of the call that started it).
+    span: tracing::Span,
 }
 
 #[derive(Clone, Default)]
@@ -44,8 +47,15 @@ impl Drop for Waiter {
     }
 }
 
+/// The image part of a coalescing key (`<reference>#<credentials hash>`), for logs.
+fn image_of(key: &str) -> &str {
+    key.split_once('#').map_or(key, |(image, _)| image)
+}
+
 impl Coalescer {
-    /// Joins the pull for `key`, starting it with `start` when none runs.
+    /// Joins the pull for `key`, starting it with `start` when none runs. The pull task runs
+    /// in a child span of the caller's current span (the one that starts it); a caller joining
+    /// a running pull has its span marked as following from the pull's.
     pub async fn join<F, Fut>(&self, key: &str, start: F) -> PullResult
     where
         F: FnOnce(CancellationToken) -> Fut,
@@ -56,7 +66,8 @@ impl Coalescer {
             match flights.get_mut(key) {
                 Some(flight) => {
                     flight.waiters += 1;
-                    tracing::info!(image = key, waiters = flight.waiters, "joining a pull already running");
+                    tracing::info!(image = image_of(key), waiters = flight.waiters, "joining a pull already running");
+                    tracing::Span::current().follows_from(&flight.span);
                     let waiter = Waiter { coalescer: self.clone(), key: key.to_string(), id: flight.id };
                     (flight.result.clone(), waiter)
                 }
@@ -67,6 +78,8 @@ impl Coalescer {
                     let pull = start(cancel.clone());
                     let flights_ref = self.flights.clone();
                     let key_owned = key.to_string();
+                    let span = tracing::info_span!(parent: &tracing::Span::current(), "pull_task", image = image_of(key));
+                    let task_span = span.clone();
                     tokio::spawn(async move {
                         let outcome = pull.await;
                         // Later callers start afresh (and find the image in containerd).
@@ -77,8 +90,9 @@ impl Coalescer {
                             }
                         }
                         let _ = sender.send(Some(outcome));
-                    });
-                    flights.insert(key.to_string(), Flight { id, result: receiver.clone(), waiters: 1, cancel });
+                    }
+                    .instrument(task_span));
+                    flights.insert(key.to_string(), Flight { id, result: receiver.clone(), waiters: 1, cancel, span });
                     (receiver, Waiter { coalescer: self.clone(), key: key.to_string(), id })
                 }
             }
