@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake;
+
 use crisp_proto::cri::image_service_client::ImageServiceClient;
 use crisp_proto::cri::*;
 use crisp_testkit::images::{BuiltImage, Format, ImageBuilder};

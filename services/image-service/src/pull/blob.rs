@@ -187,16 +187,17 @@ async fn write(
                 if !buffer.is_empty() {
                     ingest.write(std::mem::replace(&mut buffer, Vec::with_capacity(WRITE_CHUNK))).await?;
                 }
+                if ingest.offset != desc.size {
+                    // The connection closed early: worth another try (the next resumes it).
+                    return Err(PullError::Registry(crate::registry::RegistryError::BodyEnded {
+                        host: response.url().host_str().unwrap_or_default().to_string(),
+                        what: format!("{} {}", kind.name(), desc.digest),
+                        received: ingest.offset,
+                        expected: desc.size,
+                    }));
+                }
             }
         }
-    }
-    if ingest.offset != desc.size {
-        return Err(PullError::Registry(crate::registry::RegistryError::Status {
-            host: String::new(),
-            status: http::StatusCode::PARTIAL_CONTENT,
-            what: format!("blob {} (the body ended at {} of {} bytes)", desc.digest, ingest.offset, desc.size),
-            detail: String::new(),
-        }));
     }
     match ingest.commit(labels).await {
         Ok(()) => Ok(()),

@@ -32,6 +32,12 @@ pub enum RegistryError {
     ManifestTooLarge { host: String, what: String },
     #[error("TLS setup for {host}: {detail}")]
     Tls { host: String, detail: String },
+    #[error("registry {host} ended {what} early, at {received} of {expected} bytes")]
+    BodyEnded { host: String, what: String, received: i64, expected: i64 },
+    #[error("token server {realm} is unreachable: {source}")]
+    TokenUnreachable { realm: String, source: reqwest::Error },
+    #[error("token server {realm} answered {status}{detail}")]
+    TokenStatus { realm: String, status: StatusCode, detail: String },
     #[error("token request to {realm} failed: {detail}")]
     Token { realm: String, detail: String },
 }
@@ -44,18 +50,30 @@ impl RegistryError {
             RegistryError::NotFound { .. } => Code::NotFound,
             RegistryError::Unauthenticated { .. } => Code::Unauthenticated,
             RegistryError::Denied { .. } => Code::PermissionDenied,
-            RegistryError::Status { status, .. } if status.is_server_error() => Code::Unavailable,
-            RegistryError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
-            RegistryError::Status { .. } => Code::Unknown,
+            RegistryError::Status { status, .. } | RegistryError::TokenStatus { status, .. } => status_code(*status),
             RegistryError::ManifestTooLarge { .. } => Code::InvalidArgument,
             RegistryError::Tls { .. } => Code::FailedPrecondition,
-            RegistryError::Token { .. } => Code::Unauthenticated,
+            RegistryError::BodyEnded { .. } | RegistryError::TokenUnreachable { .. } => Code::Unavailable,
+            // A token answer that holds no token: the token server's fault, not the caller's.
+            RegistryError::Token { .. } => Code::Unknown,
         }
     }
 
     /// Whether the next host may answer better (a mirror missing the image, down, or failing).
     fn try_next_host(&self) -> bool {
         !matches!(self, RegistryError::ManifestTooLarge { .. })
+    }
+}
+
+/// The code for an HTTP failure status other than 401, 403 and 404: 5xx → UNAVAILABLE (try
+/// again), 429 → RESOURCE_EXHAUSTED, any other 4xx → UNKNOWN.
+fn status_code(status: StatusCode) -> tonic::Code {
+    if status.is_server_error() {
+        tonic::Code::Unavailable
+    } else if status == StatusCode::TOO_MANY_REQUESTS {
+        tonic::Code::ResourceExhausted
+    } else {
+        tonic::Code::Unknown
     }
 }
 
@@ -320,21 +338,23 @@ impl Registry {
             }
             request
         };
-        let response = request.send().await.map_err(|e| token_err(e.to_string()))?;
+        let unreachable = |source| RegistryError::TokenUnreachable { realm: realm.to_string(), source };
+        let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             let detail = error_detail(response).await;
             return Err(RegistryError::Unauthenticated { host: host.config.host.clone(), status, detail });
         }
         if !status.is_success() {
-            return Err(token_err(format!("{status}{}", error_detail(response).await)));
+            let detail = error_detail(response).await;
+            return Err(RegistryError::TokenStatus { realm: realm.to_string(), status, detail });
         }
         #[derive(serde::Deserialize)]
         struct TokenResponse {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let bytes = response.bytes().await.map_err(|e| token_err(e.to_string()))?;
+        let bytes = response.bytes().await.map_err(unreachable)?;
         let body: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| token_err(e.to_string()))?;
         body.token
             .filter(|t| !t.is_empty())
@@ -407,4 +427,37 @@ async fn error_detail(response: reqwest::Response) -> String {
     }
     let short: String = text.trim().chars().take(200).collect();
     if short.is_empty() { String::new() } else { format!(": {short}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn only_refusals_are_auth_failures() {
+        let realm = || "http://auth.example/token".to_string();
+        let token = |status: u16| {
+            let status = StatusCode::from_u16(status).unwrap();
+            RegistryError::TokenStatus { realm: realm(), status, detail: "".into() }.code()
+        };
+        assert_eq!(token(503), Code::Unavailable);
+        assert_eq!(token(500), Code::Unavailable);
+        assert_eq!(token(429), Code::ResourceExhausted);
+        assert_eq!(token(400), Code::Unknown);
+        let status = |status: u16| {
+            RegistryError::Status {
+                host: "r".into(),
+                status: StatusCode::from_u16(status).unwrap(),
+                what: "x".into(),
+                detail: "".into(),
+            }
+            .code()
+        };
+        assert_eq!(status(502), Code::Unavailable);
+        assert_eq!(status(400), Code::Unknown);
+        let ended = RegistryError::BodyEnded { host: "r".into(), what: "layer x".into(), received: 1, expected: 2 };
+        assert_eq!(ended.code(), Code::Unavailable);
+        assert!(ended.to_string().contains("registry r"), "{ended}");
+    }
 }
