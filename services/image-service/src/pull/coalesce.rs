@@ -78,7 +78,8 @@ impl Coalescer {
                     let pull = start(cancel.clone());
                     let flights_ref = self.flights.clone();
                     let key_owned = key.to_string();
-                    let span = tracing::info_span!(parent: &tracing::Span::current(), "pull_task", image = image_of(key));
+                    let parent = tracing::Span::current();
+                    let span = tracing::info_span!(parent: &parent, "pull_task", image = image_of(key));
                     let task_span = span.clone();
                     tokio::spawn(async move {
                         let outcome = pull.await;
