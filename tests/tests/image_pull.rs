@@ -133,3 +133,32 @@ async fn an_index_resolves_to_this_nodes_platform() -> anyhow::Result<()> {
     assert!(err.message().contains(&name), "{}", err.message());
     Ok(())
 }
+
+/// `name:tag@digest` names the image by its digest only, as in containerd (the tag is
+/// dropped): no `name:tag` record is written, and one pointing at another image stays.
+#[tokio::test]
+async fn a_tag_with_a_digest_names_the_image_by_digest_only() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let stack = stack().await?;
+    let mut client = stack.image_client();
+    let old = ImageBuilder::new(Format::Oci).busybox_layer()?.file_layer("etc/motd", "old\n").build()?;
+    let new = ImageBuilder::new(Format::Oci).busybox_layer()?.file_layer("etc/motd", "new\n").build()?;
+    let tagged = registry.push("test/app", "v1", &old).await?;
+    registry.push("test/app", "v2", &new).await?;
+    assert_eq!(pull(&mut client, &tagged).await?, old.id());
+
+    let both = format!("{tagged}@{}", new.manifest.digest);
+    assert_eq!(pull(&mut client, &both).await?, new.id());
+    let by_digest = format!("{}/test/app@{}", registry.host(), new.manifest.digest);
+    let names = ctr_images(&stack)?;
+    assert!(names.contains(&by_digest), "{names:?}");
+    assert!(!names.contains(&both), "a record named with tag and digest: {names:?}");
+    let s = status(&mut client, &both).await?.expect("status by tag and digest");
+    assert_eq!(s.id, new.id());
+    assert!(s.repo_tags.is_empty(), "{:?}", s.repo_tags);
+    assert_eq!(s.repo_digests, vec![by_digest]);
+    // The tag still names the image it named.
+    assert_eq!(status(&mut client, &tagged).await?.expect("the tag").id, old.id());
+    assert_no_leases(&stack).await?;
+    Ok(())
+}

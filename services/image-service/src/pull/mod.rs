@@ -293,8 +293,12 @@ impl Inner {
             annotations: Default::default(),
         };
         let id = manifest.config.digest.clone();
+        // As containerd (ParseDockerRef): with a digest, the tag is dropped; `name:tag@digest`
+        // names the image only by its digest and does not move the tag.
         let mut names = Vec::new();
-        if let Some(tagged) = reference.tagged() {
+        if reference.digest.is_none()
+            && let Some(tagged) = reference.tagged()
+        {
             names.push(tagged);
         }
         names.push(reference.with_digest(&top.digest));
