@@ -112,7 +112,16 @@ async fn images_other_clients_put_in_the_namespace_count_too() -> anyhow::Result
     assert_eq!(listed[0].repo_tags, vec![name.clone()]);
     let s = status(&mut client, &name).await?.expect("a side-loaded image has a status");
     assert_eq!(s.size, image.size());
+    // It has no id record: removing its last record runs containerd's GC all the same, so its
+    // content and snapshots are gone when RemoveImage answers.
+    assert!(!ctr_images(&stack)?.contains(&image.id()));
     remove(&mut client, &name).await?;
     assert!(ctr_images(&stack)?.is_empty());
+    let content = stack.ctr(&["content", "ls", "-q"])?;
+    for blob in image.layers.iter().chain([&image.config, &image.manifest]) {
+        assert!(!content.contains(&blob.digest), "{} left after removing the image", blob.digest);
+    }
+    let snapshots = stack.ctr(&["snapshots", "ls"])?;
+    assert!(!snapshots.contains(&image.diff_ids[0]), "snapshot left after removing the image: {snapshots}");
     Ok(())
 }

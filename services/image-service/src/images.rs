@@ -42,17 +42,22 @@ pub async fn remove(store: &ImageStore, name: &str) -> Result<(), ImageError> {
     let Some(image) = resolve(store, name).await? else {
         return Ok(());
     };
-    // The id record goes last, with containerd's garbage collection run synchronously so the
-    // content and snapshots are gone when the call returns.
-    let (id_records, names): (Vec<_>, Vec<_>) = image.record_names.iter().partition(|n| **n == image.id);
-    for record in names {
-        store.delete(record, false).await?;
-    }
-    for record in id_records {
-        store.delete(record, true).await?;
+    for (record, sync) in deletions(&image.record_names, &image.id) {
+        store.delete(record, sync).await?;
     }
     tracing::info!(id = %image.id, tags = ?image.repo_tags, digests = ?image.repo_digests, "removed image");
     Ok(())
+}
+
+/// The order an image's records are deleted in, each with whether containerd's garbage
+/// collection runs synchronously: the id record (when there is one) last, and the last record,
+/// whichever it is, synchronously, so the content and snapshots are gone when RemoveImage
+/// answers (an image another client stored may have no id record).
+fn deletions<'a>(record_names: &'a [String], id: &str) -> Vec<(&'a str, bool)> {
+    let (id_records, names): (Vec<_>, Vec<_>) = record_names.iter().partition(|n| *n == id);
+    let records: Vec<&str> = names.into_iter().chain(id_records).map(String::as_str).collect();
+    let last = records.len().saturating_sub(1);
+    records.into_iter().enumerate().map(|(i, record)| (record, i == last)).collect()
 }
 
 /// The image `input` names, as containerd's CRI resolves it: a full id, or a reference, or
@@ -79,4 +84,23 @@ async fn resolve(store: &ImageStore, input: &str) -> Result<Option<store::Image>
         .filter(|image| image.id.strip_prefix("sha256:").is_some_and(|id| id.starts_with(hex)))
         .collect();
     Ok(if matches.len() == 1 { matches.pop() } else { None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deletions;
+
+    #[test]
+    fn the_last_record_deleted_collects_garbage() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let with_id = names(&["sha256:aa", "r/app:v1", "r/app@sha256:bb"]);
+        assert_eq!(
+            deletions(&with_id, "sha256:aa"),
+            vec![("r/app:v1", false), ("r/app@sha256:bb", false), ("sha256:aa", true)]
+        );
+        let without_id = names(&["r/app:v1", "r/app@sha256:bb"]);
+        assert_eq!(deletions(&without_id, "sha256:aa"), vec![("r/app:v1", false), ("r/app@sha256:bb", true)]);
+        assert_eq!(deletions(&names(&["r/app:v1"]), "sha256:aa"), vec![("r/app:v1", true)]);
+        assert!(deletions(&[], "sha256:aa").is_empty());
+    }
 }
