@@ -64,6 +64,11 @@ async fn remove_by_tag_digest_or_id_removes_every_name() -> anyhow::Result<()> {
     // Removing what is absent succeeds.
     remove(&mut client, &v1).await?;
     remove(&mut client, &format!("sha256:{}", "0".repeat(64))).await?;
+    // As with containerd: a name that does not parse is no image (not INVALID_ARGUMENT).
+    for malformed in ["Upper/Case", "app:", "a b", "app@sha256:xyz"] {
+        assert!(status(&mut client, malformed).await?.is_none(), "{malformed}");
+        remove(&mut client, malformed).await?;
+    }
     assert_eq!(list(&mut client).await?.len(), 1);
     Ok(())
 }

@@ -62,6 +62,7 @@ fn deletions<'a>(record_names: &'a [String], id: &str) -> Vec<(&'a str, bool)> {
 
 /// The image `input` names, as containerd's CRI resolves it: a full id, or a reference, or
 /// else (like `crictl rmi 3f57d9401f8d`) a unique prefix of an id, with or without `sha256:`.
+/// A name that is none of these (malformed) names no image.
 async fn resolve(store: &ImageStore, input: &str) -> Result<Option<store::Image>, ImageError> {
     let name = ImageName::parse(input);
     if let Ok(name) = &name
@@ -73,8 +74,11 @@ async fn resolve(store: &ImageStore, input: &str) -> Result<Option<store::Image>
     let is_prefix =
         !hex.is_empty() && hex.len() < 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !is_prefix {
-        // Not an id prefix: a malformed reference is the caller's error.
-        name?;
+        // As containerd's CRI: a name that does not parse names no image (ImageStatus answers
+        // none, RemoveImage succeeds); only PullImage rejects it.
+        if let Err(err) = name {
+            tracing::debug!(error = %err, "the image name does not parse: no such image");
+        }
         return Ok(None);
     }
     let mut matches: Vec<_> = store
