@@ -24,9 +24,8 @@ impl Images {
         let puller = Puller::new(containerd.clone(), store.clone(), config.image.clone());
         // A pull this replica's previous run left (it was killed) is likely retried by the
         // kubelet within minutes; its lease keeps what it fetched for that retry until then.
-        puller.clean_stale_leases_later(
-            (config.image.pull_progress_timeout * 2).clamp(Duration::from_secs(60), Duration::from_secs(600)),
-        );
+        let delay = config.image.pull_progress_timeout.saturating_mul(2);
+        puller.clean_stale_leases_later(delay.clamp(Duration::from_secs(60), Duration::from_secs(600)));
         Self { containerd, store, puller, snapshotter: config.image.snapshotter.clone() }
     }
 }

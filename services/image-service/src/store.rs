@@ -195,8 +195,8 @@ impl ImageStore {
         size += bytes.len() as u64;
         let manifest: oci::Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("manifest: {e}")))?;
         let config_bytes = content::read_blob(&self.containerd, &manifest.config.digest).await?;
-        size += config_bytes.len() as u64;
-        size += manifest.layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
+        size = size.saturating_add(config_bytes.len() as u64);
+        size = manifest.layers.iter().fold(size, |sum, l| sum.saturating_add(l.size.max(0) as u64));
         let config: oci::ImageConfig =
             serde_json::from_slice(&config_bytes).map_err(|e| corrupt(format!("config: {e}")))?;
         let config_json: serde_json::Value =

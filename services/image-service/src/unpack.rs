@@ -13,6 +13,9 @@ use containerd_client::types::Descriptor;
 use crisp_containerd::{Containerd, ContainerdError};
 use tonic::Code;
 
+/// The label on a layer blob naming its uncompressed digest (its diff id).
+const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
+
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error(transparent)]
@@ -123,6 +126,9 @@ async fn apply_and_commit(
             expected: layer.diff_id.to_string(),
         });
     }
+    // The blob's uncompressed digest, now that the apply showed it (as containerd's unpacker).
+    let uncompressed = std::collections::HashMap::from([(UNCOMPRESSED_LABEL.to_string(), applied)]);
+    content::set_labels(containerd, Some(lease), &layer.descriptor.digest, uncompressed).await?;
     let commit = CommitSnapshotRequest {
         snapshotter: snapshotter.to_string(),
         name: layer.chain_id.to_string(),

@@ -55,7 +55,8 @@ impl FakeServer {
                     let path = target.split('?').next().unwrap_or_default();
                     let reply = handler(method, path);
                     let (status, length) = (reply.status, reply.body.len());
-                    let mut out = format!("HTTP/1.1 {status} Fake\r\nContent-Length: {length}\r\nConnection: close\r\n");
+                    let mut out =
+                        format!("HTTP/1.1 {status} Fake\r\nContent-Length: {length}\r\nConnection: close\r\n");
                     for (name, value) in &reply.headers {
                         out.push_str(&format!("{name}: {value}\r\n"));
                     }

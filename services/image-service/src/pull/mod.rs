@@ -29,6 +29,9 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// The largest image config accepted (read whole into memory, like manifests).
+const MAX_CONFIG_BYTES: usize = 4 << 20;
+
 /// Pulls images into containerd.
 #[derive(Clone)]
 pub struct Puller {
@@ -177,8 +180,7 @@ impl Inner {
         lease: &str,
         progress: &Progress,
     ) -> Result<String, PullError> {
-        let hosts = hosts::hosts_for(self.config.registry_config_path.as_deref(), &reference.domain)?;
-        let registry = Registry::new(&self.clients, reference.clone(), hosts, credentials)?;
+        let registry = self.registry(reference, credentials).await?;
         let top = registry.resolve().await?;
         if let Some(digest) = &reference.digest
             && &top.digest != digest
@@ -281,7 +283,8 @@ impl Inner {
         )
         .await?;
 
-        progress.total.store(manifest.layers.iter().map(|l| l.size.max(0) as u64).sum(), Ordering::Relaxed);
+        let total = manifest.layers.iter().fold(0u64, |sum, l| sum.saturating_add(l.size.max(0) as u64));
+        progress.total.store(total, Ordering::Relaxed);
         self.layers(&registry, lease, &manifest.layers, &config.rootfs.diff_ids, &chain, &source_label, progress)
             .await?;
 
@@ -309,7 +312,27 @@ impl Inner {
         Ok(id)
     }
 
+    /// The registry session: reading `hosts.toml` and CA files blocks, so off the async threads.
+    async fn registry(&self, reference: &Reference, credentials: Option<Credentials>) -> Result<Registry, PullError> {
+        let config_path = self.config.registry_config_path.clone();
+        let clients = self.clients.clone();
+        let reference = reference.clone();
+        tokio::task::spawn_blocking(move || {
+            let hosts = hosts::hosts_for(config_path.as_deref(), &reference.domain)?;
+            Ok::<_, PullError>(Registry::new(&clients, reference, hosts, credentials)?)
+        })
+        .await
+        .map_err(|e| PullError::Internal(format!("reading the registry configuration: {e}")))?
+    }
+
     async fn config_bytes(&self, registry: &Registry, desc: &Descriptor) -> Result<Vec<u8>, PullError> {
+        if desc.size < 0 || desc.size as usize > MAX_CONFIG_BYTES {
+            return Err(PullError::Malformed {
+                what: "config",
+                digest: desc.digest.clone(),
+                detail: format!("its descriptor says {} bytes; at most 4 MiB are accepted", desc.size),
+            });
+        }
         if content::blob_info(&self.containerd, &desc.digest).await?.is_some() {
             return Ok(content::read_blob(&self.containerd, &desc.digest).await?);
         }
@@ -357,11 +380,11 @@ impl Inner {
         let limit = Semaphore::new(self.config.max_concurrent_downloads.max(1));
         let mut done = Vec::new();
         let mut downloads = Vec::new();
-        for (i, layer) in layers.iter().enumerate() {
+        for layer in layers {
             let (tx, rx) = oneshot::channel::<()>();
             done.push(rx);
-            let labels =
-                HashMap::from([("containerd.io/uncompressed".to_string(), diff_ids[i].clone()), source_label.clone()]);
+            // `containerd.io/uncompressed` is set once the unpack verified the diff id.
+            let labels = HashMap::from([source_label.clone()]);
             let limit = &limit;
             downloads.push(async move {
                 let _permit = limit.acquire().await.map_err(|_| PullError::Internal("semaphore closed".into()))?;
