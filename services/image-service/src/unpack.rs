@@ -148,3 +148,111 @@ async fn apply_and_commit(
         Err(s) => Err(ContainerdError::call("snapshot commit", s).into()),
     }
 }
+
+/// Against a private containerd (`crisp_testkit`): a chain snapshot another pull committed is
+/// held in our lease, whether it is found before `Prepare` or by `Commit` answering
+/// ALREADY_EXISTS, so it outlives the other pull's lease.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::{self, Ingest, Opened};
+    use containerd_client::services::v1::DeleteRequest;
+    use containerd_client::services::v1::leases_client::LeasesClient;
+    use crisp_testkit::ContainerdProcess;
+    use crisp_testkit::images::{Blob, Format, ImageBuilder};
+
+    const SNAPSHOTTER: &str = "overlayfs";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        _process: ContainerdProcess,
+        containerd: Containerd,
+        layer: Blob,
+        diff_id: String,
+    }
+
+    /// containerd with one layer committed as a snapshot by another pull, under `other`.
+    async fn committed_by_another_pull() -> (Fixture, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let process = ContainerdProcess::start(dir.path()).await.unwrap();
+        let containerd = Containerd::connect(process.address(), "crisp-test").unwrap();
+        let image = ImageBuilder::new(Format::Oci).file_layer("etc/motd", "held\n").build().unwrap();
+        let (layer, diff_id) = (image.layers[0].clone(), image.diff_ids[0].clone());
+        let other = content::create_lease(&containerd, "test", "other").await.unwrap();
+        let reference = format!("layer-{}", layer.digest);
+        let size = layer.data.len() as i64;
+        let Ok(Opened::Ingest(mut ingest)) = Ingest::open(&containerd, &other, &reference, size, &layer.digest).await
+        else {
+            panic!("no ingest");
+        };
+        ingest.write(layer.data.clone()).await.unwrap();
+        ingest.commit(Default::default()).await.unwrap();
+        let fixture = Fixture { _dir: dir, _process: process, containerd, layer, diff_id };
+        unpack_layer(&fixture.containerd, SNAPSHOTTER, &other, fixture.layer()).await.unwrap();
+        (fixture, other)
+    }
+
+    impl Fixture {
+        fn layer(&self) -> Layer<'_> {
+            Layer {
+                descriptor: Descriptor {
+                    media_type: self.layer.media_type.clone(),
+                    digest: self.layer.digest.clone(),
+                    size: self.layer.data.len() as i64,
+                    annotations: Default::default(),
+                },
+                diff_id: &self.diff_id,
+                chain_id: &self.diff_id,
+                parent: None,
+            }
+        }
+
+        /// Deletes `lease` with a synchronous garbage collection.
+        async fn drop_lease(&self, lease: &str) {
+            let request = DeleteRequest { id: lease.to_string(), sync: true };
+            LeasesClient::new(self.containerd.channel()).delete(request).await.unwrap();
+        }
+
+        async fn snapshot_exists(&self) -> bool {
+            snapshot_exists(&self.containerd, SNAPSHOTTER, &self.diff_id).await.unwrap()
+        }
+
+        /// The snapshot outlives the other pull's lease, and goes with ours.
+        async fn assert_held_by(&self, ours: &str, other: &str) {
+            self.drop_lease(other).await;
+            assert!(self.snapshot_exists().await, "the snapshot was collected with the other pull's lease");
+            self.drop_lease(ours).await;
+            assert!(!self.snapshot_exists().await, "the snapshot outlived every lease");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_found_before_prepare_is_held() {
+        let (fixture, other) = committed_by_another_pull().await;
+        let ours = content::create_lease(&fixture.containerd, "test", "ours").await.unwrap();
+        unpack_layer(&fixture.containerd, SNAPSHOTTER, &ours, fixture.layer()).await.unwrap();
+        fixture.assert_held_by(&ours, &other).await;
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_committed_first_by_another_pull_is_held() {
+        let (fixture, other) = committed_by_another_pull().await;
+        let ours = content::create_lease(&fixture.containerd, "test", "ours").await.unwrap();
+        // Our Prepare came before their Commit: ours answers ALREADY_EXISTS.
+        let key = "extract-test";
+        let prepare = PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.to_string(),
+            key: key.to_string(),
+            parent: String::new(),
+            labels: Default::default(),
+        };
+        let mounts = SnapshotsClient::new(fixture.containerd.channel())
+            .prepare(leased(prepare, &ours))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        apply_and_commit(&fixture.containerd, SNAPSHOTTER, &ours, key, mounts, &fixture.layer()).await.unwrap();
+        fixture.assert_held_by(&ours, &other).await;
+    }
+}
