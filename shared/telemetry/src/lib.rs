@@ -18,6 +18,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +86,11 @@ pub fn init(service_name: &'static str, config: &TelemetryConfig) -> Result<Tele
     let provider = provider.build();
     // Spans carry OpenTelemetry contexts even when nothing is exported, so that trace context
     // still flows from caller to backend to containerd.
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name));
+    // Only crisp's own spans become trace spans: the libraries under it (h2, hyper, tonic,
+    // tower, and the exporter's own calls) would otherwise flood the export queue.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service_name))
+        .with_filter(Targets::new().with_target("crisp", tracing::Level::INFO));
 
     let fmt = match config.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()

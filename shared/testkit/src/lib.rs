@@ -2,6 +2,7 @@
 //!
 //! - [`ContainerdProcess`]: a private containerd (its own root, state and socket; its CRI
 //!   plugin off), so tests never touch the node's containerd and can run side by side.
+//! - [`otlp::Collector`]: an OTLP trace receiver, for tests of what the services export.
 //! - [`Stack`]: that containerd plus the four crisp services and the proxy, as a node runs
 //!   them; tests talk CRI to [`Stack::proxy_socket`] the way the kubelet does.
 //!
@@ -9,6 +10,7 @@
 
 mod containerd;
 pub mod images;
+pub mod otlp;
 mod process;
 pub mod registry;
 pub mod token_auth;
