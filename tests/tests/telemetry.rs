@@ -68,6 +68,6 @@ async fn proxy_and_backend_spans_form_one_trace() {
     );
     assert_eq!(
         proxy.kind,
-        opentelemetry_proto::tonic::trace::v1::span::SpanKind::Server as i32
+        crisp_testkit::otlp::SpanKind::Server as i32
     );
 }
