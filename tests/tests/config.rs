@@ -58,10 +58,8 @@ fn a_bad_flag_or_environment_value_is_named() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("containerd.namespace"), "{stderr}");
 
-    let output = Command::new(binary("crisp-proxy"))
-        .env("CRISP_PROXY_HEALTH_CHECK_INTERVAL", "often")
-        .output()
-        .unwrap();
+    let output =
+        Command::new(binary("crisp-proxy")).env("CRISP_PROXY_HEALTH_CHECK_INTERVAL", "often").output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("health-check-interval") && stderr.contains("often"), "{stderr}");

@@ -22,22 +22,13 @@ async fn pull_spans_belong_to_the_pull_image_trace() -> anyhow::Result<()> {
     let image = busybox(Format::Oci)?;
     let name = registry.push("test/traced", "v1", &image).await?;
     let stack = Stack::start_with(StackOptions {
-        env: vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
-        ],
+        env: vec![("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint), ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into())],
         ..Default::default()
     })
     .await?;
 
-    let mut request = tonic::Request::new(PullImageRequest {
-        image: spec(&name),
-        auth: None,
-        sandbox_config: None,
-    });
-    request
-        .metadata_mut()
-        .insert("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01").parse()?);
+    let mut request = tonic::Request::new(PullImageRequest { image: spec(&name), auth: None, sandbox_config: None });
+    request.metadata_mut().insert("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01").parse()?);
     stack.image_client().pull_image(request).await?;
 
     let started = Instant::now();

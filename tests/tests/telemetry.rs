@@ -13,10 +13,7 @@ async fn proxy_and_backend_spans_form_one_trace() {
     let (collector, endpoint) = Collector::start().await.unwrap();
 
     let stack = Stack::start_with(StackOptions {
-        env: vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
-        ],
+        env: vec![("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint), ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into())],
         ..Default::default()
     })
     .await
@@ -25,21 +22,14 @@ async fn proxy_and_backend_spans_form_one_trace() {
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
     let mut request = tonic::Request::new(VersionRequest::default());
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
-    );
+    request.metadata_mut().insert("traceparent", format!("00-{trace_id}-{caller_span}-01").parse().unwrap());
     stack.runtime_client().version(request).await.unwrap();
 
     let name = "runtime.v1.RuntimeService/Version";
     let started = Instant::now();
     let (proxy, backend) = loop {
         {
-            let ours: Vec<_> = collector
-                .trace(trace_id)
-                .into_iter()
-                .filter(|s| s.span.name == name)
-                .collect();
+            let ours: Vec<_> = collector.trace(trace_id).into_iter().filter(|s| s.span.name == name).collect();
             let proxy = ours.iter().find(|s| s.service.contains("crisp-proxy"));
             let backend = ours.iter().find(|s| s.service.contains("crisp-runtime"));
             if let (Some(proxy), Some(backend)) = (proxy, backend) {
@@ -57,17 +47,7 @@ async fn proxy_and_backend_spans_form_one_trace() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(
-        hex(&proxy.parent_span_id),
-        caller_span,
-        "the proxy span continues the caller's span"
-    );
-    assert_eq!(
-        backend.parent_span_id, proxy.span_id,
-        "the backend span is the proxy span's child"
-    );
-    assert_eq!(
-        proxy.kind,
-        crisp_testkit::otlp::SpanKind::Server as i32
-    );
+    assert_eq!(hex(&proxy.parent_span_id), caller_span, "the proxy span continues the caller's span");
+    assert_eq!(backend.parent_span_id, proxy.span_id, "the backend span is the proxy span's child");
+    assert_eq!(proxy.kind, crisp_testkit::otlp::SpanKind::Server as i32);
 }

@@ -76,10 +76,7 @@ impl ImagePool {
                 }
             }
         }
-        Err(tonic::Status::unavailable(format!(
-            "no image service replica is available: {}",
-            failures.join("; ")
-        )))
+        Err(tonic::Status::unavailable(format!("no image service replica is available: {}", failures.join("; "))))
     }
 
     /// Checks every replica's health every `interval`, for as long as the runtime runs.
@@ -99,7 +96,9 @@ impl ImagePool {
                         Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => {
                             replica.set_healthy(true, "")
                         }
-                        Ok(Ok(response)) => replica.set_healthy(false, &format!("health status {}", response.get_ref().status)),
+                        Ok(Ok(response)) => {
+                            replica.set_healthy(false, &format!("health status {}", response.get_ref().status))
+                        }
                         Ok(Err(status)) => replica.set_healthy(false, status.message()),
                         Err(_) => replica.set_healthy(false, "health check timed out"),
                     }

@@ -37,7 +37,8 @@ impl Backends {
             .iter()
             .enumerate()
             .map(|(i, socket)| {
-                let name = if replicas == 1 { "image service".to_string() } else { format!("image service replica {i}") };
+                let name =
+                    if replicas == 1 { "image service".to_string() } else { format!("image service replica {i}") };
                 Backend::new(name, socket, timeout)
             })
             .collect();
@@ -94,8 +95,10 @@ impl Router {
         let route = match route(&path) {
             Some(Route::Images) => Route::Images,
             Some(_) if self.images_only => {
-                return tonic::Status::unimplemented(format!("{path}: this socket serves only runtime.v1.ImageService"))
-                    .into_http();
+                return tonic::Status::unimplemented(format!(
+                    "{path}: this socket serves only runtime.v1.ImageService"
+                ))
+                .into_http();
             }
             Some(route) => route,
             None => {

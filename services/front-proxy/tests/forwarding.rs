@@ -33,7 +33,8 @@ impl RuntimeService for Backend {
             "slow" => tokio::time::sleep(Duration::from_secs(30)).await,
             // An error with metadata in the trailers.
             "fail" => {
-                let mut status = Status::with_details(Code::FailedPrecondition, "backend says no", vec![1, 2, 3].into());
+                let mut status =
+                    Status::with_details(Code::FailedPrecondition, "backend says no", vec![1, 2, 3].into());
                 status.metadata_mut().insert("x-why", "because".parse().unwrap());
                 return Err(status);
             }
@@ -59,9 +60,9 @@ impl RuntimeService for Backend {
     type GetContainerEventsStream = Events;
 
     async fn get_container_events(&self, _request: Request<GetEventsRequest>) -> Result<Response<Events>, Status> {
-        let events = tokio_stream::iter((0..3).map(|i| {
-            Ok(ContainerEventResponse { container_id: format!("c{i}"), ..Default::default() })
-        }));
+        let events = tokio_stream::iter(
+            (0..3).map(|i| Ok(ContainerEventResponse { container_id: format!("c{i}"), ..Default::default() })),
+        );
         // Three events, then the stream stays open until the caller's deadline.
         let stream = events.chain(tokio_stream::pending());
         Ok(Response::new(Box::pin(stream)))
@@ -189,10 +190,12 @@ async fn server_streams_pass_through_and_end_at_the_deadline() {
 async fn raw_call(socket: &Path, path: &str, message: impl prost::Message, timeout: &str) -> String {
     use http_body_util::BodyExt;
     let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
     tokio::spawn(connection);
     let encoded = message.encode_to_vec();
     let mut frame = vec![0u8];
@@ -217,7 +220,9 @@ async fn raw_call(socket: &Path, path: &str, message: impl prost::Message, timeo
 async fn the_deadline_is_forwarded_and_kept() {
     let s = setup().await;
     let started = Instant::now();
-    let status = raw_call(&s.proxy, "/runtime.v1.RuntimeService/Version", VersionRequest { version: "slow".into() }, "500m").await;
+    let status =
+        raw_call(&s.proxy, "/runtime.v1.RuntimeService/Version", VersionRequest { version: "slow".into() }, "500m")
+            .await;
     assert_eq!(status, (Code::DeadlineExceeded as i32).to_string());
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(5), "took {took:?}");

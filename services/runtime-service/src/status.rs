@@ -7,9 +7,7 @@
 use crisp_cni::NetworkConfig;
 use crisp_config::Config;
 use crisp_containerd::Containerd;
-use crisp_proto::cri::{
-    RuntimeCondition, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusResponse,
-};
+use crisp_proto::cri::{RuntimeCondition, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusResponse};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -22,7 +20,9 @@ const CONTAINERD_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 fn condition(kind: &str, outcome: Result<(), (&str, String)>) -> RuntimeCondition {
     match outcome {
         Ok(()) => RuntimeCondition { r#type: kind.into(), status: true, reason: String::new(), message: String::new() },
-        Err((reason, message)) => RuntimeCondition { r#type: kind.into(), status: false, reason: reason.into(), message },
+        Err((reason, message)) => {
+            RuntimeCondition { r#type: kind.into(), status: false, reason: reason.into(), message }
+        }
     }
 }
 
@@ -32,19 +32,26 @@ pub async fn status(containerd: &Containerd, config: &Config, verbose: bool) -> 
     let runtime = match tokio::time::timeout(CONTAINERD_PROBE_TIMEOUT, containerd.version()).await {
         Ok(Ok(version)) => {
             if verbose {
-                info.insert("containerd".to_string(), serde_json::json!({
-                    "address": containerd.address(),
-                    "namespace": containerd.namespace(),
-                    "version": version.version,
-                    "revision": version.revision,
-                }).to_string());
+                info.insert(
+                    "containerd".to_string(),
+                    serde_json::json!({
+                        "address": containerd.address(),
+                        "namespace": containerd.namespace(),
+                        "version": version.version,
+                        "revision": version.revision,
+                    })
+                    .to_string(),
+                );
             }
             Ok(())
         }
         Ok(Err(err)) => Err(("ContainerdNotReady", crisp_errors::message_chain(&err))),
         Err(_) => Err((
             "ContainerdNotReady",
-            format!("containerd at {} did not answer within {CONTAINERD_PROBE_TIMEOUT:?}", containerd.address().display()),
+            format!(
+                "containerd at {} did not answer within {CONTAINERD_PROBE_TIMEOUT:?}",
+                containerd.address().display()
+            ),
         )),
     };
 
@@ -53,12 +60,16 @@ pub async fn status(containerd: &Containerd, config: &Config, verbose: bool) -> 
     let network = match network {
         Ok(net) => {
             if verbose {
-                info.insert("cni".to_string(), serde_json::json!({
-                    "network": net.name,
-                    "cniVersion": net.cni_version,
-                    "config": net.source,
-                    "plugins": net.plugins.iter().map(|p| &p.plugin_type).collect::<Vec<_>>(),
-                }).to_string());
+                info.insert(
+                    "cni".to_string(),
+                    serde_json::json!({
+                        "network": net.name,
+                        "cniVersion": net.cni_version,
+                        "config": net.source,
+                        "plugins": net.plugins.iter().map(|p| &p.plugin_type).collect::<Vec<_>>(),
+                    })
+                    .to_string(),
+                );
             }
             Ok(())
         }

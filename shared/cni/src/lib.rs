@@ -59,10 +59,7 @@ fn plugin(path: &Path, raw: serde_json::Value) -> Result<PluginConfig, CniError>
         .get("type")
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty() && !t.contains('/'))
-        .ok_or_else(|| CniError::Invalid {
-            path: path.to_path_buf(),
-            reason: "a plugin has no valid `type`".into(),
-        })?
+        .ok_or_else(|| CniError::Invalid { path: path.to_path_buf(), reason: "a plugin has no valid `type`".into() })?
         .to_string();
     Ok(PluginConfig { plugin_type, raw })
 }
@@ -75,11 +72,7 @@ impl NetworkConfig {
         let is_list = path.extension().is_some_and(|e| e == "conflist");
         let config = if is_list {
             let list: RawList = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-            let plugins = list
-                .plugins
-                .into_iter()
-                .map(|raw| plugin(path, raw))
-                .collect::<Result<Vec<_>, _>>()?;
+            let plugins = list.plugins.into_iter().map(|raw| plugin(path, raw)).collect::<Result<Vec<_>, _>>()?;
             NetworkConfig { name: list.name, cni_version: list.cni_version, plugins, source: path.to_path_buf() }
         } else {
             let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
@@ -163,7 +156,8 @@ mod tests {
             r#"{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"},{"type":"portmap"}]}"#,
         )
         .unwrap();
-        std::fs::write(dir.path().join("20-other.conf"), r#"{"cniVersion":"0.4.0","name":"other","type":"ptp"}"#).unwrap();
+        std::fs::write(dir.path().join("20-other.conf"), r#"{"cniVersion":"0.4.0","name":"other","type":"ptp"}"#)
+            .unwrap();
         let net = NetworkConfig::load(dir.path()).unwrap();
         assert_eq!(net.name, "pods");
         let types: Vec<_> = net.plugins.iter().map(|p| p.plugin_type.as_str()).collect();

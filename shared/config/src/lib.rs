@@ -35,9 +35,7 @@ impl Config {
     pub fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
         let mut config = match &args.config {
             Some(path) => Config::from_file(path)?,
-            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
-                Config::from_file(Path::new(DEFAULT_CONFIG_PATH))?
-            }
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => Config::from_file(Path::new(DEFAULT_CONFIG_PATH))?,
             None => Config::default(),
         };
         args.apply(&mut config);
@@ -48,14 +46,9 @@ impl Config {
     /// Parses one TOML file; fields it leaves out keep their defaults. Unknown fields are
     /// rejected so that a typo is not silently ignored.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message,
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
     }
 
     /// Parses TOML text; the error message names the field and line at fault.

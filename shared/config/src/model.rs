@@ -157,11 +157,7 @@ pub struct StreamingConfig {
 
 impl Default for StreamingConfig {
     fn default() -> Self {
-        Self {
-            socket: PathBuf::from("/run/crisp/streaming.sock"),
-            address: "127.0.0.1".into(),
-            port: 0,
-        }
+        Self { socket: PathBuf::from("/run/crisp/streaming.sock"), address: "127.0.0.1".into(), port: 0 }
     }
 }
 
@@ -179,11 +175,7 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self {
-            log_format: LogFormat::Text,
-            log_level: "info".into(),
-            otlp_endpoint: None,
-        }
+        Self { log_format: LogFormat::Text, log_level: "info".into(), otlp_endpoint: None }
     }
 }
 

@@ -24,11 +24,7 @@ fn socket(field: &'static str, path: &Path) -> Result<(), ConfigError> {
 }
 
 fn absolute_dir(field: &'static str, path: &Path) -> Result<(), ConfigError> {
-    if path.is_absolute() {
-        Ok(())
-    } else {
-        Err(invalid(field, format!("{} is not an absolute path", path.display())))
-    }
+    if path.is_absolute() { Ok(()) } else { Err(invalid(field, format!("{} is not an absolute path", path.display()))) }
 }
 
 /// containerd namespaces: letters, digits, `.`, `_` and `-`, starting with a letter or digit.
@@ -109,10 +105,7 @@ impl Config {
 
         socket("streaming.socket", &self.streaming.socket)?;
         if self.streaming.address.parse::<std::net::IpAddr>().is_err() {
-            return Err(invalid(
-                "streaming.address",
-                format!("`{}` is not an IP address", self.streaming.address),
-            ));
+            return Err(invalid("streaming.address", format!("`{}` is not an IP address", self.streaming.address)));
         }
 
         if self.telemetry.log_level.trim().is_empty() {
@@ -121,10 +114,7 @@ impl Config {
         if let Some(endpoint) = &self.telemetry.otlp_endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
-            return Err(invalid(
-                "telemetry.otlp_endpoint",
-                format!("`{endpoint}` is not an http:// or https:// URL"),
-            ));
+            return Err(invalid("telemetry.otlp_endpoint", format!("`{endpoint}` is not an http:// or https:// URL")));
         }
         Ok(())
     }

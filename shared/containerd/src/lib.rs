@@ -22,18 +22,11 @@ const NAMESPACE_KEY: &str = "containerd-namespace";
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerdError {
     #[error("containerd at {address} did not answer within {waited:?}: {source}")]
-    NotReady {
-        address: PathBuf,
-        waited: Duration,
-        source: tonic::Status,
-    },
+    NotReady { address: PathBuf, waited: Duration, source: tonic::Status },
     #[error("containerd namespace `{0}` is not valid gRPC metadata")]
     Namespace(String),
     #[error("containerd {operation}: {source}")]
-    Call {
-        operation: &'static str,
-        source: tonic::Status,
-    },
+    Call { operation: &'static str, source: tonic::Status },
 }
 
 impl ContainerdError {
@@ -101,8 +94,8 @@ impl Containerd {
 
     /// Prepares a connection; nothing is dialled until the first call.
     pub fn connect(address: &Path, namespace: &str) -> Result<Self, ContainerdError> {
-        let namespace_value = MetadataValue::try_from(namespace)
-            .map_err(|_| ContainerdError::Namespace(namespace.to_string()))?;
+        let namespace_value =
+            MetadataValue::try_from(namespace).map_err(|_| ContainerdError::Namespace(namespace.to_string()))?;
         let channel = crisp_grpc_server::unix_channel_with_backoff(address, Duration::from_secs(5), "containerd");
         Ok(Self {
             channel: InterceptedService::new(channel, CallMetadata { namespace: namespace_value }),

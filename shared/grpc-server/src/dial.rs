@@ -22,7 +22,11 @@ pub fn unix_channel(path: &Path, connect_timeout: Duration) -> tonic::transport:
 /// after a failed dial, calls fail at once without dialling until a backoff has passed (100 ms,
 /// doubling to 2 s, reset by a successful dial). Losing and regaining the peer is logged once
 /// each, naming it as `peer`.
-pub fn unix_channel_with_backoff(path: &Path, connect_timeout: Duration, peer: &'static str) -> tonic::transport::Channel {
+pub fn unix_channel_with_backoff(
+    path: &Path,
+    connect_timeout: Duration,
+    peer: &'static str,
+) -> tonic::transport::Channel {
     channel(path, connect_timeout, Some(peer))
 }
 

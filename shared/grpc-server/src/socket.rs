@@ -11,11 +11,7 @@ pub enum SocketError {
     #[error("{path} exists and is not a socket; refusing to replace it")]
     NotASocket { path: PathBuf },
     #[error("{path}: {action}: {source}")]
-    Io {
-        path: PathBuf,
-        action: &'static str,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, action: &'static str, source: std::io::Error },
 }
 
 /// A bound unix socket's file, removed when dropped.
@@ -73,10 +69,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("crisp-socket-test-{}", std::process::id()));
         let path = dir.join("s.sock");
         // A stale file: bound, then its listener dropped without removing the file.
-        drop(std::os::unix::net::UnixListener::bind(&path).or_else(|_| {
-            std::fs::create_dir_all(&dir).unwrap();
+        drop(
             std::os::unix::net::UnixListener::bind(&path)
-        }).unwrap());
+                .or_else(|_| {
+                    std::fs::create_dir_all(&dir).unwrap();
+                    std::os::unix::net::UnixListener::bind(&path)
+                })
+                .unwrap(),
+        );
         let live = UnixSocket::bind(&path, 0o660).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);

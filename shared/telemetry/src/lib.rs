@@ -13,12 +13,12 @@ pub use rpc_layer::{RpcTraceLayer, RpcTraceService};
 
 use crisp_config::{LogFormat, TelemetryConfig};
 use opentelemetry::trace::TracerProvider as _;
-use std::io::IsTerminal;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::io::IsTerminal;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::filter::Targets;
 use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +26,7 @@ pub enum TelemetryError {
     #[error("invalid config field `telemetry.log_level`: {0}")]
     Filter(#[from] tracing_subscriber::filter::ParseError),
     #[error("cannot set up the OTLP exporter for {endpoint}: {source}")]
-    Exporter {
-        endpoint: String,
-        source: opentelemetry_otlp::ExporterBuildError,
-    },
+    Exporter { endpoint: String, source: opentelemetry_otlp::ExporterBuildError },
     #[error("a tracing subscriber is already installed: {0}")]
     Install(#[from] tracing_subscriber::util::TryInitError),
 }
@@ -63,9 +60,7 @@ impl Drop for Telemetry {
 /// called inside the Tokio runtime: span export runs on it.
 pub fn init(service_name: &'static str, config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::builder().parse(&config.log_level)?;
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
 
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name).build();
     let mut provider = SdkTracerProvider::builder().with_resource(resource);
@@ -104,9 +99,6 @@ pub fn init(service_name: &'static str, config: &TelemetryConfig) -> Result<Tele
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    tracing_subscriber::registry()
-        .with(otel)
-        .with(fmt.with_filter(filter))
-        .try_init()?;
+    tracing_subscriber::registry().with(otel).with(fmt.with_filter(filter)).try_init()?;
     Ok(Telemetry { provider })
 }

@@ -117,11 +117,7 @@ where
                             }
                             None => false,
                         };
-                        Ok(response.map(|inner| TracedBody {
-                            inner,
-                            span: (!done).then_some(span_for_body),
-                            started,
-                        }))
+                        Ok(response.map(|inner| TracedBody { inner, span: (!done).then_some(span_for_body), started }))
                     }
                     Err(err) => {
                         span_for_body.record("otel.status_code", "ERROR");

@@ -106,7 +106,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
-
 }
 
 /// The path of a program on `PATH`.

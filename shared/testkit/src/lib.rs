@@ -13,8 +13,8 @@ pub mod images;
 pub mod otlp;
 mod process;
 pub mod registry;
-pub mod token_auth;
 mod stack;
+pub mod token_auth;
 
 pub use containerd::ContainerdProcess;
 pub use process::ServiceProcess;

@@ -74,18 +74,13 @@ impl TraceService for Collector {
                 .map(|v| format!("{:?}", v.value))
                 .unwrap_or_default();
             for span in resource_spans.scope_spans.into_iter().flat_map(|scope| scope.spans) {
-                received.push(ReceivedSpan {
-                    service: service.clone(),
-                    span,
-                });
+                received.push(ReceivedSpan { service: service.clone(), span });
             }
         }
         if let Ok(mut spans) = self.spans.lock() {
             spans.extend(received);
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
 pub use opentelemetry_proto::tonic::trace::v1::span::SpanKind;

@@ -51,11 +51,7 @@ impl ServiceProcess {
                 command.env_remove(key);
             }
         }
-        command
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        command.envs(self.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = command.spawn().with_context(|| format!("starting {}: {:?}", self.name, self.command))?;
         self.child = Some(child);
         Ok(())

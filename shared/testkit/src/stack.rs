@@ -91,10 +91,8 @@ log_level = "info,crisp_proxy=debug,crisp_runtime=debug,crisp_image=debug,crisp_
 "#,
                 containerd = quoted(containerd.address()),
                 proxy = quoted(&proxy_socket),
-                image_socket = proxy_image_socket
-                    .as_ref()
-                    .map(|p| format!("image_socket = {}", quoted(p)))
-                    .unwrap_or_default(),
+                image_socket =
+                    proxy_image_socket.as_ref().map(|p| format!("image_socket = {}", quoted(p))).unwrap_or_default(),
                 runtime = quoted(&path.join("runtime.sock")),
                 streaming = quoted(&path.join("streaming.sock")),
                 images = image_sockets.iter().map(|p| quoted(p)).collect::<Vec<_>>().join(", "),
@@ -129,7 +127,8 @@ log_level = "info,crisp_proxy=debug,crisp_runtime=debug,crisp_image=debug,crisp_
             }
             let mut command = vec![program.display().to_string(), "--config".into(), config.display().to_string()];
             command.extend(args);
-            let process = ServiceProcess::spawn(&name, command, options.env.clone(), &path.join(format!("{name}.log")))?;
+            let process =
+                ServiceProcess::spawn(&name, command, options.env.clone(), &path.join(format!("{name}.log")))?;
             services.push((process, socket));
         }
         for (process, socket) in &mut services {
