@@ -80,6 +80,7 @@ impl GrpcError for PullError {
             PullError::Containerd(err) => err.code(),
             PullError::Unpack(UnpackError::Containerd(err)) => err.code(),
             PullError::Unpack(UnpackError::DiffIdMismatch { .. }) => Code::DataLoss,
+            PullError::Unpack(UnpackError::Apply(err)) => err.code(),
             PullError::Store(err) => err.code(),
             PullError::DigestMismatch { .. } => Code::DataLoss,
             PullError::Malformed { .. } => Code::InvalidArgument,

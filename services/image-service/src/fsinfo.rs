@@ -86,7 +86,7 @@ async fn content_usage(containerd: &Containerd) -> Result<(u64, u64), Containerd
     Ok((bytes, blobs))
 }
 
-async fn plugin_root(containerd: &Containerd, kind: &str, id: &str) -> Result<String, ContainerdError> {
+pub(crate) async fn plugin_root(containerd: &Containerd, kind: &str, id: &str) -> Result<String, ContainerdError> {
     let filter = format!("type=={kind},id=={id}");
     let plugins = IntrospectionClient::new(containerd.channel())
         .plugins(PluginsRequest { filters: vec![filter] })

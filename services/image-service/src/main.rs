@@ -7,6 +7,7 @@
 //! - [`store`]: image records; [`images`]: ListImages, ImageStatus, RemoveImage;
 //!   [`fsinfo`]: ImageFsInfo.
 
+mod apply;
 mod content;
 mod digest;
 mod error;

@@ -1,6 +1,8 @@
 //! Unpacking layers into containerd's snapshotter the way containerd's own unpacker does:
 //! per layer, in chain order, `snapshots.Prepare(key, parent)` → `diff.Apply(layer, mounts)` →
 //! check the applied digest is the config's diff id → `snapshots.Commit(chain id, key)`.
+//! A layer the direct apply staged already ([`crate::apply`]) replaces the diff service's
+//! apply: its tree becomes the prepared snapshot's upper directory.
 
 use crate::content::{self, leased};
 use containerd_client::services::v1::ApplyRequest;
@@ -22,6 +24,8 @@ pub enum UnpackError {
     Containerd(#[from] ContainerdError),
     #[error("layer {layer} unpacked to {applied}, but the image config says its diff id is {expected}")]
     DiffIdMismatch { layer: String, applied: String, expected: String },
+    #[error("applying the layer directly")]
+    Apply(#[from] crate::apply::ApplyError),
 }
 
 /// Whether the snapshot `chain_id` is committed already.
@@ -64,6 +68,7 @@ pub async fn unpack_layer(
     snapshotter: &str,
     lease: &str,
     layer: Layer<'_>,
+    staged: Option<crate::apply::Staged>,
 ) -> Result<(), UnpackError> {
     if snapshot_exists(containerd, snapshotter, layer.chain_id).await? {
         hold_snapshot(containerd, snapshotter, lease, layer.chain_id).await?;
@@ -87,7 +92,7 @@ pub async fn unpack_layer(
         .into_inner()
         .mounts;
     tracing::debug!(elapsed = ?started.elapsed(), "snapshot prepared");
-    let result = apply_and_commit(containerd, snapshotter, lease, &key, mounts, &layer).await;
+    let result = apply_and_commit(containerd, snapshotter, lease, &key, mounts, &layer, staged).await;
     if result.is_err() {
         let remove = RemoveSnapshotRequest { snapshotter: snapshotter.to_string(), key: key.clone() };
         if let Err(s) = snapshots.remove(leased(remove, lease)).await
@@ -106,8 +111,16 @@ async fn apply_and_commit(
     key: &str,
     mounts: Vec<containerd_client::types::Mount>,
     layer: &Layer<'_>,
+    staged: Option<crate::apply::Staged>,
 ) -> Result<(), UnpackError> {
     let started = std::time::Instant::now();
+    if let Some(staged) = staged {
+        tokio::task::spawn_blocking(move || staged.install(&mounts))
+            .await
+            .map_err(|e| crate::apply::ApplyError::Thread(e.to_string()))??;
+        tracing::debug!(elapsed = ?started.elapsed(), "staged layer moved into the snapshot");
+        return commit(containerd, snapshotter, lease, key, layer).await;
+    }
     let apply =
         ApplyRequest { diff: Some(layer.descriptor.clone()), mounts, payloads: Default::default(), sync_fs: false };
     let applied = DiffClient::new(containerd.channel())
@@ -126,8 +139,20 @@ async fn apply_and_commit(
             expected: layer.diff_id.to_string(),
         });
     }
+    commit(containerd, snapshotter, lease, key, layer).await
+}
+
+/// Commits the active snapshot `key` as the layer's chain id; the layer's diff id is verified.
+async fn commit(
+    containerd: &Containerd,
+    snapshotter: &str,
+    lease: &str,
+    key: &str,
+    layer: &Layer<'_>,
+) -> Result<(), UnpackError> {
+    let started = std::time::Instant::now();
     // The blob's uncompressed digest, now that the apply showed it (as containerd's unpacker).
-    let uncompressed = std::collections::HashMap::from([(UNCOMPRESSED_LABEL.to_string(), applied)]);
+    let uncompressed = std::collections::HashMap::from([(UNCOMPRESSED_LABEL.to_string(), layer.diff_id.to_string())]);
     content::set_labels(containerd, Some(lease), &layer.descriptor.digest, uncompressed).await?;
     let commit = CommitSnapshotRequest {
         snapshotter: snapshotter.to_string(),
@@ -136,7 +161,10 @@ async fn apply_and_commit(
         labels: Default::default(),
     };
     match SnapshotsClient::new(containerd.channel()).commit(leased(commit, lease)).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            tracing::debug!(elapsed = ?started.elapsed(), "snapshot committed");
+            Ok(())
+        }
         // Another pull committed the same chain first: theirs is identical; drop ours, and hold
         // theirs in our lease (their lease may go, and GC run, before our image record is written).
         Err(s) if s.code() == Code::AlreadyExists => {
@@ -188,7 +216,7 @@ mod tests {
         ingest.write(layer.data.clone()).await.unwrap();
         ingest.commit(Default::default()).await.unwrap();
         let fixture = Fixture { _dir: dir, _process: process, containerd, layer, diff_id };
-        unpack_layer(&fixture.containerd, SNAPSHOTTER, &other, fixture.layer()).await.unwrap();
+        unpack_layer(&fixture.containerd, SNAPSHOTTER, &other, fixture.layer(), None).await.unwrap();
         (fixture, other)
     }
 
@@ -230,7 +258,7 @@ mod tests {
     async fn a_snapshot_found_before_prepare_is_held() {
         let (fixture, other) = committed_by_another_pull().await;
         let ours = content::create_lease(&fixture.containerd, "test", "ours").await.unwrap();
-        unpack_layer(&fixture.containerd, SNAPSHOTTER, &ours, fixture.layer()).await.unwrap();
+        unpack_layer(&fixture.containerd, SNAPSHOTTER, &ours, fixture.layer(), None).await.unwrap();
         fixture.assert_held_by(&ours, &other).await;
     }
 

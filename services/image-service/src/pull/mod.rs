@@ -50,6 +50,8 @@ struct Inner {
     started: std::time::SystemTime,
     /// Leases of a killed run taken over by a pull now running.
     adopted: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Where layers are extracted for the direct apply (overlayfs only), found at the first pull.
+    staging: tokio::sync::OnceCell<Option<crate::apply::StagingArea>>,
 }
 
 impl Puller {
@@ -76,6 +78,7 @@ impl Puller {
                 sandbox_image,
                 started: std::time::SystemTime::now(),
                 adopted: Default::default(),
+                staging: Default::default(),
             }),
         }
     }
@@ -377,20 +380,41 @@ impl Inner {
                 break;
             }
         }
+        let staging = self.staging().await;
         let limit = Semaphore::new(self.config.max_concurrent_downloads.max(1));
         let mut done = Vec::new();
         let mut downloads = Vec::new();
-        for layer in layers {
-            let (tx, rx) = oneshot::channel::<()>();
+        for (i, layer) in layers.iter().enumerate() {
+            let (tx, rx) = oneshot::channel::<Option<crate::apply::Staged>>();
             done.push(rx);
             // `containerd.io/uncompressed` is set once the unpack verified the diff id.
             let labels = HashMap::from([source_label.clone()]);
             let limit = &limit;
+            let staging = staging.as_ref().filter(|_| i >= unpacked);
             downloads.push(async move {
-                let _permit = limit.acquire().await.map_err(|_| PullError::Internal("semaphore closed".into()))?;
+                let permit = limit.acquire().await.map_err(|_| PullError::Internal("semaphore closed".into()))?;
                 blob::ensure(&self.containerd, lease, Kind::Layer, layer, Source::Registry(registry), labels, progress)
                     .await?;
-                let _ = tx.send(());
+                drop(permit);
+                // The direct apply: decompressed and extracted now, in parallel with the others.
+                let staged = match staging {
+                    Some(area) => {
+                        let span = tracing::debug_span!("extract", layer = %layer.digest, chain_id = %chain[i]);
+                        area.extract(
+                            &self.containerd,
+                            lease,
+                            &layer.media_type,
+                            &layer.digest,
+                            &diff_ids[i],
+                            &chain[i],
+                            i == 0,
+                        )
+                        .instrument(span)
+                        .await?
+                    }
+                    None => None,
+                };
+                let _ = tx.send(staged);
                 Ok::<(), PullError>(())
             });
         }
@@ -404,9 +428,9 @@ impl Inner {
                     continue;
                 }
                 // A dropped sender means that download failed; try_join_all reports it.
-                if ready.await.is_err() {
+                let Ok(staged) = ready.await else {
                     return std::future::pending().await;
-                }
+                };
                 let layer = &layers[i];
                 let span = tracing::info_span!("unpack", layer = %layer.digest, chain_id = %chain[i]);
                 progress.unpacking.fetch_add(1, Ordering::Relaxed);
@@ -426,6 +450,7 @@ impl Inner {
                         chain_id: &chain[i],
                         parent: i.checked_sub(1).map(|p| chain[p].as_str()),
                     },
+                    staged,
                 )
                 .instrument(span)
                 .await;
@@ -438,5 +463,25 @@ impl Inner {
         };
         tokio::try_join!(download_all, unpack_all)?;
         Ok(())
+    }
+
+    /// The direct apply's staging area when the snapshotter is overlayfs and its directory
+    /// is reachable from here; otherwise every layer goes through containerd's diff service.
+    async fn staging(&self) -> Option<crate::apply::StagingArea> {
+        if self.config.snapshotter != crate::apply::SNAPSHOTTER {
+            return None;
+        }
+        self.staging
+            .get_or_init(|| async {
+                match crate::apply::StagingArea::discover(&self.containerd).await {
+                    Ok(area) => Some(area),
+                    Err(why) => {
+                        tracing::warn!(why, "layers are applied by containerd's diff service, not directly");
+                        None
+                    }
+                }
+            })
+            .await
+            .clone()
     }
 }

@@ -1,0 +1,343 @@
+//! Direct apply for the `overlayfs` snapshotter: each layer is decompressed and extracted on
+//! its own blocking thread, as soon as its blob is in the content store and in parallel with
+//! the others, into a staging directory on the snapshotter's file system, its uncompressed
+//! digest checked against the config's diff id. In chain order, each staged tree then replaces
+//! the empty upper directory of the snapshot `snapshots.Prepare` made, and is committed
+//! (see [`crate::unpack`]). The tree is what containerd's own applier makes of the layer
+//! ([`layer`]), so the snapshots are the ones containerd would have.
+
+mod fsops;
+pub mod layer;
+
+use crate::content::leased;
+use containerd_client::services::v1::ReadContentRequest;
+use containerd_client::services::v1::content_client::ContentClient;
+use crisp_containerd::{Containerd, ContainerdError};
+use futures::StreamExt;
+use layer::{ImplicitDir, Whiteouts};
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{Semaphore, mpsc};
+use tonic::Code;
+
+/// The snapshotter whose snapshots the direct apply fills.
+pub const SNAPSHOTTER: &str = "overlayfs";
+/// Under the snapshotter's root: where layers are extracted before they become snapshots.
+const STAGING_DIR: &str = "crisp-staging";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the layer is not a readable tar stream")]
+    Archive(#[source] io::Error),
+    #[error("the layer archive is invalid: {0}")]
+    Invalid(String),
+    #[error("the snapshot's mounts are not the overlayfs snapshotter's: {0}")]
+    Mounts(String),
+    #[error("reading the layer from the content store")]
+    Containerd(#[from] ContainerdError),
+    #[error("the layer's extraction was cancelled")]
+    Cancelled,
+    #[error("the layer's extraction thread failed: {0}")]
+    Thread(String),
+}
+
+impl ApplyError {
+    pub fn io(op: &'static str, path: &Path, source: io::Error) -> ApplyError {
+        ApplyError::Io { op, path: path.to_path_buf(), source }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            ApplyError::Archive(_) | ApplyError::Invalid(_) => Code::InvalidArgument,
+            ApplyError::Containerd(err) => crisp_errors::GrpcError::code(err),
+            ApplyError::Cancelled => Code::Cancelled,
+            ApplyError::Io { .. } | ApplyError::Mounts(_) | ApplyError::Thread(_) => Code::Internal,
+        }
+    }
+}
+
+/// How a layer's blob is compressed, when the direct apply can read it.
+fn compression(media_type: &str) -> Option<bool> {
+    if media_type.ends_with("gzip") {
+        Some(true)
+    } else if media_type.ends_with(".tar") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The staging directory and the bound on parallel extractions.
+#[derive(Clone)]
+pub struct StagingArea {
+    dir: PathBuf,
+    limit: Arc<Semaphore>,
+}
+
+impl StagingArea {
+    /// The staging area under the overlayfs snapshotter's root (as containerd's introspection
+    /// service exports it), or `None` (with why) when it cannot be used from here.
+    pub async fn discover(containerd: &Containerd) -> Result<StagingArea, String> {
+        let root = crate::fsinfo::plugin_root(containerd, "io.containerd.snapshotter.v1", SNAPSHOTTER)
+            .await
+            .map_err(|e| crisp_errors::message_chain(&e))?;
+        if root.is_empty() {
+            return Err("containerd exports no root for the overlayfs snapshotter".into());
+        }
+        let root = PathBuf::from(root);
+        if !root.join("snapshots").is_dir() {
+            return Err(format!("{} is not visible from here", root.join("snapshots").display()));
+        }
+        let dir = root.join(STAGING_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Ok(StagingArea { dir, limit: Arc::new(Semaphore::new(cores)) })
+    }
+
+    /// Extracts the layer `digest` (in the content store) for the snapshot `chain_id`;
+    /// `first` says it has no parent. `None` when its media type is not one the direct apply
+    /// reads (the diff service applies it then).
+    pub async fn extract(
+        &self,
+        containerd: &Containerd,
+        lease: &str,
+        media_type: &str,
+        digest: &str,
+        diff_id: &str,
+        chain_id: &str,
+        first: bool,
+    ) -> Result<Option<Staged>, crate::unpack::UnpackError> {
+        let Some(gzip) = compression(media_type) else { return Ok(None) };
+        let _permit = self.limit.acquire().await.map_err(|_| ApplyError::Thread("semaphore closed".into()))?;
+        let started = std::time::Instant::now();
+
+        // The blob, streamed from the content store to the extracting thread.
+        let (tx, rx) = mpsc::channel::<Result<Vec<u8>, tonic::Status>>(8);
+        let request = leased(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 }, lease);
+        let mut stream = ContentClient::new(containerd.channel())
+            .read(request)
+            .await
+            .map_err(|s| ApplyError::Containerd(ContainerdError::call("reading content", s)))?
+            .into_inner();
+        let reader_task = tokio::spawn(async move {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map(|c| c.data);
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let _abort_reader = AbortOnDrop(reader_task);
+
+        let name = format!("{}-{:08x}", chain_id.trim_start_matches("sha256:"), rand_u32());
+        let root = self.dir.join(name);
+        std::fs::create_dir(&root).map_err(|e| ApplyError::io("mkdir", &root, e))?;
+        let whiteouts = if first { Whiteouts::Remove } else { Whiteouts::Overlay };
+        // Dropping this future stops the thread at its next entry; the thread removes what it
+        // made unless it hands it over as a `Staged` (which removes it when dropped).
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _stop = CancelOnDrop(cancel.clone());
+        let extracted = tokio::task::spawn_blocking(move || {
+            let source = ChannelReader { rx, chunk: Vec::new(), pos: 0 };
+            let source = io::BufReader::with_capacity(256 << 10, source);
+            let result = if gzip {
+                layer::apply(flate2::read::MultiGzDecoder::new(source), &root, whiteouts, &cancel)
+            } else {
+                layer::apply(source, &root, whiteouts, &cancel)
+            };
+            match result {
+                Ok(applied) => Ok((Staged { root: Some(root), whiteouts, implicit_dirs: Vec::new() }, applied)),
+                Err(err) => {
+                    remove_tree(&root);
+                    Err(err)
+                }
+            }
+        })
+        .await;
+        let (mut staged, applied) = extracted.map_err(|e| ApplyError::Thread(e.to_string()))??;
+        tracing::debug!(elapsed = ?started.elapsed(), bytes = applied.bytes, "layer decompressed and extracted");
+        if applied.diff_id != diff_id {
+            return Err(crate::unpack::UnpackError::DiffIdMismatch {
+                layer: digest.to_string(),
+                applied: applied.diff_id,
+                expected: diff_id.to_string(),
+            });
+        }
+        staged.implicit_dirs = applied.implicit_dirs;
+        Ok(Some(staged))
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher.finish() as u32
+}
+
+/// The content store's chunks as a `Read` for the blocking thread.
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Vec<u8>, tonic::Status>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.chunk.len() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Some(Err(status)) => return Err(io::Error::other(format!("reading content: {}", status.message()))),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// A layer extracted into the staging area, its diff id checked. Dropped without being
+/// installed, it is removed.
+pub struct Staged {
+    root: Option<PathBuf>,
+    whiteouts: Whiteouts,
+    implicit_dirs: Vec<ImplicitDir>,
+}
+
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn remove_tree(root: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(root)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %root.display(), error = %e, "removing a staged layer");
+    }
+}
+
+impl Staged {
+    /// Moves the tree into the active snapshot whose `mounts` `snapshots.Prepare` answered:
+    /// it replaces the snapshot's empty upper directory (rename(2), same file system).
+    pub fn install(mut self, mounts: &[containerd_client::types::Mount]) -> Result<(), ApplyError> {
+        let Some(root) = self.root.clone() else { return Err(ApplyError::Thread("already installed".into())) };
+        let (upper, lowers, whiteouts) = match mounts {
+            [m] if m.r#type == "bind" => (PathBuf::from(&m.source), Vec::new(), Whiteouts::Remove),
+            [m] if m.r#type == "overlay" => {
+                let option = |key: &str| m.options.iter().find_map(|o| o.strip_prefix(key).map(str::to_string));
+                let upper = option("upperdir=").ok_or_else(|| ApplyError::Mounts("no upperdir".into()))?;
+                let lowers = option("lowerdir=").map(|l| l.split(':').map(PathBuf::from).collect()).unwrap_or_default();
+                (PathBuf::from(upper), lowers, Whiteouts::Overlay)
+            }
+            other => {
+                let kinds: Vec<_> = other.iter().map(|m| m.r#type.as_str()).collect();
+                return Err(ApplyError::Mounts(format!("{kinds:?}")));
+            }
+        };
+        if whiteouts != self.whiteouts {
+            return Err(ApplyError::Mounts(format!("a {:?} layer got mounts for {whiteouts:?}", self.whiteouts)));
+        }
+        let upper_meta = std::fs::symlink_metadata(&upper).map_err(|e| ApplyError::io("lstat", &upper, e))?;
+        if !upper_meta.is_dir() {
+            return Err(ApplyError::Mounts(format!("{} is not a directory", upper.display())));
+        }
+        // Directories the layer did not name but needed: as containerd's applier makes them,
+        // from the nearest lower layer that has them.
+        for dir in &self.implicit_dirs {
+            let staged = fsops::join(&root, &dir.path);
+            for lower in &lowers {
+                let Ok(lower_path) = fsops::resolve(lower, dir.path.clone()).map(|p| fsops::join(lower, &p)) else {
+                    break;
+                };
+                match std::fs::symlink_metadata(&lower_path) {
+                    Ok(meta) if meta.is_dir() => {
+                        if !dir.explicit {
+                            fsops::lchown(&staged, meta.uid(), meta.gid())?;
+                            fsops::chmod(&staged, meta.mode())?;
+                        }
+                        copy_up_xattrs(&lower_path, &staged)?;
+                        break;
+                    }
+                    Ok(_) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(ApplyError::io("lstat", &lower_path, e)),
+                }
+            }
+        }
+        // The root is the snapshot's own directory: its owner and mode stay the snapshotter's.
+        fsops::lchown(&root, upper_meta.uid(), upper_meta.gid())?;
+        fsops::chmod(&root, upper_meta.mode())?;
+        std::fs::rename(&root, &upper).map_err(|e| ApplyError::io("renaming the staged layer onto", &upper, e))?;
+        self.root = None;
+        Ok(())
+    }
+}
+
+/// containerd's `copyUpXAttrs`: every xattr but `trusted.*`, not replacing one already set.
+fn copy_up_xattrs(src: &Path, dst: &Path) -> Result<(), ApplyError> {
+    let names = match fsops::llistxattr(src) {
+        Ok(names) => names,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENODATA)) => return Ok(()),
+        Err(e) => return Err(ApplyError::io("listing xattrs of", src, e)),
+    };
+    for name in names {
+        if name.starts_with(b"trusted.") {
+            continue;
+        }
+        let value = match fsops::lgetxattr(src, &name) {
+            Ok(value) => value,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENODATA)) => continue,
+            Err(e) => return Err(ApplyError::io("reading an xattr of", src, e)),
+        };
+        if let Err(e) = fsops::lsetxattr(dst, &name, &value, libc::XATTR_CREATE)?
+            && !matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EEXIST))
+        {
+            return Err(ApplyError::io("setting an xattr on", dst, e));
+        }
+    }
+    Ok(())
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(root) = self.root.take() {
+            // Off the async threads: a layer's tree can be large.
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn_blocking(move || remove_tree(&root));
+                }
+                Err(_) => remove_tree(&root),
+            }
+        }
+    }
+}
