@@ -80,6 +80,71 @@ pub enum Entry {
     File { path: String, data: Vec<u8>, mode: u32 },
     Dir { path: String },
     Symlink { path: String, target: String },
+    /// Any kind of entry, with its mode, owner, time and xattrs.
+    Node(Node),
+    /// The whiteout `<dir>/.wh.<name>` deleting `path` from the layers below.
+    Whiteout { path: String },
+    /// The opaque marker `<dir>/.wh..wh..opq`: `dir` hides what the layers below hold in it.
+    Opaque { dir: String },
+}
+
+/// An entry with every attribute a layer can carry.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub path: String,
+    pub kind: NodeKind,
+    /// Permission bits with setuid, setgid and sticky.
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: u64,
+    /// Written as PAX `SCHILY.xattr.<name>` records.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    File(Vec<u8>),
+    Dir,
+    Symlink(String),
+    /// A hard link to an earlier entry of the same layer.
+    HardLink(String),
+    Fifo,
+    CharDevice(u32, u32),
+    BlockDevice(u32, u32),
+}
+
+impl Node {
+    /// A `kind` entry at `path`, owned by root, mode 0644 (0755 for a directory).
+    pub fn new(path: &str, kind: NodeKind) -> Node {
+        let mode = if matches!(kind, NodeKind::Dir) { 0o755 } else { 0o644 };
+        Node { path: path.to_string(), kind, mode, uid: 0, gid: 0, mtime: 1_704_067_200, xattrs: vec![] }
+    }
+
+    pub fn mode(mut self, mode: u32) -> Node {
+        self.mode = mode;
+        self
+    }
+
+    pub fn owner(mut self, uid: u64, gid: u64) -> Node {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+
+    pub fn mtime(mut self, mtime: u64) -> Node {
+        self.mtime = mtime;
+        self
+    }
+
+    pub fn xattr(mut self, name: &str, value: &[u8]) -> Node {
+        self.xattrs.push((name.to_string(), value.to_vec()));
+        self
+    }
+
+    pub fn entry(self) -> Entry {
+        Entry::Node(self)
+    }
 }
 
 /// Builds an image layer by layer.
@@ -368,7 +433,83 @@ fn tar_of(entries: &[Entry]) -> anyhow::Result<Vec<u8>> {
                 header.set_size(0);
                 builder.append_link(&mut header, path, target)?;
             }
+            Entry::Whiteout { path } => {
+                let (dir, name) = path.rsplit_once('/').map(|(d, n)| (format!("{d}/"), n)).unwrap_or((String::new(), path));
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(0o644);
+                header.set_size(0);
+                builder.append_data(&mut header, format!("{dir}.wh.{name}"), std::io::empty())?;
+            }
+            Entry::Opaque { dir } => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(0o644);
+                header.set_size(0);
+                builder.append_data(&mut header, format!("{dir}/.wh..wh..opq"), std::io::empty())?;
+            }
+            Entry::Node(node) => append_node(&mut builder, node)?,
         }
     }
     Ok(builder.into_inner()?)
+}
+
+fn append_node(builder: &mut tar::Builder<Vec<u8>>, node: &Node) -> anyhow::Result<()> {
+    if !node.xattrs.is_empty() {
+        // A PAX extended header for the entry after it.
+        let mut records = Vec::new();
+        for (name, value) in &node.xattrs {
+            let body_len = format!(" SCHILY.xattr.{name}=").len() + value.len() + 1;
+            let mut len = body_len + 1;
+            while format!("{len}").len() + body_len != len {
+                len += 1;
+            }
+            records.extend_from_slice(format!("{len} SCHILY.xattr.{name}=").as_bytes());
+            records.extend_from_slice(value);
+            records.push(b'\n');
+        }
+        let mut pax = tar::Header::new_ustar();
+        pax.set_entry_type(tar::EntryType::XHeader);
+        pax.set_path(format!("PaxHeaders/{}", node.path.trim_end_matches('/').rsplit('/').next().unwrap_or("x")))?;
+        pax.set_mode(0o644);
+        pax.set_size(records.len() as u64);
+        pax.set_mtime(node.mtime);
+        pax.set_cksum();
+        builder.append(&pax, records.as_slice())?;
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_mtime(node.mtime);
+    header.set_uid(node.uid);
+    header.set_gid(node.gid);
+    header.set_mode(node.mode);
+    header.set_size(0);
+    match &node.kind {
+        NodeKind::File(data) => {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(data.len() as u64);
+            builder.append_data(&mut header, &node.path, data.as_slice())?;
+        }
+        NodeKind::Dir => {
+            header.set_entry_type(tar::EntryType::Directory);
+            builder.append_data(&mut header, format!("{}/", node.path.trim_end_matches('/')), std::io::empty())?;
+        }
+        NodeKind::Symlink(target) => {
+            header.set_entry_type(tar::EntryType::Symlink);
+            builder.append_link(&mut header, &node.path, target)?;
+        }
+        NodeKind::HardLink(target) => {
+            header.set_entry_type(tar::EntryType::Link);
+            builder.append_link(&mut header, &node.path, target)?;
+        }
+        NodeKind::Fifo | NodeKind::CharDevice(..) | NodeKind::BlockDevice(..) => {
+            let (kind, major, minor) = match node.kind {
+                NodeKind::CharDevice(major, minor) => (tar::EntryType::Char, major, minor),
+                NodeKind::BlockDevice(major, minor) => (tar::EntryType::Block, major, minor),
+                _ => (tar::EntryType::Fifo, 0, 0),
+            };
+            header.set_entry_type(kind);
+            header.set_device_major(major)?;
+            header.set_device_minor(minor)?;
+            builder.append_data(&mut header, &node.path, std::io::empty())?;
+        }
+    }
+    Ok(())
 }

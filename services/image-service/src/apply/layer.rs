@@ -306,6 +306,11 @@ impl Applier<'_> {
 
         fsops::lchown(&path, meta.uid, meta.gid)?;
         for (key, value) in &meta.xattrs {
+            // containerd does not set admin (`trusted.*`) attributes from an archive.
+            if key.starts_with(b"trusted.") {
+                tracing::warn!(xattr = %String::from_utf8_lossy(key), path = %path.display(), "ignored xattr in archive");
+                continue;
+            }
             if let Err(err) = fsops::lsetxattr(&path, key, value, 0)? {
                 let regular_or_dir = std::fs::symlink_metadata(&path).map(|m| m.is_file() || m.is_dir()).unwrap_or(true);
                 let ignored = err.raw_os_error() == Some(libc::ENOTSUP)

@@ -1,0 +1,291 @@
+//! The direct apply (overlayfs): an image of tricky layers pulled through crisp unpacks to
+//! exactly the snapshots containerd's own unpacker makes of it (`ctr images pull` in another
+//! namespace of the same containerd): every layer's upper directory compared file by file.
+
+mod image_support;
+
+use crisp_testkit::images::{Entry, Format, ImageBuilder, Node, NodeKind, sha256};
+use crisp_testkit::registry::Registry;
+use image_support::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+const REFERENCE_NS: &str = "crisp-ref";
+
+fn node(path: &str, kind: NodeKind) -> Node {
+    Node::new(path, kind)
+}
+
+fn file(path: &str, data: &[u8]) -> Node {
+    node(path, NodeKind::File(data.to_vec()))
+}
+
+fn tricky_image() -> anyhow::Result<crisp_testkit::images::BuiltImage> {
+    let mut big = Vec::with_capacity(3 << 20);
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    while big.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        big.extend_from_slice(&x.to_le_bytes());
+    }
+    // The first layer: containerd applies it through a bind mount (whiteouts remove).
+    let first = vec![
+        node("etc", NodeKind::Dir).entry(),
+        file("etc/conf", b"first\n").mtime(1_600_000_000).entry(),
+        file("etc/old", b"goes\n").entry(),
+        Entry::Whiteout { path: "etc/old".into() },
+        node("opt", NodeKind::Dir).mode(0o750).owner(1000, 1000).entry(),
+        file("opt/app", b"#!/bin/sh\n").mode(0o755).owner(1000, 1001).entry(),
+        node("opt/app-link", NodeKind::HardLink("opt/app".into())).mode(0o755).owner(1000, 1001).entry(),
+        file("opt/data", b"data").mode(0o600).xattr("user.note", b"hello").xattr("trusted.crisp", b"t").entry(),
+        file("opt/sec", b"sec").xattr("security.crisp-test", b"s").entry(),
+        // Parents missing: made 0755.
+        file("usr/bin/su", b"su").mode(0o4755).entry(),
+        file("usr/bin/wall", b"wall").mode(0o2755).owner(0, 5).entry(),
+        node("tmp", NodeKind::Dir).mode(0o1777).entry(),
+        node("lib", NodeKind::Symlink("usr/lib".into())).entry(),
+        // Through the symbolic link: lands in usr/lib.
+        file("lib/libx.so", b"\x7fELF").mode(0o755).entry(),
+        node("abs", NodeKind::Symlink("/etc/conf".into())).mtime(1_500_000_000).entry(),
+        node("run", NodeKind::Dir).entry(),
+        node("run/fifo", NodeKind::Fifo).mode(0o620).entry(),
+        node("dev", NodeKind::Dir).entry(),
+        node("dev/null", NodeKind::CharDevice(1, 3)).mode(0o666).entry(),
+        node("dev/loop0", NodeKind::BlockDevice(7, 0)).mode(0o660).owner(0, 6).entry(),
+        node("srv", NodeKind::Dir).mode(0o700).owner(1000, 1000).xattr("user.srv", b"1").entry(),
+        file("srv/keep", b"keep").entry(),
+        file("var/cache/a", b"a").entry(),
+        Entry::Opaque { dir: "var/cache".into() },
+        file("big", &big).entry(),
+    ];
+    // On a parent: the overlay upper directory (whiteouts become devices and xattrs).
+    let second = vec![
+        Entry::Whiteout { path: "etc/conf".into() },
+        node("opt", NodeKind::Dir).mode(0o755).owner(1000, 1000).entry(),
+        Entry::Opaque { dir: "opt".into() },
+        file("opt/new", b"new").entry(),
+        // srv is not in this layer: made like the lower one (owner, mode, xattrs).
+        file("srv/added", b"added").entry(),
+        node("tmp", NodeKind::Dir).mode(0o1777).mtime(1_650_000_000).entry(),
+        file("usr/bin/su", b"su2").mode(0o4750).owner(0, 0).entry(),
+        node("shared", NodeKind::Dir).mode(0o2775).owner(0, 100).entry(),
+        file("shared/f", b"f").mode(0o664).owner(1000, 100).xattr("user.a", b"x").entry(),
+        node("shared/h", NodeKind::HardLink("shared/f".into())).mode(0o664).owner(1000, 100).entry(),
+        node("shared/s", NodeKind::Symlink("../etc".into())).owner(1000, 100).entry(),
+    ];
+    // A whiteout then a file of the same name; a whole directory deleted; a file replacing a
+    // directory and a directory replacing a file.
+    let third = vec![
+        Entry::Whiteout { path: "run/fifo".into() },
+        file("run/fifo", b"now a file").entry(),
+        Entry::Whiteout { path: "var".into() },
+        node("big", NodeKind::Dir).entry(),
+        file("big/inside", b"in").entry(),
+        file("shared", b"no longer a dir").entry(),
+    ];
+    ImageBuilder::new(Format::Oci).layer(first).layer(second).layer(third).build()
+}
+
+fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut chain: Vec<String> = Vec::new();
+    for diff_id in diff_ids {
+        let next = match chain.last() {
+            None => diff_id.clone(),
+            Some(parent) => sha256(format!("{parent} {diff_id}").as_bytes()),
+        };
+        chain.push(next);
+    }
+    chain
+}
+
+/// The upper directories of `chain_id` and its parents (top first), through a view.
+fn upper_dirs(stack: &crisp_testkit::Stack, namespace: &str, chain_id: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let key = format!("crisp-test-view-{}", &chain_id[7..19]);
+    let out = stack.containerd().ctr_in(namespace, &["snapshots", "view", "--mounts", &key, chain_id])?;
+    let _ = stack.containerd().ctr_in(namespace, &["snapshots", "rm", &key]);
+    let mounts: serde_json::Value = serde_json::from_str(out.trim())?;
+    // ctr prints Go's field names.
+    let field = |name: &str| {
+        let value = &mounts[0][name];
+        if value.is_null() { mounts[0][name.to_lowercase()].clone() } else { value.clone() }
+    };
+    let (kind, source) = (field("Type"), field("Source"));
+    let options: Vec<String> = field("Options")
+        .as_array().map(|o| o.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+    match kind.as_str() {
+        Some("bind") => Ok(vec![PathBuf::from(source.as_str().unwrap_or_default())]),
+        Some("overlay") => {
+            let lower = options
+                .iter()
+                .find_map(|o| o.strip_prefix("lowerdir="))
+                .ok_or_else(|| anyhow::anyhow!("no lowerdir in {out}"))?;
+            Ok(lower.split(':').map(PathBuf::from).collect())
+        }
+        other => anyhow::bail!("unexpected mount type {other:?}: {out}"),
+    }
+}
+
+fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut names = vec![0u8; 65536];
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    let mut out = BTreeMap::new();
+    if n <= 0 {
+        return out;
+    }
+    for name in names[..n as usize].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let cname = CString::new(name).unwrap();
+        let mut value = vec![0u8; 65536];
+        let len = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        if len >= 0 {
+            value.truncate(len as usize);
+            out.insert(String::from_utf8_lossy(name).into_owned(), value);
+        }
+    }
+    out
+}
+
+/// Everything about a tree that an unpack decides, by relative path; and its hard link sets.
+fn describe(root: &Path) -> anyhow::Result<(BTreeMap<String, String>, BTreeSet<Vec<String>>)> {
+    let mut entries = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        let rel = path.strip_prefix(root)?.display().to_string();
+        let kind = meta.mode() & libc::S_IFMT;
+        let mut text = format!(
+            "mode={:o} uid={} gid={} xattrs={:?}",
+            meta.mode(),
+            meta.uid(),
+            meta.gid(),
+            xattrs(&path)
+        );
+        if kind == libc::S_IFREG {
+            text.push_str(&format!(" size={} sha={} mtime={}", meta.len(), sha256(&std::fs::read(&path)?), meta.mtime()));
+            if meta.nlink() > 1 {
+                inodes.entry(meta.ino()).or_default().push(rel.clone());
+            }
+        } else if kind == libc::S_IFLNK {
+            text.push_str(&format!(" target={:?} mtime={}", std::fs::read_link(&path)?, meta.mtime()));
+        } else if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
+            text.push_str(&format!(" rdev={}:{}", libc::major(meta.rdev()), libc::minor(meta.rdev())));
+        } else if kind == libc::S_IFIFO {
+            text.push_str(&format!(" mtime={}", meta.mtime()));
+        } else if kind == libc::S_IFDIR {
+            for child in std::fs::read_dir(&path)? {
+                stack.push(child?.path());
+            }
+        }
+        entries.insert(rel, text);
+    }
+    let links = inodes.into_values().map(|mut v| {
+        v.sort();
+        v
+    });
+    Ok((entries, links.collect()))
+}
+
+#[tokio::test]
+async fn direct_apply_matches_containerds_unpack() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let stack = stack().await?;
+    let mut client = stack.image_client();
+    let image = tricky_image()?;
+    let name = registry.push("test/tricky", "v1", &image).await?;
+
+    assert_eq!(pull(&mut client, &name).await?, image.id());
+    stack.containerd().ctr_in(
+        REFERENCE_NS,
+        &["images", "pull", "--plain-http", "--snapshotter", "overlayfs", &name],
+    )?;
+
+    // The same snapshot names (chain ids) in both namespaces.
+    let chain = chain_ids(&image.diff_ids);
+    for namespace in [stack.namespace(), REFERENCE_NS] {
+        let listed = stack.containerd().ctr_in(namespace, &["snapshots", "--snapshotter", "overlayfs", "ls"])?;
+        for id in &chain {
+            assert!(listed.contains(id.as_str()), "{namespace}: snapshot {id} missing: {listed}");
+        }
+    }
+    let ours = upper_dirs(&stack, stack.namespace(), chain.last().unwrap())?;
+    let theirs = upper_dirs(&stack, REFERENCE_NS, chain.last().unwrap())?;
+    assert_eq!(ours.len(), chain.len());
+    assert_eq!(theirs.len(), chain.len());
+    for (layer, (ours, theirs)) in ours.iter().zip(&theirs).enumerate() {
+        assert_ne!(ours, theirs, "the two namespaces share no snapshot");
+        let (our_entries, our_links) = describe(ours)?;
+        let (their_entries, their_links) = describe(theirs)?;
+        let keys: BTreeSet<_> = our_entries.keys().chain(their_entries.keys()).collect();
+        let mut differences = Vec::new();
+        for key in keys {
+            let (a, b) = (our_entries.get(key), their_entries.get(key));
+            if a != b {
+                differences.push(format!("{key:?}:\n  crisp:      {a:?}\n  containerd: {b:?}"));
+            }
+        }
+        assert!(differences.is_empty(), "layer {layer} (top is 0) differs:\n{}", differences.join("\n"));
+        assert_eq!(our_links, their_links, "layer {layer}: hard link sets");
+        assert!(our_entries.len() > 3, "layer {layer} is not empty");
+    }
+    // The things the image is made to test, as they should be.
+    let top = &ours[0];
+    let middle = &ours[1];
+    let bottom = &ours[2];
+    assert_eq!(xattrs(&middle.join("opt")).get("trusted.overlay.opaque").map(Vec::as_slice), Some(&b"y"[..]));
+    let whiteout = std::fs::symlink_metadata(middle.join("etc/conf"))?;
+    assert_eq!((whiteout.mode() & libc::S_IFMT, whiteout.rdev()), (libc::S_IFCHR, 0));
+    assert_eq!(std::fs::symlink_metadata(middle.join("srv"))?.mode() & 0o7777, 0o700);
+    assert_eq!(std::fs::symlink_metadata(bottom.join("usr/bin/su"))?.mode() & 0o7777, 0o4755);
+    assert!(bottom.join("usr/lib/libx.so").is_file());
+    assert!(std::fs::symlink_metadata(bottom.join("etc/old")).is_err());
+    assert_eq!(std::fs::read(top.join("run/fifo"))?, b"now a file");
+    assert_eq!(std::fs::metadata(bottom.join("opt/app"))?.nlink(), 2);
+
+    let listing = stack.ctr(&["snapshots", "--snapshotter", "overlayfs", "ls"])?;
+    assert!(!listing.contains("extract-"), "an active unpack snapshot is left: {listing}");
+    let staging = stack.containerd().root().join("io.containerd.snapshotter.v1.overlayfs/crisp-staging");
+    assert!(staging.is_dir(), "crisp did not use the direct apply (no {})", staging.display());
+    let left: Vec<_> = std::fs::read_dir(&staging).map(|d| d.filter_map(|e| e.ok()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "staging directories left: {left:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_layer_whose_diff_id_lies_is_refused_and_leaves_nothing() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let stack = stack().await?;
+    let mut client = stack.image_client();
+    let mut image = ImageBuilder::new(Format::Oci)
+        .file_layer("etc/a", "a\n")
+        .file_layer("etc/b", "b\n")
+        .build()?;
+    // The config claims another diff id for the second layer.
+    let mut config: serde_json::Value = serde_json::from_slice(&image.config.data)?;
+    config["rootfs"]["diff_ids"][1] = serde_json::json!(sha256(b"something else"));
+    image.config = crisp_testkit::images::Blob::new(&image.config.media_type, serde_json::to_vec(&config)?);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&image.manifest.data)?;
+    manifest["config"]["digest"] = serde_json::json!(image.config.digest);
+    manifest["config"]["size"] = serde_json::json!(image.config.data.len());
+    image.manifest = crisp_testkit::images::Blob::new(&image.manifest.media_type, serde_json::to_vec(&manifest)?);
+    let name = registry.push("test/liar", "v1", &image).await?;
+
+    let err = pull(&mut client, &name).await.expect_err("the pull fails");
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
+    let listing = stack.ctr(&["snapshots", "--snapshotter", "overlayfs", "ls"])?;
+    assert!(!listing.contains("extract-"), "an active unpack snapshot is left: {listing}");
+    let staging = stack.containerd().root().join("io.containerd.snapshotter.v1.overlayfs/crisp-staging");
+    // Removal of a dropped staging tree runs in the background.
+    for _ in 0..50 {
+        let left = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+        if left == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("staging directories left in {}", staging.display())
+}
