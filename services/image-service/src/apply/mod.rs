@@ -81,6 +81,8 @@ fn compression(media_type: &str) -> Option<bool> {
 #[derive(Clone)]
 pub struct StagingArea {
     dir: PathBuf,
+    /// The content store's root, when its blobs can be read from here.
+    content_root: Option<PathBuf>,
     limit: Arc<Semaphore>,
 }
 
@@ -102,8 +104,13 @@ impl StagingArea {
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+        let content_root = crate::fsinfo::plugin_root(containerd, "io.containerd.content.v1", "content")
+            .await
+            .ok()
+            .map(PathBuf::from)
+            .filter(|root| root.join("blobs").is_dir());
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Ok(StagingArea { dir, limit: Arc::new(Semaphore::new(cores)) })
+        Ok(StagingArea { dir, content_root, limit: Arc::new(Semaphore::new(cores)) })
     }
 
     /// Extracts the layer `digest` (in the content store) for the snapshot `chain_id`;
@@ -123,24 +130,34 @@ impl StagingArea {
         let _permit = self.limit.acquire().await.map_err(|_| ApplyError::Thread("semaphore closed".into()))?;
         let started = std::time::Instant::now();
 
-        // The blob, streamed from the content store to the extracting thread.
-        let (tx, rx) = mpsc::channel::<Result<Vec<u8>, tonic::Status>>(8);
-        let request = leased(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 }, lease);
-        let mut stream = ContentClient::new(containerd.channel())
-            .read(request)
-            .await
-            .map_err(|s| ApplyError::Containerd(ContainerdError::call("reading content", s)))?
-            .into_inner();
-        let reader_task = tokio::spawn(async move {
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map(|c| c.data);
-                let failed = chunk.is_err();
-                if tx.send(chunk).await.is_err() || failed {
-                    break;
-                }
-            }
+        // The blob: read straight from the content store's file when it is visible from here
+        // (what containerd's own applier reads), else streamed through the content service.
+        let blob_file = self.content_root.as_ref().and_then(|root| {
+            let (algorithm, hex) = digest.split_once(':')?;
+            std::fs::File::open(root.join("blobs").join(algorithm).join(hex)).ok()
         });
-        let _abort_reader = AbortOnDrop(reader_task);
+        let (source, _abort_reader): (Box<dyn Read + Send>, Option<AbortOnDrop>) = match blob_file {
+            Some(file) => (Box::new(file), None),
+            None => {
+                let (tx, rx) = mpsc::channel::<Result<Vec<u8>, tonic::Status>>(8);
+                let request = leased(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 }, lease);
+                let mut stream = ContentClient::new(containerd.channel())
+                    .read(request)
+                    .await
+                    .map_err(|s| ApplyError::Containerd(ContainerdError::call("reading content", s)))?
+                    .into_inner();
+                let reader_task = tokio::spawn(async move {
+                    while let Some(chunk) = stream.next().await {
+                        let chunk = chunk.map(|c| c.data);
+                        let failed = chunk.is_err();
+                        if tx.send(chunk).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+                (Box::new(ChannelReader { rx, chunk: Vec::new(), pos: 0 }), Some(AbortOnDrop(reader_task)))
+            }
+        };
 
         let name = format!("{}-{:08x}", chain_id.trim_start_matches("sha256:"), rand_u32());
         let root = self.dir.join(name);
@@ -151,7 +168,6 @@ impl StagingArea {
         let cancel = Arc::new(AtomicBool::new(false));
         let _stop = CancelOnDrop(cancel.clone());
         let extracted = tokio::task::spawn_blocking(move || {
-            let source = ChannelReader { rx, chunk: Vec::new(), pos: 0 };
             let source = io::BufReader::with_capacity(256 << 10, source);
             let result = if gzip {
                 layer::apply(flate2::read::MultiGzDecoder::new(source), &root, whiteouts, &cancel)
