@@ -150,7 +150,10 @@ fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Everything about a tree that an unpack decides, by relative path; and its hard link sets.
-fn describe(root: &Path) -> anyhow::Result<(BTreeMap<String, String>, BTreeSet<Vec<String>>)> {
+/// By relative path, what an entry is; and the sets of paths that are one inode.
+type Description = (BTreeMap<String, String>, BTreeSet<Vec<String>>);
+
+fn describe(root: &Path) -> anyhow::Result<Description> {
     let mut entries = BTreeMap::new();
     let mut inodes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];

@@ -49,6 +49,9 @@ pub struct Applied {
     pub bytes: u64,
 }
 
+/// Seconds and nanoseconds since the epoch.
+type Time = (i64, u32);
+
 /// Passes bytes through, hashing them.
 struct Hashing<R> {
     inner: R,
@@ -113,7 +116,7 @@ struct Applier<'a> {
     whiteouts: Whiteouts,
     /// Directories created or merged, with their times (set again at the end, after their
     /// children changed them).
-    dirs: Vec<(PathBuf, (i64, u32), (i64, u32))>,
+    dirs: Vec<(PathBuf, Time, Time)>,
     unpacked: HashSet<PathBuf>,
     opaque_done: HashSet<PathBuf>,
     implicit: Vec<ImplicitDir>,
@@ -422,7 +425,10 @@ mod tests {
         assert!(clean(b"./").is_empty());
     }
 
-    fn tar_of(entries: &[(tar::EntryType, &str, u32, &[u8], Option<&str>)]) -> Vec<u8> {
+    /// Kind, path, mode, data, link target.
+    type Spec<'a> = (tar::EntryType, &'a str, u32, &'a [u8], Option<&'a str>);
+
+    fn tar_of(entries: &[Spec<'_>]) -> Vec<u8> {
         let mut builder = tar::Builder::new(Vec::new());
         for (kind, path, mode, data, link) in entries {
             let mut h = tar::Header::new_gnu();
@@ -445,7 +451,7 @@ mod tests {
         use tar::EntryType::{Directory, Link, Regular, Symlink};
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let common: Vec<(tar::EntryType, &str, u32, &[u8], Option<&str>)> = vec![
+        let common: Vec<Spec<'_>> = vec![
             (Directory, "d/", 0o750, b"", None),
             (Regular, "d/f", 0o4755, b"hello", None),
             (Link, "d/hl", 0o4755, b"", Some("d/f")),

@@ -116,6 +116,7 @@ impl StagingArea {
     /// Extracts the layer `digest` (in the content store) for the snapshot `chain_id`;
     /// `first` says it has no parent. `None` when its media type is not one the direct apply
     /// reads (the diff service applies it then).
+    #[allow(clippy::too_many_arguments)]
     pub async fn extract(
         &self,
         containerd: &Containerd,
