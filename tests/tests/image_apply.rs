@@ -115,7 +115,9 @@ fn upper_dirs(stack: &crisp_testkit::Stack, namespace: &str, chain_id: &str) -> 
     };
     let (kind, source) = (field("Type"), field("Source"));
     let options: Vec<String> = field("Options")
-        .as_array().map(|o| o.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+        .as_array()
+        .map(|o| o.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
     match kind.as_str() {
         Some("bind") => Ok(vec![PathBuf::from(source.as_str().unwrap_or_default())]),
         Some("overlay") => {
@@ -161,15 +163,15 @@ fn describe(root: &Path) -> anyhow::Result<Description> {
         let meta = std::fs::symlink_metadata(&path)?;
         let rel = path.strip_prefix(root)?.display().to_string();
         let kind = meta.mode() & libc::S_IFMT;
-        let mut text = format!(
-            "mode={:o} uid={} gid={} xattrs={:?}",
-            meta.mode(),
-            meta.uid(),
-            meta.gid(),
-            xattrs(&path)
-        );
+        let mut text =
+            format!("mode={:o} uid={} gid={} xattrs={:?}", meta.mode(), meta.uid(), meta.gid(), xattrs(&path));
         if kind == libc::S_IFREG {
-            text.push_str(&format!(" size={} sha={} mtime={}", meta.len(), sha256(&std::fs::read(&path)?), meta.mtime()));
+            text.push_str(&format!(
+                " size={} sha={} mtime={}",
+                meta.len(),
+                sha256(&std::fs::read(&path)?),
+                meta.mtime()
+            ));
             if meta.nlink() > 1 {
                 inodes.entry(meta.ino()).or_default().push(rel.clone());
             }
@@ -202,10 +204,9 @@ async fn direct_apply_matches_containerds_unpack() -> anyhow::Result<()> {
     let name = registry.push("test/tricky", "v1", &image).await?;
 
     assert_eq!(pull(&mut client, &name).await?, image.id());
-    stack.containerd().ctr_in(
-        REFERENCE_NS,
-        &["images", "pull", "--plain-http", "--snapshotter", "overlayfs", &name],
-    )?;
+    stack
+        .containerd()
+        .ctr_in(REFERENCE_NS, &["images", "pull", "--plain-http", "--snapshotter", "overlayfs", &name])?;
 
     // The same snapshot names (chain ids) in both namespaces.
     let chain = chain_ids(&image.diff_ids);
@@ -263,10 +264,7 @@ async fn a_layer_whose_diff_id_lies_is_refused_and_leaves_nothing() -> anyhow::R
     let registry = Registry::start().await?;
     let stack = stack().await?;
     let mut client = stack.image_client();
-    let mut image = ImageBuilder::new(Format::Oci)
-        .file_layer("etc/a", "a\n")
-        .file_layer("etc/b", "b\n")
-        .build()?;
+    let mut image = ImageBuilder::new(Format::Oci).file_layer("etc/a", "a\n").file_layer("etc/b", "b\n").build()?;
     // The config claims another diff id for the second layer.
     let mut config: serde_json::Value = serde_json::from_slice(&image.config.data)?;
     config["rootfs"]["diff_ids"][1] = serde_json::json!(sha256(b"something else"));

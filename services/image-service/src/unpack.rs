@@ -280,7 +280,7 @@ mod tests {
             .unwrap()
             .into_inner()
             .mounts;
-        apply_and_commit(&fixture.containerd, SNAPSHOTTER, &ours, key, mounts, &fixture.layer()).await.unwrap();
+        apply_and_commit(&fixture.containerd, SNAPSHOTTER, &ours, key, mounts, &fixture.layer(), None).await.unwrap();
         fixture.assert_held_by(&ours, &other).await;
     }
 }

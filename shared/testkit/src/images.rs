@@ -77,15 +77,28 @@ pub enum Format {
 /// One file in a layer.
 #[derive(Debug, Clone)]
 pub enum Entry {
-    File { path: String, data: Vec<u8>, mode: u32 },
-    Dir { path: String },
-    Symlink { path: String, target: String },
+    File {
+        path: String,
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Dir {
+        path: String,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
     /// Any kind of entry, with its mode, owner, time and xattrs.
     Node(Node),
     /// The whiteout `<dir>/.wh.<name>` deleting `path` from the layers below.
-    Whiteout { path: String },
+    Whiteout {
+        path: String,
+    },
     /// The opaque marker `<dir>/.wh..wh..opq`: `dir` hides what the layers below hold in it.
-    Opaque { dir: String },
+    Opaque {
+        dir: String,
+    },
 }
 
 /// An entry with every attribute a layer can carry.
@@ -434,7 +447,8 @@ fn tar_of(entries: &[Entry]) -> anyhow::Result<Vec<u8>> {
                 builder.append_link(&mut header, path, target)?;
             }
             Entry::Whiteout { path } => {
-                let (dir, name) = path.rsplit_once('/').map(|(d, n)| (format!("{d}/"), n)).unwrap_or((String::new(), path));
+                let (dir, name) =
+                    path.rsplit_once('/').map(|(d, n)| (format!("{d}/"), n)).unwrap_or((String::new(), path));
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_mode(0o644);
                 header.set_size(0);

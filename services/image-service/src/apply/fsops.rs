@@ -44,7 +44,12 @@ pub fn lutimes(path: &Path, atime: (i64, u32), mtime: (i64, u32)) -> Result<(), 
 
 /// lsetxattr(2); `flags` 0 or `libc::XATTR_CREATE`. The raw error is answered so the caller
 /// can ignore the ones containerd ignores.
-pub fn lsetxattr(path: &Path, name: &[u8], value: &[u8], flags: libc::c_int) -> Result<Result<(), io::Error>, ApplyError> {
+pub fn lsetxattr(
+    path: &Path,
+    name: &[u8],
+    value: &[u8],
+    flags: libc::c_int,
+) -> Result<Result<(), io::Error>, ApplyError> {
     let c = cpath(path)?;
     let n = CString::new(name).map_err(|_| ApplyError::Invalid("a NUL in an xattr name".into()))?;
     let rc = unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) };

@@ -179,9 +179,8 @@ impl Applier<'_> {
                 }
             }
         }
-        let id = |v: u64, what: &str| {
-            u32::try_from(v).map_err(|_| ApplyError::Invalid(format!("{what} {v} out of range")))
-        };
+        let id =
+            |v: u64, what: &str| u32::try_from(v).map_err(|_| ApplyError::Invalid(format!("{what} {v} out of range")));
         Ok(Meta { mode, uid: id(uid, "uid")?, gid: id(gid, "gid")?, mtime, atime, xattrs })
     }
 
@@ -315,7 +314,8 @@ impl Applier<'_> {
                 continue;
             }
             if let Err(err) = fsops::lsetxattr(&path, key, value, 0)? {
-                let regular_or_dir = std::fs::symlink_metadata(&path).map(|m| m.is_file() || m.is_dir()).unwrap_or(true);
+                let regular_or_dir =
+                    std::fs::symlink_metadata(&path).map(|m| m.is_file() || m.is_dir()).unwrap_or(true);
                 let ignored = err.raw_os_error() == Some(libc::ENOTSUP)
                     || (err.raw_os_error() == Some(libc::EPERM) && key.starts_with(b"user.") && !regular_or_dir);
                 if ignored {
@@ -448,8 +448,8 @@ mod tests {
 
     #[test]
     fn applies_whiteouts_links_and_modes() {
-        use tar::EntryType::{Directory, Link, Regular, Symlink};
         use std::os::unix::fs::MetadataExt;
+        use tar::EntryType::{Directory, Link, Regular, Symlink};
         let dir = tempfile::tempdir().unwrap();
         let common: Vec<Spec<'_>> = vec![
             (Directory, "d/", 0o750, b"", None),
