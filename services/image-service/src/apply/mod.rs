@@ -104,6 +104,9 @@ impl StagingArea {
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+        // Trees a killed run left behind (another replica's current ones are younger).
+        let stale_dir = dir.clone();
+        tokio::task::spawn_blocking(move || remove_stale(&stale_dir));
         let content_root = crate::fsinfo::plugin_root(containerd, "io.containerd.content.v1", "content")
             .await
             .ok()
@@ -195,6 +198,25 @@ impl StagingArea {
         }
         staged.implicit_dirs = applied.implicit_dirs;
         Ok(Some(staged))
+    }
+}
+
+/// Staged trees untouched for this long are a killed run's.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        if old {
+            tracing::info!(path = %entry.path().display(), "removing a staged layer a killed pull left");
+            remove_tree(&entry.path());
+        }
     }
 }
 

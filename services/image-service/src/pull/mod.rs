@@ -400,7 +400,9 @@ impl Inner {
                 let staged = match staging {
                     Some(area) => {
                         let span = tracing::debug_span!("extract", layer = %layer.digest, chain_id = %chain[i]);
-                        area.extract(
+                        // Extracting counts as progress for the stall watchdog, as an unpack does.
+                        progress.unpacking.fetch_add(1, Ordering::Relaxed);
+                        let staged = area.extract(
                             &self.containerd,
                             lease,
                             &layer.media_type,
@@ -410,7 +412,9 @@ impl Inner {
                             i == 0,
                         )
                         .instrument(span)
-                        .await?
+                        .await;
+                        progress.unpacking.fetch_sub(1, Ordering::Relaxed);
+                        staged?
                     }
                     None => None,
                 };
