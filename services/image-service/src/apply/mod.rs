@@ -381,3 +381,98 @@ impl Drop for Staged {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_client::types::Mount;
+    use std::sync::atomic::AtomicBool;
+
+    fn tar_of(entries: &[(&str, tar::EntryType, u32)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, kind, mode) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(*mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_000_000);
+            h.set_size(0);
+            builder.append_data(&mut h, path, std::io::empty()).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn staged(dir: &Path, tar: &[u8], whiteouts: Whiteouts) -> Staged {
+        let root = dir.join("staged");
+        std::fs::create_dir(&root).unwrap();
+        let applied = layer::apply(tar, &root, whiteouts, &AtomicBool::new(false)).unwrap();
+        Staged { root: Some(root), whiteouts, implicit_dirs: applied.implicit_dirs }
+    }
+
+    #[test]
+    fn installs_over_the_upper_dir_with_parents_like_the_lower_layer() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let lower = dir.path().join("lower");
+        std::fs::create_dir_all(lower.join("srv")).unwrap();
+        std::fs::set_permissions(lower.join("srv"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(lower.join("srv"), Some(1000), Some(1000)).unwrap();
+        let user_xattrs = fsops::lsetxattr(&lower.join("srv"), b"user.srv", b"1", 0).unwrap().is_ok();
+        let upper = dir.path().join("upper");
+        std::fs::create_dir(&upper).unwrap();
+        std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let tar = tar_of(&[("srv/added", tar::EntryType::Regular, 0o644)]);
+        let staged = staged(dir.path(), &tar, Whiteouts::Overlay);
+        let mount = Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec![
+                format!("workdir={}", dir.path().join("work").display()),
+                format!("upperdir={}", upper.display()),
+                format!("lowerdir={}", lower.display()),
+            ],
+        };
+        staged.install(&[mount]).unwrap();
+        assert!(!dir.path().join("staged").exists());
+        assert!(upper.join("srv/added").is_file());
+        let srv = std::fs::symlink_metadata(upper.join("srv")).unwrap();
+        assert_eq!(srv.mode() & 0o7777, 0o700);
+        assert_eq!((srv.uid(), srv.gid()), (1000, 1000));
+        assert_eq!(std::fs::symlink_metadata(&upper).unwrap().mode() & 0o7777, 0o755);
+        if user_xattrs {
+            assert_eq!(fsops::lgetxattr(&upper.join("srv"), b"user.srv").unwrap(), b"1");
+        }
+    }
+
+    #[test]
+    fn refuses_mounts_of_the_wrong_kind_and_removes_what_it_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = tar_of(&[("a", tar::EntryType::Regular, 0o644)]);
+        let staged = staged(dir.path(), &tar, Whiteouts::Overlay);
+        let bind = Mount {
+            r#type: "bind".into(),
+            source: dir.path().join("fs").display().to_string(),
+            target: String::new(),
+            options: vec!["rbind".into(), "rw".into()],
+        };
+        assert!(matches!(staged.install(&[bind]), Err(ApplyError::Mounts(_))));
+        // Dropped: removed (no runtime here, so at once).
+        assert!(!dir.path().join("staged").exists());
+    }
+
+    #[test]
+    fn the_channel_reader_reads_every_chunk() {
+        let (tx, rx) = mpsc::channel(4);
+        std::thread::spawn(move || {
+            for chunk in [b"ab".to_vec(), Vec::new(), b"cde".to_vec()] {
+                tx.blocking_send(Ok(chunk)).unwrap();
+            }
+        });
+        let mut out = Vec::new();
+        ChannelReader { rx, chunk: Vec::new(), pos: 0 }.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"abcde");
+    }
+}
