@@ -195,18 +195,17 @@ fn describe(root: &Path) -> anyhow::Result<Description> {
     Ok((entries, links.collect()))
 }
 
-#[tokio::test]
-async fn direct_apply_matches_containerds_unpack() -> anyhow::Result<()> {
-    let registry = Registry::start().await?;
-    let stack = stack().await?;
-    let mut client = stack.image_client();
-    let image = tricky_image()?;
-    let name = registry.push("test/tricky", "v1", &image).await?;
-
-    assert_eq!(pull(&mut client, &name).await?, image.id());
-    stack
-        .containerd()
-        .ctr_in(REFERENCE_NS, &["images", "pull", "--plain-http", "--snapshotter", "overlayfs", &name])?;
+/// Pulls `name` through crisp and through `ctr` (another namespace), checks both have the same
+/// chain of snapshots and that every layer's upper directory is the same in both; answers
+/// crisp's upper directories, top first.
+async fn pull_both_and_compare(
+    stack: &crisp_testkit::Stack,
+    client: &mut crisp_proto::cri::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+    name: &str,
+    image: &crisp_testkit::images::BuiltImage,
+) -> anyhow::Result<Vec<PathBuf>> {
+    assert_eq!(pull(client, name).await?, image.id());
+    stack.containerd().ctr_in(REFERENCE_NS, &["images", "pull", "--plain-http", "--snapshotter", "overlayfs", name])?;
 
     // The same snapshot names (chain ids) in both namespaces.
     let chain = chain_ids(&image.diff_ids);
@@ -216,8 +215,8 @@ async fn direct_apply_matches_containerds_unpack() -> anyhow::Result<()> {
             assert!(listed.contains(id.as_str()), "{namespace}: snapshot {id} missing: {listed}");
         }
     }
-    let ours = upper_dirs(&stack, stack.namespace(), chain.last().unwrap())?;
-    let theirs = upper_dirs(&stack, REFERENCE_NS, chain.last().unwrap())?;
+    let ours = upper_dirs(stack, stack.namespace(), chain.last().unwrap())?;
+    let theirs = upper_dirs(stack, REFERENCE_NS, chain.last().unwrap())?;
     assert_eq!(ours.len(), chain.len());
     assert_eq!(theirs.len(), chain.len());
     for (layer, (ours, theirs)) in ours.iter().zip(&theirs).enumerate() {
@@ -236,6 +235,18 @@ async fn direct_apply_matches_containerds_unpack() -> anyhow::Result<()> {
         assert_eq!(our_links, their_links, "layer {layer}: hard link sets");
         assert!(our_entries.len() > 3, "layer {layer} is not empty");
     }
+    Ok(ours)
+}
+
+#[tokio::test]
+async fn direct_apply_matches_containerds_unpack() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let stack = stack().await?;
+    let mut client = stack.image_client();
+    let image = tricky_image()?;
+    let name = registry.push("test/tricky", "v1", &image).await?;
+
+    let ours = pull_both_and_compare(&stack, &mut client, &name, &image).await?;
     // The things the image is made to test, as they should be.
     let top = &ours[0];
     let middle = &ours[1];
@@ -256,6 +267,22 @@ async fn direct_apply_matches_containerds_unpack() -> anyhow::Result<()> {
     assert!(staging.is_dir(), "crisp did not use the direct apply (no {})", staging.display());
     let left: Vec<_> = std::fs::read_dir(&staging).map(|d| d.filter_map(|e| e.ok()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "staging directories left: {left:?}");
+    Ok(())
+}
+
+/// Real files (libraries, executables, their modes) under busybox, as real images hold them.
+#[tokio::test]
+async fn direct_apply_of_real_files_matches_containerds_unpack() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let stack = stack().await?;
+    let mut client = stack.image_client();
+    let image = ImageBuilder::new(Format::Docker)
+        .busybox_layer()?
+        .system_files_layer(0, 12 << 20)?
+        .system_files_layer(12 << 20, 12 << 20)?
+        .build()?;
+    let name = registry.push("test/real", "v1", &image).await?;
+    pull_both_and_compare(&stack, &mut client, &name, &image).await?;
     Ok(())
 }
 
