@@ -6,6 +6,7 @@ mod image_support;
 use crisp_proto::cri::AuthConfig;
 use crisp_testkit::images::{Format, ImageBuilder};
 use crisp_testkit::registry::Registry;
+use crisp_testkit::token_auth::base64;
 use image_support::*;
 use tonic::Code;
 
