@@ -47,23 +47,17 @@ impl RegistryHost {
     }
 }
 
+/// A `hosts.toml`: the upstream `server` with its settings, and the `[host."…"]` mirrors.
 #[derive(Debug, Default, Deserialize)]
 struct HostsFile {
     server: Option<String>,
-    #[serde(default)]
-    capabilities: Option<Vec<String>>,
-    #[serde(default)]
-    skip_verify: Option<bool>,
-    #[serde(default)]
-    ca: Option<StringOrList>,
-    #[serde(default)]
-    override_path: Option<bool>,
-    #[serde(default)]
-    header: Option<toml::map::Map<String, toml::Value>>,
+    #[serde(flatten)]
+    settings: HostEntry,
     #[serde(default)]
     host: toml::map::Map<String, toml::Value>,
 }
 
+/// The settings a host (the server or a mirror) may have.
 #[derive(Debug, Default, Deserialize)]
 struct HostEntry {
     #[serde(default)]
@@ -184,17 +178,18 @@ fn parse_hosts(path: &Path, text: &str, registry: &str) -> Result<Vec<RegistryHo
         }
     }
     let mut server = match &file.server {
-        Some(server) => parse_url(path, server, file.override_path.unwrap_or(false))?,
+        Some(server) => parse_url(path, server, file.settings.override_path.unwrap_or(false))?,
         None => default_host(registry),
     };
-    if file.skip_verify.is_some() {
-        server.skip_verify = file.skip_verify.unwrap_or(false);
+    let settings = &file.settings;
+    if let Some(skip_verify) = settings.skip_verify {
+        server.skip_verify = skip_verify;
     }
-    if let Some(ca) = &file.ca {
+    if let Some(ca) = &settings.ca {
         server.ca = ca.paths(base);
     }
-    server.headers = headers(path, file.header.as_ref())?;
-    if let Some(caps) = &file.capabilities {
+    server.headers = headers(path, settings.header.as_ref())?;
+    if let Some(caps) = &settings.capabilities {
         server.resolve = caps.iter().any(|c| c == "resolve");
         if !caps.iter().any(|c| c == "pull") {
             return Ok(hosts);
@@ -265,6 +260,38 @@ server = "https://registry.k8s.io"
         );
         assert_eq!(hosts[2].base(), "https://registry.k8s.io/v2");
         assert!(!hosts[2].mirror);
+    }
+
+    #[test]
+    fn the_servers_own_settings_are_read_beside_its_mirrors() {
+        let text = r#"
+server = "https://registry.example/api"
+capabilities = ["resolve"]
+skip_verify = true
+ca = ["a.crt", "/etc/ssl/b.crt"]
+override_path = true
+[header]
+  x-server = "yes"
+[host."http://127.0.0.1:5001"]
+"#;
+        let hosts =
+            parse_hosts(Path::new("/etc/certs.d/registry.example/hosts.toml"), text, "registry.example").unwrap();
+        // The server may only resolve: it is not a pull host, the mirror is.
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].base(), "http://127.0.0.1:5001/v2");
+
+        let text = "server = \"https://registry.example/api\"\nskip_verify = true\nca = [\"a.crt\", \"/etc/ssl/b.crt\"]\noverride_path = true\n[header]\n  x-server = \"yes\"\n";
+        let hosts =
+            parse_hosts(Path::new("/etc/certs.d/registry.example/hosts.toml"), text, "registry.example").unwrap();
+        assert_eq!(hosts.len(), 1);
+        let server = &hosts[0];
+        assert_eq!(server.base(), "https://registry.example/api");
+        assert!(server.skip_verify && !server.mirror);
+        assert_eq!(
+            server.ca,
+            vec![PathBuf::from("/etc/certs.d/registry.example/a.crt"), PathBuf::from("/etc/ssl/b.crt")]
+        );
+        assert_eq!(server.headers, vec![("x-server".into(), "yes".into())]);
     }
 
     #[test]
