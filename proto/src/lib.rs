@@ -42,3 +42,53 @@ macro_rules! unimplemented_rpcs {
         )*
     };
 }
+
+/// Calls `$callback! { method(Request) -> Response }` once for every unary RPC of
+/// `runtime.v1.RuntimeService` (GetContainerEvents, a stream, is left to each implementer).
+/// With a local callback that matches the RPCs a service builds and hands the rest to
+/// [`unimplemented_rpcs!`], an implementation lists only what it builds:
+///
+/// ```ignore
+/// macro_rules! not_built {
+///     (version $($rest:tt)*) => {};
+///     ($($rpc:tt)*) => { crisp_proto::unimplemented_rpcs! { $($rpc)*; } };
+/// }
+/// #[tonic::async_trait]
+/// impl RuntimeService for Runtime {
+///     async fn version(...) { ... }
+///     crisp_proto::for_each_runtime_rpc!(not_built);
+/// }
+/// ```
+#[macro_export]
+macro_rules! for_each_runtime_rpc {
+    ($callback:ident) => {
+        $callback! { version(VersionRequest) -> VersionResponse }
+        $callback! { run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse }
+        $callback! { stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse }
+        $callback! { remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse }
+        $callback! { pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse }
+        $callback! { list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse }
+        $callback! { create_container(CreateContainerRequest) -> CreateContainerResponse }
+        $callback! { start_container(StartContainerRequest) -> StartContainerResponse }
+        $callback! { stop_container(StopContainerRequest) -> StopContainerResponse }
+        $callback! { remove_container(RemoveContainerRequest) -> RemoveContainerResponse }
+        $callback! { list_containers(ListContainersRequest) -> ListContainersResponse }
+        $callback! { container_status(ContainerStatusRequest) -> ContainerStatusResponse }
+        $callback! { update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse }
+        $callback! { reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse }
+        $callback! { exec_sync(ExecSyncRequest) -> ExecSyncResponse }
+        $callback! { exec(ExecRequest) -> ExecResponse }
+        $callback! { attach(AttachRequest) -> AttachResponse }
+        $callback! { port_forward(PortForwardRequest) -> PortForwardResponse }
+        $callback! { container_stats(ContainerStatsRequest) -> ContainerStatsResponse }
+        $callback! { list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse }
+        $callback! { pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse }
+        $callback! { list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse }
+        $callback! { update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse }
+        $callback! { status(StatusRequest) -> StatusResponse }
+        $callback! { checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse }
+        $callback! { list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse }
+        $callback! { list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse }
+        $callback! { runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse }
+    };
+}
