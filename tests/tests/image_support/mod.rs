@@ -91,4 +91,3 @@ pub async fn assert_no_leases(stack: &Stack) -> anyhow::Result<()> {
 pub fn busybox(format: Format) -> anyhow::Result<BuiltImage> {
     ImageBuilder::new(format).busybox_layer()?.file_layer("etc/motd", "hello from crisp\n").build()
 }
-

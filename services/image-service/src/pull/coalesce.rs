@@ -81,18 +81,20 @@ impl Coalescer {
                     let parent = tracing::Span::current();
                     let span = tracing::info_span!(parent: &parent, "pull_task", image = image_of(key));
                     let task_span = span.clone();
-                    tokio::spawn(async move {
-                        let outcome = pull.await;
-                        // Later callers start afresh (and find the image in containerd).
-                        {
-                            let mut flights = flights_ref.lock().unwrap_or_else(|p| p.into_inner());
-                            if flights.get(&key_owned).is_some_and(|f| f.id == id) {
-                                flights.remove(&key_owned);
+                    tokio::spawn(
+                        async move {
+                            let outcome = pull.await;
+                            // Later callers start afresh (and find the image in containerd).
+                            {
+                                let mut flights = flights_ref.lock().unwrap_or_else(|p| p.into_inner());
+                                if flights.get(&key_owned).is_some_and(|f| f.id == id) {
+                                    flights.remove(&key_owned);
+                                }
                             }
+                            let _ = sender.send(Some(outcome));
                         }
-                        let _ = sender.send(Some(outcome));
-                    }
-                    .instrument(task_span));
+                        .instrument(task_span),
+                    );
                     flights.insert(key.to_string(), Flight { id, result: receiver.clone(), waiters: 1, cancel, span });
                     (receiver, Waiter { coalescer: self.clone(), key: key.to_string(), id })
                 }

@@ -402,17 +402,18 @@ impl Inner {
                         let span = tracing::debug_span!("extract", layer = %layer.digest, chain_id = %chain[i]);
                         // Extracting counts as progress for the stall watchdog, as an unpack does.
                         progress.unpacking.fetch_add(1, Ordering::Relaxed);
-                        let staged = area.extract(
-                            &self.containerd,
-                            lease,
-                            &layer.media_type,
-                            &layer.digest,
-                            &diff_ids[i],
-                            &chain[i],
-                            i == 0,
-                        )
-                        .instrument(span)
-                        .await;
+                        let staged = area
+                            .extract(
+                                &self.containerd,
+                                lease,
+                                &layer.media_type,
+                                &layer.digest,
+                                &diff_ids[i],
+                                &chain[i],
+                                i == 0,
+                            )
+                            .instrument(span)
+                            .await;
                         progress.unpacking.fetch_sub(1, Ordering::Relaxed);
                         staged?
                     }
