@@ -432,9 +432,10 @@ impl Inner {
                 if i < unpacked {
                     continue;
                 }
-                // A dropped sender means that download failed; try_join_all reports it.
+                // A dropped sender means that download failed (download_all reports it): stop
+                // here, between two layers, with nothing half-made.
                 let Ok(staged) = ready.await else {
-                    return std::future::pending().await;
+                    return Ok(());
                 };
                 let layer = &layers[i];
                 let span = tracing::info_span!("unpack", layer = %layer.digest, chain_id = %chain[i]);
@@ -466,8 +467,21 @@ impl Inner {
             }
             Ok::<(), PullError>(())
         };
-        tokio::try_join!(download_all, unpack_all)?;
-        Ok(())
+        // A failed unpack stops the downloads at once (a partial ingest is resumed by the next
+        // try). A failed download lets the unpack in progress finish (or undo itself) first, so
+        // that no half-made snapshot is left behind when the call answers.
+        tokio::pin!(download_all, unpack_all);
+        tokio::select! {
+            downloaded = &mut download_all => {
+                let unpacked = unpack_all.await;
+                downloaded?;
+                unpacked
+            }
+            unpacked = &mut unpack_all => {
+                unpacked?;
+                download_all.await
+            }
+        }
     }
 
     /// The direct apply's staging area when the snapshotter is overlayfs and its directory
