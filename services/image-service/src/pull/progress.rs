@@ -78,18 +78,21 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// Adds `bytes` of progress every 100 ms until aborted.
+    fn feed(progress: &Arc<Progress>, bytes: u64) -> tokio::task::JoinHandle<()> {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                progress.add_bytes(bytes);
+            }
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_trickle_is_a_stall() {
         let progress = Arc::new(Progress::default());
-        let feeder = {
-            let progress = progress.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    progress.add_bytes(10);
-                }
-            })
-        };
+        let feeder = feed(&progress, 10);
         let started = Instant::now();
         let err = watchdog(&progress, Duration::from_secs(2), "x").await;
         assert!(matches!(err, PullError::Stalled { .. }));
@@ -100,15 +103,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn steady_progress_is_no_stall() {
         let progress = Arc::new(Progress::default());
-        let feeder = {
-            let progress = progress.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    progress.add_bytes(16 * 1024);
-                }
-            })
-        };
+        let feeder = feed(&progress, 16 * 1024);
         let result =
             tokio::time::timeout(Duration::from_secs(10), watchdog(&progress, Duration::from_secs(2), "x")).await;
         assert!(result.is_err(), "watchdog fired on a steady download");
