@@ -1,6 +1,5 @@
 //! `crisp-runtime`: the CRI RuntimeService on containerd.
 
-mod error;
 mod service;
 mod status;
 mod version;
