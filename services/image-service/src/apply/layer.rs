@@ -5,6 +5,7 @@
 
 use super::ApplyError;
 use super::fsops::{self, clean, join, resolve};
+use super::stream::{self, Padded, Position};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -12,6 +13,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -90,18 +92,28 @@ pub fn apply(reader: impl Read, root: &Path, whiteouts: Whiteouts, cancel: &Atom
         implicit: Vec::new(),
         buffer: vec![0u8; 256 << 10],
     };
+    let position = Rc::new(Position::default());
     {
-        let mut archive = tar::Archive::new(&mut hashing);
+        let mut archive = tar::Archive::new(Padded::new(&mut hashing, position.clone()));
         let entries = archive.entries().map_err(ApplyError::Archive)?;
+        // Where the last entry's data ended.
+        let mut data_end = 0;
         for entry in entries {
             if cancel.load(Ordering::Relaxed) {
                 return Err(ApplyError::Cancelled);
             }
-            let entry = entry.map_err(ApplyError::Archive)?;
-            applier.entry(entry)?;
+            let mut entry = entry.map_err(|e| position.header_error(e))?;
+            position.check_header()?;
+            let read = applier.entry(&mut entry)?;
+            // What the applier did not read (the tar crate would skip it).
+            let rest = io::copy(&mut entry, &mut io::sink()).map_err(ApplyError::Archive)?;
+            position.check_data(&entry.path_bytes(), read + rest, entry.size())?;
+            data_end = position.served();
         }
+        position.check_end(data_end)?;
         applier.finish()?;
     }
+    stream::check_trailer(&mut hashing, position.served())?;
     // containerd digests the stream to its end, past the tar trailer.
     io::copy(&mut hashing, &mut io::sink()).map_err(ApplyError::Archive)?;
     Ok(Applied {
@@ -184,16 +196,17 @@ impl Applier<'_> {
         Ok(Meta { mode, uid: id(uid, "uid")?, gid: id(gid, "gid")?, mtime, atime, xattrs })
     }
 
-    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ApplyError> {
+    /// Applies one entry; answers how many bytes of its data it read.
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<u64, ApplyError> {
         let kind = entry.header().entry_type();
         if kind == tar::EntryType::XGlobalHeader {
-            return Ok(());
+            return Ok(0);
         }
         let name = entry.path_bytes().into_owned();
         let mut parts = clean(&name);
         let Some(base) = parts.pop() else {
             // Resolves to the root: containerd ignores it.
-            return Ok(());
+            return Ok(0);
         };
         let parent = resolve(self.root, parts)?;
         let parent_path = join(self.root, &parent);
@@ -201,7 +214,7 @@ impl Applier<'_> {
         if !parent.is_empty() {
             self.mkparent(&parent)?;
         }
-        let meta = Self::meta(&mut entry)?;
+        let meta = Self::meta(entry)?;
 
         // Whiteouts.
         let base_bytes = base.as_bytes();
@@ -213,7 +226,7 @@ impl Applier<'_> {
                 }
                 Whiteouts::Remove => self.opaque_remove(&parent_path)?,
             }
-            return Ok(());
+            return Ok(0);
         }
         if let Some(original) = base_bytes.strip_prefix(WHITEOUT_PREFIX) {
             if original.is_empty() || original == b"." || original == b".." {
@@ -227,7 +240,7 @@ impl Applier<'_> {
                 }
                 Whiteouts::Remove => fsops::remove_all(&target)?,
             }
-            return Ok(());
+            return Ok(0);
         }
 
         // Replace what is there, unless a directory meets a directory (then they merge).
@@ -238,6 +251,7 @@ impl Applier<'_> {
         }
 
         let mode = meta.mode & 0o7777;
+        let mut read = 0;
         match kind {
             tar::EntryType::Directory => {
                 let is_dir = std::fs::symlink_metadata(&path).map(|m| m.is_dir()).unwrap_or(false);
@@ -262,7 +276,6 @@ impl Applier<'_> {
                     .map_err(|e| ApplyError::io("creating", &path, e))?;
                 file.set_permissions(std::fs::Permissions::from_mode(mode))
                     .map_err(|e| ApplyError::io("chmod", &path, e))?;
-                let expected = entry.size();
                 let mut written = 0u64;
                 loop {
                     let n = entry.read(&mut self.buffer).map_err(ApplyError::Archive)?;
@@ -272,9 +285,7 @@ impl Applier<'_> {
                     file.write_all(&self.buffer[..n]).map_err(|e| ApplyError::io("writing", &path, e))?;
                     written += n as u64;
                 }
-                if written != expected {
-                    return Err(ApplyError::Invalid(format!("{path:?}: {written} of {expected} bytes in the archive")));
-                }
+                read = written;
             }
             tar::EntryType::Block | tar::EntryType::Char | tar::EntryType::Fifo => {
                 let header = entry.header();
@@ -347,7 +358,7 @@ impl Applier<'_> {
             self.dirs.push((path.clone(), atime, mtime));
         }
         self.unpacked.insert(path);
-        Ok(())
+        Ok(read)
     }
 
     /// Creates the missing directories of `parent` (already resolved), 0755.
@@ -491,5 +502,141 @@ mod tests {
         assert!(std::fs::symlink_metadata(root.join("gone")).is_err());
         assert!(std::fs::symlink_metadata(root.join("x")).unwrap().is_dir());
         assert_eq!(std::fs::read_dir(root.join("x")).unwrap().count(), 0);
+    }
+
+    /// A PAX record `key=value`.
+    fn pax_record(key: &str, value: &str) -> Vec<u8> {
+        let body = format!(" {key}={value}\n");
+        let mut len = body.len() + 1;
+        while format!("{len}").len() + body.len() != len {
+            len += 1;
+        }
+        format!("{len}{body}").into_bytes()
+    }
+
+    /// A layer of a directory, a file, a file with a PAX header, a symbolic link and last a
+    /// file of 1000 bytes (not a multiple of 512), with its two end-of-archive blocks.
+    fn layer_with_trailer() -> Vec<u8> {
+        use tar::EntryType::{Directory, Regular, Symlink, XHeader};
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut append = |kind: tar::EntryType, path: &str, data: &[u8], link: Option<&str>| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(0o644);
+            h.set_mtime(1_000_000);
+            h.set_size(data.len() as u64);
+            match link {
+                Some(l) => builder.append_link(&mut h, path, l).unwrap(),
+                None => builder.append_data(&mut h, path, data).unwrap(),
+            }
+        };
+        append(Directory, "d/", b"", None);
+        append(Regular, "d/a", &[b'a'; 700], None);
+        append(XHeader, "PaxHeaders/p", &pax_record("mtime", "1000000.5"), None);
+        append(Regular, "d/p", b"pax", None);
+        append(Symlink, "d/s", b"", Some("a"));
+        let last: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        append(Regular, "d/last", &last, None);
+        builder.into_inner().unwrap()
+    }
+
+    fn apply_bytes(bytes: &[u8]) -> (tempfile::TempDir, Result<Applied, ApplyError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let result = apply(bytes, dir.path(), Whiteouts::Remove, &AtomicBool::new(false));
+        (dir, result)
+    }
+
+    /// Every cut of the stream, against the rule Go's archive/tar (containerd) applies:
+    /// complete when it stops at 0, anywhere from the end of an entry's data to the next
+    /// header, after the first zero block or after both; refused inside a header, inside
+    /// data, inside a zero block. (Past an extended header's data, Go also ends cleanly and
+    /// drops it; the `tar` crate, and so crisp, refuses that.)
+    #[test]
+    fn a_stream_may_end_where_go_ends_it_and_nowhere_else() {
+        let full = layer_with_trailer();
+        let trailer = full.len() - 1024;
+        // Each header's position, its data's end, the next header's, and whether it is a PAX header.
+        let mut layout = Vec::new();
+        let mut archive = tar::Archive::new(full.as_slice());
+        for entry in archive.entries().unwrap().raw(true) {
+            let entry = entry.unwrap();
+            let data_end = entry.raw_file_position() + entry.size();
+            let pax = entry.header().entry_type() == tar::EntryType::XHeader;
+            layout.push((
+                entry.raw_header_position() as usize,
+                data_end as usize,
+                data_end.next_multiple_of(512) as usize,
+                pax,
+            ));
+        }
+        assert_eq!(layout.len(), 6);
+        assert_eq!(layout.last().unwrap().2, trailer);
+        // Around every block boundary and every data end, and some more.
+        let cuts = (0..=full.len()).filter(|&cut| {
+            matches!(cut % 512, 0..=2 | 100 | 510 | 511)
+                || layout.iter().any(|&(_, data_end, _, _)| cut.abs_diff(data_end) <= 2)
+                || cut % 97 == 0
+        });
+        for cut in cuts {
+            let complete = cut == 0
+                || layout.iter().any(|&(_, data_end, next, pax)| !pax && (data_end..=next).contains(&cut))
+                || cut == trailer + 512
+                || cut == full.len();
+            let (dir, result) = apply_bytes(&full[..cut]);
+            match result {
+                Ok(applied) => {
+                    assert!(complete, "a cut at {cut} was accepted");
+                    assert_eq!(applied.diff_id, crate::digest::sha256_of(&full[..cut]), "cut at {cut}");
+                    assert_eq!(applied.bytes, cut as u64);
+                    if cut >= layout[5].1 {
+                        let data = std::fs::read(dir.path().join("d/last")).unwrap();
+                        assert_eq!(data, (0..1000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(), "cut at {cut}");
+                    }
+                }
+                Err(err) => {
+                    assert!(!complete, "a cut at {cut} was refused: {err}");
+                    assert!(
+                        matches!(err, ApplyError::Truncated { at, .. } if at == cut as u64),
+                        "cut at {cut}: {err:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_where_the_stream_was_cut() {
+        let full = layer_with_trailer();
+        let (last_header, data_end) = (full.len() - 1024 - 1024 - 512, full.len() - 1024 - 24);
+        let message = |cut: usize| apply_bytes(&full[..cut]).1.unwrap_err().to_string();
+        assert_eq!(
+            message(last_header + 100),
+            format!("the layer's tar stream ends after {} bytes, inside an entry's header", last_header + 100)
+        );
+        assert_eq!(
+            message(data_end - 1),
+            format!(
+                "the layer's tar stream ends after {} bytes, inside the data of \"d/last\" (1000 bytes)",
+                data_end - 1
+            )
+        );
+        assert!(message(full.len() - 700).contains("inside the end-of-archive blocks"));
+        // The layer: the last file's data, then nothing.
+        let (_, applied) = apply_bytes(&full[..data_end]);
+        assert_eq!(applied.unwrap().diff_id, crate::digest::sha256_of(&full[..data_end]));
+    }
+
+    #[test]
+    fn a_block_after_the_first_zero_block_must_be_zeros() {
+        let mut bytes = layer_with_trailer();
+        let second = bytes.len() - 512;
+        bytes[second + 10] = 1;
+        let (_, result) = apply_bytes(&bytes);
+        assert!(matches!(result, Err(ApplyError::Invalid(_))), "{result:?}");
+        // After both zero blocks, anything (read for the digest).
+        let mut bytes = layer_with_trailer();
+        bytes.extend_from_slice(b"trailing bytes");
+        let (_, result) = apply_bytes(&bytes);
+        assert_eq!(result.unwrap().diff_id, crate::digest::sha256_of(&bytes));
     }
 }

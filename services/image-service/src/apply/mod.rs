@@ -8,6 +8,7 @@
 
 mod fsops;
 pub mod layer;
+mod stream;
 
 use crate::content::leased;
 use containerd_client::services::v1::ReadContentRequest;
@@ -41,6 +42,16 @@ pub enum ApplyError {
     Archive(#[source] io::Error),
     #[error("the layer archive is invalid: {0}")]
     Invalid(String),
+    /// The stream stops where Go's tar reader (containerd's) finds it incomplete.
+    #[error("the layer's tar stream ends after {at} bytes, inside {inside}")]
+    Truncated { at: u64, inside: String },
+    /// A failure extracting one layer, naming it.
+    #[error("layer {layer}")]
+    Layer {
+        layer: String,
+        #[source]
+        source: Box<ApplyError>,
+    },
     #[error("the snapshot's mounts are not the overlayfs snapshotter's: {0}")]
     Mounts(String),
     #[error("reading the layer from the content store")]
@@ -58,7 +69,8 @@ impl ApplyError {
 
     pub fn code(&self) -> Code {
         match self {
-            ApplyError::Archive(_) | ApplyError::Invalid(_) => Code::InvalidArgument,
+            ApplyError::Archive(_) | ApplyError::Invalid(_) | ApplyError::Truncated { .. } => Code::InvalidArgument,
+            ApplyError::Layer { source, .. } => source.code(),
             ApplyError::Containerd(err) => crisp_errors::GrpcError::code(err),
             ApplyError::Cancelled => Code::Cancelled,
             ApplyError::Io { .. } | ApplyError::Mounts(_) | ApplyError::Thread(_) => Code::Internal,
@@ -187,7 +199,9 @@ impl StagingArea {
             }
         })
         .await;
-        let (mut staged, applied) = extracted.map_err(|e| ApplyError::Thread(e.to_string()))??;
+        let (mut staged, applied) = extracted
+            .map_err(|e| ApplyError::Thread(e.to_string()))?
+            .map_err(|e| ApplyError::Layer { layer: digest.to_string(), source: Box::new(e) })?;
         tracing::debug!(elapsed = ?started.elapsed(), bytes = applied.bytes, "layer decompressed and extracted");
         if applied.diff_id != diff_id {
             return Err(crate::unpack::UnpackError::DiffIdMismatch {
