@@ -4,7 +4,7 @@
 
 mod image_support;
 
-use crisp_testkit::images::{Entry, Format, ImageBuilder, Node, NodeKind, sha256};
+use crisp_testkit::images::{Entry, Format, ImageBuilder, Node, NodeKind, TarCut, sha256};
 use crisp_testkit::registry::Registry;
 use image_support::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -316,4 +316,127 @@ async fn a_layer_whose_diff_id_lies_is_refused_and_leaves_nothing() -> anyhow::R
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     anyhow::bail!("staging directories left in {}", staging.display())
+}
+
+/// Bytes of `len` that are not all one value.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Two layers whose tar streams end right after their last file's data (sizes not multiples
+/// of 512: no padding, no end-of-archive blocks), as `umoci insert` writes them.
+fn unpadded_image() -> anyhow::Result<crisp_testkit::images::BuiltImage> {
+    ImageBuilder::new(Format::Oci)
+        .layer(vec![
+            node("etc", NodeKind::Dir).entry(),
+            file("etc/a", &pattern(700)).entry(),
+            node("usr", NodeKind::Dir).entry(),
+            file("usr/last", &pattern(1000)).mode(0o755).entry(),
+        ])
+        .cut_layer(TarCut::AfterLastData)
+        .layer(vec![
+            file("etc/b", b"b\n").entry(),
+            node("opt", NodeKind::Dir).entry(),
+            file("opt/last", &pattern(1333)).entry(),
+        ])
+        .cut_layer(TarCut::AfterLastData)
+        .build()
+}
+
+#[tokio::test]
+async fn layers_ending_right_after_their_last_file_unpack_as_containerd_unpacks_them() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let stack = stack().await?;
+    let mut client = stack.image_client();
+    let image = unpadded_image()?;
+    let name = registry.push("test/unpadded", "v1", &image).await?;
+
+    let ours = pull_both_and_compare(&stack, &mut client, &name, &image).await?;
+    assert_eq!(std::fs::read(ours[1].join("usr/last"))?, pattern(1000));
+    assert_eq!(std::fs::read(ours[0].join("opt/last"))?, pattern(1333));
+    let staging = stack.containerd().root().join("io.containerd.snapshotter.v1.overlayfs/crisp-staging");
+    assert!(staging.is_dir(), "crisp did not use the direct apply (no {})", staging.display());
+    Ok(())
+}
+
+/// The same layers through containerd's diff service (any snapshotter but overlayfs).
+#[tokio::test]
+async fn layers_ending_right_after_their_last_file_unpack_through_the_diff_service() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let stack = stack_with("snapshotter = \"native\"").await?;
+    let mut client = stack.image_client();
+    let image = unpadded_image()?;
+    let name = registry.push("test/unpadded", "v1", &image).await?;
+
+    assert_eq!(pull(&mut client, &name).await?, image.id());
+    let chain = chain_ids(&image.diff_ids);
+    let key = "crisp-test-view-native";
+    let out = stack.ctr(&["snapshots", "--snapshotter", "native", "view", "--mounts", key, chain.last().unwrap()])?;
+    let mounts: serde_json::Value = serde_json::from_str(out.trim())?;
+    let source = mounts[0]["Source"].as_str().or(mounts[0]["source"].as_str()).unwrap_or_default().to_string();
+    let files =
+        (std::fs::read(Path::new(&source).join("usr/last")), std::fs::read(Path::new(&source).join("opt/last")));
+    stack.ctr(&["snapshots", "--snapshotter", "native", "rm", key])?;
+    assert_eq!(files.0?, pattern(1000), "in {out}");
+    assert_eq!(files.1?, pattern(1333));
+    let staging = stack.containerd().root().join("io.containerd.snapshotter.v1.overlayfs/crisp-staging");
+    assert!(!staging.exists(), "the direct apply was used");
+
+    // A layer cut inside its last file's data is refused there too (with containerd's code and
+    // message), and no image is recorded.
+    let broken = ImageBuilder::new(Format::Oci)
+        .layer(vec![file("etc/b", b"b\n").entry(), file("etc/last", &pattern(1000)).entry()])
+        .cut_layer(TarCut::InsideLastData)
+        .build()?;
+    let name = registry.push("test/cut-data", "v1", &broken).await?;
+    let err = pull(&mut client, &name).await.expect_err("the pull fails");
+    assert!(err.message().contains(name.as_str()), "{err:?}");
+    assert!(status(&mut client, &name).await?.is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_layer_cut_inside_a_header_or_inside_file_data_is_refused_and_leaves_nothing() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let stack = stack().await?;
+    let mut client = stack.image_client();
+    for (cut, repository) in [(TarCut::InsideLastHeader, "test/cut-header"), (TarCut::InsideLastData, "test/cut-data")]
+    {
+        let image = ImageBuilder::new(Format::Oci)
+            .file_layer("etc/a", "a\n")
+            .layer(vec![file("etc/b", b"b\n").entry(), file("etc/last", &pattern(1000)).entry()])
+            .cut_layer(cut)
+            .build()?;
+        let name = registry.push(repository, "v1", &image).await?;
+        let broken = &image.layers[1].digest;
+
+        let err = pull(&mut client, &name).await.expect_err("the pull fails");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{cut:?}: {err:?}");
+        for part in [name.as_str(), broken.as_str(), "tar stream ends after"] {
+            assert!(err.message().contains(part), "{cut:?}: no {part:?} in {:?}", err.message());
+        }
+        // containerd refuses it too.
+        let theirs = stack.containerd().ctr_in(REFERENCE_NS, &["images", "pull", "--plain-http", &name]);
+        assert!(theirs.is_err(), "{cut:?}: containerd unpacked it");
+
+        // Nothing kept: no image record, no snapshot of the broken layer, no staged tree.
+        assert!(status(&mut client, &name).await?.is_none());
+        assert!(!ctr_images(&stack)?.contains(&name), "{cut:?}: an image record was written");
+        let chain = chain_ids(&image.diff_ids);
+        let listing = stack.ctr(&["snapshots", "--snapshotter", "overlayfs", "ls"])?;
+        assert!(!listing.contains("extract-"), "{cut:?}: an active unpack snapshot is left: {listing}");
+        assert!(!listing.contains(chain[1].as_str()), "{cut:?}: the broken layer was committed: {listing}");
+        let staging = stack.containerd().root().join("io.containerd.snapshotter.v1.overlayfs/crisp-staging");
+        let mut left = usize::MAX;
+        // Removal of a dropped staging tree runs in the background.
+        for _ in 0..50 {
+            left = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(left, 0, "{cut:?}: staging directories left in {}", staging.display());
+    }
+    Ok(())
 }

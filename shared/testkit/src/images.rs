@@ -160,11 +160,26 @@ impl Node {
     }
 }
 
+/// Where a layer's tar stream is cut short ([`ImageBuilder::cut_layer`]); the layer's diff id
+/// is the digest of the bytes that are left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TarCut {
+    /// Right after the last entry's data: no padding to 512 bytes, no end-of-archive blocks
+    /// (as `umoci insert` writes layers). containerd (Go's archive/tar) takes it as complete.
+    AfterLastData,
+    /// 100 bytes into the last entry's header.
+    InsideLastHeader,
+    /// Halfway through the last entry's data.
+    InsideLastData,
+}
+
 /// Builds an image layer by layer.
 #[derive(Debug, Clone)]
 pub struct ImageBuilder {
     format: Format,
     layers: Vec<Vec<Entry>>,
+    /// Layers (by index) whose tar stream is cut.
+    cuts: Vec<(usize, TarCut)>,
     user: Option<String>,
     architecture: String,
     variant: Option<String>,
@@ -186,6 +201,7 @@ impl ImageBuilder {
         ImageBuilder {
             format,
             layers: vec![],
+            cuts: vec![],
             user: None,
             architecture: host_architecture().to_string(),
             variant: None,
@@ -224,6 +240,12 @@ impl ImageBuilder {
     /// A layer with these entries.
     pub fn layer(mut self, entries: Vec<Entry>) -> ImageBuilder {
         self.layers.push(entries);
+        self
+    }
+
+    /// Cuts the tar stream of the layer added last as `cut` says.
+    pub fn cut_layer(mut self, cut: TarCut) -> ImageBuilder {
+        self.cuts.push((self.layers.len().saturating_sub(1), cut));
         self
     }
 
@@ -353,8 +375,12 @@ impl ImageBuilder {
         };
         let mut layers = Vec::new();
         let mut diff_ids = Vec::new();
-        for entries in &self.layers {
-            let tar = tar_of(entries)?;
+        for (i, entries) in self.layers.iter().enumerate() {
+            let mut tar = tar_of(entries)?;
+            if let Some((_, cut)) = self.cuts.iter().find(|(layer, _)| *layer == i) {
+                let at = cut_point(&tar, *cut)?;
+                tar.truncate(at);
+            }
             diff_ids.push(sha256(&tar));
             let mut gz = GzEncoder::new(Vec::new(), Compression::new(self.level));
             gz.write_all(&tar)?;
@@ -418,6 +444,22 @@ pub fn index_of(images: &[&BuiltImage], format: Format) -> anyhow::Result<Blob> 
         .collect();
     let index = json!({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests});
     Ok(Blob::new(media_type, serde_json::to_vec(&index)?))
+}
+
+/// Where `cut` cuts the tar stream `tar`.
+fn cut_point(tar: &[u8], cut: TarCut) -> anyhow::Result<usize> {
+    let mut archive = tar::Archive::new(tar);
+    let last = archive.entries()?.last().context("cutting a layer with no entry")??;
+    let (header, data, size) = (last.raw_header_position(), last.raw_file_position(), last.size());
+    let at = match cut {
+        TarCut::AfterLastData => data + size,
+        TarCut::InsideLastHeader => header + 100,
+        TarCut::InsideLastData => {
+            anyhow::ensure!(size >= 2, "cutting inside the data of an entry of {size} bytes");
+            data + size / 2
+        }
+    };
+    Ok(at as usize)
 }
 
 fn tar_of(entries: &[Entry]) -> anyhow::Result<Vec<u8>> {
