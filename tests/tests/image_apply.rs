@@ -8,9 +8,7 @@ use crisp_testkit::images::{Entry, Format, ImageBuilder, Node, NodeKind, TarCut,
 use crisp_testkit::registry::Registry;
 use image_support::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 const REFERENCE_NS: &str = "crisp-ref";
@@ -132,19 +130,13 @@ fn upper_dirs(stack: &crisp_testkit::Stack, namespace: &str, chain_id: &str) -> 
 }
 
 fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     let mut names = vec![0u8; 65536];
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
     let mut out = BTreeMap::new();
-    if n <= 0 {
-        return out;
-    }
-    for name in names[..n as usize].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let cname = CString::new(name).unwrap();
+    let Ok(n) = rustix::fs::llistxattr(path, &mut names[..]) else { return out };
+    for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
         let mut value = vec![0u8; 65536];
-        let len = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-        if len >= 0 {
-            value.truncate(len as usize);
+        if let Ok(len) = rustix::fs::lgetxattr(path, name, &mut value[..]) {
+            value.truncate(len);
             out.insert(String::from_utf8_lossy(name).into_owned(), value);
         }
     }
@@ -162,10 +154,10 @@ fn describe(root: &Path) -> anyhow::Result<Description> {
     while let Some(path) = stack.pop() {
         let meta = std::fs::symlink_metadata(&path)?;
         let rel = path.strip_prefix(root)?.display().to_string();
-        let kind = meta.mode() & libc::S_IFMT;
+        let kind = meta.file_type();
         let mut text =
             format!("mode={:o} uid={} gid={} xattrs={:?}", meta.mode(), meta.uid(), meta.gid(), xattrs(&path));
-        if kind == libc::S_IFREG {
+        if kind.is_file() {
             text.push_str(&format!(
                 " size={} sha={} mtime={}",
                 meta.len(),
@@ -175,13 +167,13 @@ fn describe(root: &Path) -> anyhow::Result<Description> {
             if meta.nlink() > 1 {
                 inodes.entry(meta.ino()).or_default().push(rel.clone());
             }
-        } else if kind == libc::S_IFLNK {
+        } else if kind.is_symlink() {
             text.push_str(&format!(" target={:?} mtime={}", std::fs::read_link(&path)?, meta.mtime()));
-        } else if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
-            text.push_str(&format!(" rdev={}:{}", libc::major(meta.rdev()), libc::minor(meta.rdev())));
-        } else if kind == libc::S_IFIFO {
+        } else if kind.is_char_device() || kind.is_block_device() {
+            text.push_str(&format!(" rdev={}:{}", rustix::fs::major(meta.rdev()), rustix::fs::minor(meta.rdev())));
+        } else if kind.is_fifo() {
             text.push_str(&format!(" mtime={}", meta.mtime()));
-        } else if kind == libc::S_IFDIR {
+        } else if kind.is_dir() {
             for child in std::fs::read_dir(&path)? {
                 stack.push(child?.path());
             }
@@ -253,7 +245,7 @@ async fn direct_apply_matches_containerds_unpack() -> anyhow::Result<()> {
     let bottom = &ours[2];
     assert_eq!(xattrs(&middle.join("opt")).get("trusted.overlay.opaque").map(Vec::as_slice), Some(&b"y"[..]));
     let whiteout = std::fs::symlink_metadata(middle.join("etc/conf"))?;
-    assert_eq!((whiteout.mode() & libc::S_IFMT, whiteout.rdev()), (libc::S_IFCHR, 0));
+    assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0);
     assert_eq!(std::fs::symlink_metadata(middle.join("srv"))?.mode() & 0o7777, 0o700);
     assert_eq!(std::fs::symlink_metadata(bottom.join("usr/bin/su"))?.mode() & 0o7777, 0o4755);
     assert!(bottom.join("usr/lib/libx.so").is_file());

@@ -2,22 +2,17 @@
 //! none of them follows a symbolic link in the last component.
 
 use super::ApplyError;
-use std::ffi::{CString, OsStr, OsString};
+use rustix::fs::{AtFlags, CWD, Dev, FileType, Mode, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-fn cpath(path: &Path) -> Result<CString, ApplyError> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| ApplyError::Invalid(format!("a NUL in path {path:?}")))
-}
-
-fn check(op: &'static str, path: &Path, rc: libc::c_int) -> Result<(), ApplyError> {
-    if rc == 0 { Ok(()) } else { Err(ApplyError::io(op, path, io::Error::last_os_error())) }
-}
-
-pub fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> Result<(), ApplyError> {
-    let c = cpath(path)?;
-    check("mknod", path, unsafe { libc::mknod(c.as_ptr(), mode, dev) })
+/// mknod(2) of a device or FIFO `file_type` with permission bits `mode` (less the umask).
+pub fn mknod(path: &Path, file_type: FileType, mode: u32, dev: Dev) -> Result<(), ApplyError> {
+    rustix::fs::mknodat(CWD, path, file_type, Mode::from_raw_mode(mode & 0o7777), dev)
+        .map_err(|e| ApplyError::io("mknod", path, e.into()))
 }
 
 pub fn lchown(path: &Path, uid: u32, gid: u32) -> Result<(), ApplyError> {
@@ -26,71 +21,54 @@ pub fn lchown(path: &Path, uid: u32, gid: u32) -> Result<(), ApplyError> {
 
 /// chmod of a path that is not a symbolic link.
 pub fn chmod(path: &Path, mode: u32) -> Result<(), ApplyError> {
-    let c = cpath(path)?;
-    check("chmod", path, unsafe { libc::chmod(c.as_ptr(), (mode & 0o7777) as libc::mode_t) })
+    rustix::fs::chmod(path, Mode::from_raw_mode(mode & 0o7777)).map_err(|e| ApplyError::io("chmod", path, e.into()))
 }
 
 /// Sets access and modification times without following a symbolic link.
 pub fn lutimes(path: &Path, atime: (i64, u32), mtime: (i64, u32)) -> Result<(), ApplyError> {
-    let c = cpath(path)?;
-    let times = [
-        libc::timespec { tv_sec: atime.0 as libc::time_t, tv_nsec: atime.1 as _ },
-        libc::timespec { tv_sec: mtime.0 as libc::time_t, tv_nsec: mtime.1 as _ },
-    ];
-    check("utimensat", path, unsafe {
-        libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
-    })
+    let times = Timestamps {
+        last_access: Timespec { tv_sec: atime.0, tv_nsec: atime.1.into() },
+        last_modification: Timespec { tv_sec: mtime.0, tv_nsec: mtime.1.into() },
+    };
+    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| ApplyError::io("utimensat", path, e.into()))
 }
 
-/// lsetxattr(2); `flags` 0 or `libc::XATTR_CREATE`. The raw error is answered so the caller
-/// can ignore the ones containerd ignores.
-pub fn lsetxattr(
-    path: &Path,
-    name: &[u8],
-    value: &[u8],
-    flags: libc::c_int,
-) -> Result<Result<(), io::Error>, ApplyError> {
-    let c = cpath(path)?;
-    let n = CString::new(name).map_err(|_| ApplyError::Invalid("a NUL in an xattr name".into()))?;
-    let rc = unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) };
-    Ok(if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) })
+/// lsetxattr(2); `flags` empty or `XattrFlags::CREATE`. The raw error is answered so the
+/// caller can ignore the ones containerd ignores.
+pub fn lsetxattr(path: &Path, name: &[u8], value: &[u8], flags: XattrFlags) -> Result<Result<(), Errno>, ApplyError> {
+    if name.contains(&0) {
+        return Err(ApplyError::Invalid("a NUL in an xattr name".into()));
+    }
+    Ok(rustix::fs::lsetxattr(path, name, value, flags))
 }
 
 /// The names of `path`'s extended attributes (not following a symbolic link).
-pub fn llistxattr(path: &Path) -> io::Result<Vec<Vec<u8>>> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+pub fn llistxattr(path: &Path) -> Result<Vec<Vec<u8>>, Errno> {
     let mut buf = vec![0u8; 4096];
     loop {
-        let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(buf.split(|b| *b == 0).filter(|s| !s.is_empty()).map(<[u8]>::to_vec).collect());
+        match rustix::fs::llistxattr(path, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf.split(|b| *b == 0).filter(|s| !s.is_empty()).map(<[u8]>::to_vec).collect());
+            }
+            Err(Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e),
         }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ERANGE) && buf.len() < (1 << 20) {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        return Err(err);
     }
 }
 
-pub fn lgetxattr(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+pub fn lgetxattr(path: &Path, name: &[u8]) -> Result<Vec<u8>, Errno> {
     let mut buf = vec![0u8; 4096];
     loop {
-        let len = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if len >= 0 {
-            buf.truncate(len as usize);
-            return Ok(buf);
+        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e),
         }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ERANGE) && buf.len() < (1 << 20) {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        return Err(err);
     }
 }
 

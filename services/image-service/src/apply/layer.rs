@@ -6,6 +6,8 @@
 use super::ApplyError;
 use super::fsops::{self, clean, join, resolve};
 use super::stream::{self, Padded, Position};
+use rustix::fs::{FileType, XattrFlags};
+use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -203,6 +205,10 @@ impl Applier<'_> {
             return Ok(0);
         }
         let name = entry.path_bytes().into_owned();
+        let link = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
+        if name.contains(&0) || link.contains(&0) {
+            return Err(ApplyError::Invalid(format!("a NUL in the name {:?}", String::from_utf8_lossy(&name))));
+        }
         let mut parts = clean(&name);
         let Some(base) = parts.pop() else {
             // Resolves to the root: containerd ignores it.
@@ -221,8 +227,8 @@ impl Applier<'_> {
         if base_bytes == WHITEOUT_OPAQUE {
             match self.whiteouts {
                 Whiteouts::Overlay => {
-                    fsops::lsetxattr(&parent_path, OPAQUE_XATTR, b"y", 0)?
-                        .map_err(|e| ApplyError::io("setting the opaque xattr on", &parent_path, e))?;
+                    fsops::lsetxattr(&parent_path, OPAQUE_XATTR, b"y", XattrFlags::empty())?
+                        .map_err(|e| ApplyError::io("setting the opaque xattr on", &parent_path, e.into()))?;
                 }
                 Whiteouts::Remove => self.opaque_remove(&parent_path)?,
             }
@@ -235,7 +241,7 @@ impl Applier<'_> {
             let target = parent_path.join(std::ffi::OsStr::from_bytes(original));
             match self.whiteouts {
                 Whiteouts::Overlay => {
-                    fsops::mknod(&target, libc::S_IFCHR, 0)?;
+                    fsops::mknod(&target, FileType::CharacterDevice, 0, 0)?;
                     fsops::lchown(&target, meta.uid, meta.gid)?;
                 }
                 Whiteouts::Remove => fsops::remove_all(&target)?,
@@ -292,19 +298,17 @@ impl Applier<'_> {
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 let file_type = match kind {
-                    tar::EntryType::Block => libc::S_IFBLK,
-                    tar::EntryType::Char => libc::S_IFCHR,
-                    _ => libc::S_IFIFO,
+                    tar::EntryType::Block => FileType::BlockDevice,
+                    tar::EntryType::Char => FileType::CharacterDevice,
+                    _ => FileType::Fifo,
                 };
-                fsops::mknod(&path, file_type | mode as libc::mode_t, libc::makedev(major, minor))?;
+                fsops::mknod(&path, file_type, mode, rustix::fs::makedev(major, minor))?;
             }
             tar::EntryType::Link => {
-                let link = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
                 let target = join(self.root, &resolve(self.root, clean(&link))?);
                 std::fs::hard_link(&target, &path).map_err(|e| ApplyError::io("hard link to", &target, e))?;
             }
             tar::EntryType::Symlink => {
-                let link = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &path)
                     .map_err(|e| ApplyError::io("symlink", &path, e))?;
             }
@@ -324,16 +328,16 @@ impl Applier<'_> {
                 tracing::warn!(xattr = %String::from_utf8_lossy(key), path = %path.display(), "ignored xattr in archive");
                 continue;
             }
-            if let Err(err) = fsops::lsetxattr(&path, key, value, 0)? {
+            if let Err(err) = fsops::lsetxattr(&path, key, value, XattrFlags::empty())? {
                 let regular_or_dir =
                     std::fs::symlink_metadata(&path).map(|m| m.is_file() || m.is_dir()).unwrap_or(true);
-                let ignored = err.raw_os_error() == Some(libc::ENOTSUP)
-                    || (err.raw_os_error() == Some(libc::EPERM) && key.starts_with(b"user.") && !regular_or_dir);
+                let ignored =
+                    err == Errno::NOTSUP || (err == Errno::PERM && key.starts_with(b"user.") && !regular_or_dir);
                 if ignored {
                     tracing::warn!(xattr = %String::from_utf8_lossy(key), path = %path.display(), error = %err, "ignored xattr in archive");
                     continue;
                 }
-                return Err(ApplyError::io("setting an xattr on", &path, err));
+                return Err(ApplyError::io("setting an xattr on", &path, err.into()));
             }
         }
         // After lchown, which clears set-id bits. Not through a symbolic link; a hard link's
@@ -366,7 +370,7 @@ impl Applier<'_> {
         let full = join(self.root, parent);
         match std::fs::symlink_metadata(&full) {
             Ok(meta) if meta.is_dir() => return Ok(()),
-            Ok(_) => return Err(ApplyError::io("mkparent", &full, io::Error::from_raw_os_error(libc::ENOTDIR))),
+            Ok(_) => return Err(ApplyError::io("mkparent", &full, Errno::NOTDIR.into())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(ApplyError::io("lstat", &full, e)),
         }
@@ -484,7 +488,7 @@ mod tests {
         assert_eq!(f.mtime(), 1_000_000);
         assert!(root.join("d/via-link").exists());
         let wh = std::fs::symlink_metadata(root.join("gone")).unwrap();
-        assert_eq!(wh.mode() & libc::S_IFMT, libc::S_IFCHR);
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()));
         assert_eq!(wh.rdev(), 0);
         assert!(std::fs::symlink_metadata(root.join("x/y")).is_ok());
         assert_eq!(applied.implicit_dirs.len(), 1);

@@ -16,6 +16,8 @@ use containerd_client::services::v1::content_client::ContentClient;
 use crisp_containerd::{Containerd, ContainerdError};
 use futures::StreamExt;
 use layer::{ImplicitDir, Whiteouts};
+use rustix::fs::XattrFlags;
+use rustix::io::Errno;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -361,8 +363,8 @@ impl Staged {
 fn copy_up_xattrs(src: &Path, dst: &Path) -> Result<(), ApplyError> {
     let names = match fsops::llistxattr(src) {
         Ok(names) => names,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENODATA)) => return Ok(()),
-        Err(e) => return Err(ApplyError::io("listing xattrs of", src, e)),
+        Err(Errno::NOTSUP | Errno::NODATA) => return Ok(()),
+        Err(e) => return Err(ApplyError::io("listing xattrs of", src, e.into())),
     };
     for name in names {
         if name.starts_with(b"trusted.") {
@@ -370,13 +372,13 @@ fn copy_up_xattrs(src: &Path, dst: &Path) -> Result<(), ApplyError> {
         }
         let value = match fsops::lgetxattr(src, &name) {
             Ok(value) => value,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENODATA)) => continue,
-            Err(e) => return Err(ApplyError::io("reading an xattr of", src, e)),
+            Err(Errno::NOTSUP | Errno::NODATA) => continue,
+            Err(e) => return Err(ApplyError::io("reading an xattr of", src, e.into())),
         };
-        if let Err(e) = fsops::lsetxattr(dst, &name, &value, libc::XATTR_CREATE)?
-            && !matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EEXIST))
+        if let Err(e) = fsops::lsetxattr(dst, &name, &value, XattrFlags::CREATE)?
+            && !matches!(e, Errno::NOTSUP | Errno::EXIST)
         {
-            return Err(ApplyError::io("setting an xattr on", dst, e));
+            return Err(ApplyError::io("setting an xattr on", dst, e.into()));
         }
     }
     Ok(())
@@ -432,7 +434,7 @@ mod tests {
         std::fs::create_dir_all(lower.join("srv")).unwrap();
         std::fs::set_permissions(lower.join("srv"), std::fs::Permissions::from_mode(0o700)).unwrap();
         std::os::unix::fs::chown(lower.join("srv"), Some(1000), Some(1000)).unwrap();
-        let user_xattrs = fsops::lsetxattr(&lower.join("srv"), b"user.srv", b"1", 0).unwrap().is_ok();
+        let user_xattrs = fsops::lsetxattr(&lower.join("srv"), b"user.srv", b"1", XattrFlags::empty()).unwrap().is_ok();
         let upper = dir.path().join("upper");
         std::fs::create_dir(&upper).unwrap();
         std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(0o755)).unwrap();
