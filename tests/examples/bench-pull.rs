@@ -26,14 +26,6 @@ const LAYER_BYTES: usize = 24 << 20;
 const SYSTEM_LAYER_BYTES: usize = 40 << 20;
 
 fn main() -> anyhow::Result<()> {
-    // The crisp binaries sit in target/<profile>/, one level above this example.
-    if std::env::var_os("CRISP_BIN_DIR").is_none() {
-        let exe = std::env::current_exe()?;
-        if let Some(profile_dir) = exe.parent().filter(|d| d.ends_with("examples")).and_then(|d| d.parent()) {
-            // SAFETY: no other thread runs yet.
-            unsafe { std::env::set_var("CRISP_BIN_DIR", profile_dir) };
-        }
-    }
     tokio::runtime::Runtime::new()?.block_on(bench())
 }
 

@@ -29,10 +29,10 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(dir));
     }
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test binary>
+    // target/<profile>/deps/<test binary>, or target/<profile>/examples/<benchmark>
     let dir = exe
         .parent()
-        .and_then(|deps| if deps.ends_with("deps") { deps.parent() } else { Some(deps) })
+        .and_then(|dir| if dir.ends_with("deps") || dir.ends_with("examples") { dir.parent() } else { Some(dir) })
         .ok_or_else(|| anyhow::anyhow!("cannot tell the target directory from {}", exe.display()))?;
     Ok(dir.to_path_buf())
 }
