@@ -4,7 +4,7 @@
 //! `vendor/cri-api/api.proto`: kubernetes/cri-api v0.36.3 (Kubernetes 1.36), vendored unchanged
 //! (see `vendor/cri-api/README.md`). Its messages, clients and servers come from
 //! tonic-prost-build; every server trait method has a default answering `UNIMPLEMENTED`
-//! ("<Rpc> is not implemented by crisp yet", the wording of `crisp_errors::unimplemented`), so
+//! (`"<Rpc> is not implemented by crisp yet"`, the wording of `crisp_errors::unimplemented`), so
 //! a service implements only the RPCs it builds. Fields api.proto marks `debug_redact`
 //! (`AuthConfig`'s secrets) never appear in `Debug` output. crisp's own internal APIs, when
 //! services need to meet over gRPC, live beside it in this crate.
@@ -13,7 +13,7 @@ mod redact;
 
 /// The CRI `runtime.v1` messages, `RuntimeService` and `ImageService`.
 // Generated code; its doc comments are api.proto's, as upstream wrote them.
-#[allow(clippy::all)]
+#[allow(clippy::all, rustdoc::bare_urls, rustdoc::invalid_html_tags)]
 pub mod cri {
     include!(concat!(env!("OUT_DIR"), "/runtime.v1.rs"));
 }
