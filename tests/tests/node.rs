@@ -200,11 +200,36 @@ async fn an_unknown_method_is_unimplemented() {
     let status = grpc.unary(tonic::Request::new(VersionRequest::default()), path, codec).await.unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
 
-    // A method the runtime service does not have (newer than its CRI API) is the backend's
-    // UNIMPLEMENTED, not a proxy failure.
-    let codec = tonic_prost::ProstCodec::<VersionRequest, VersionResponse>::default();
-    grpc.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/UpdatePodSandboxResources");
-    let status = grpc.unary(tonic::Request::new(VersionRequest::default()), path, codec).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+    // A method the runtime service does not build yet, or does not have (newer than its CRI
+    // API), is the backend's UNIMPLEMENTED, not a proxy failure.
+    for path in ["/runtime.v1.RuntimeService/UpdatePodSandboxResources", "/runtime.v1.RuntimeService/NoSuchMethod"] {
+        let codec = tonic_prost::ProstCodec::<VersionRequest, VersionResponse>::default();
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static(path);
+        let status = grpc.unary(tonic::Request::new(VersionRequest::default()), path, codec).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented);
+    }
+}
+
+#[tokio::test]
+async fn rpcs_not_built_yet_answer_unimplemented_naming_themselves() {
+    let stack = Stack::start().await.unwrap();
+    let mut runtime = stack.runtime_client();
+    let mut images = stack.image_client();
+    let check = |status: tonic::Status, rpc: &str| {
+        assert_eq!(status.code(), Code::Unimplemented, "{rpc}: {status:?}");
+        assert_eq!(status.message(), format!("{rpc} is not implemented by crisp yet"));
+    };
+
+    // New in cri-api v0.33 to v0.36: the kubelet falls back (to the List RPCs) on UNIMPLEMENTED.
+    check(
+        runtime.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest::default()).await.unwrap_err(),
+        "UpdatePodSandboxResources",
+    );
+    check(runtime.stream_pod_sandboxes(StreamPodSandboxesRequest::default()).await.unwrap_err(), "StreamPodSandboxes");
+    check(images.stream_images(StreamImagesRequest::default()).await.unwrap_err(), "StreamImages");
+    // Each service answers for its own RPCs: the runtime service, the streaming server.
+    check(runtime.run_pod_sandbox(RunPodSandboxRequest::default()).await.unwrap_err(), "RunPodSandbox");
+    check(runtime.get_container_events(GetEventsRequest::default()).await.unwrap_err(), "GetContainerEvents");
+    check(runtime.exec(ExecRequest::default()).await.unwrap_err(), "Exec");
 }

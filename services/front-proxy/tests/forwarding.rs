@@ -8,10 +8,10 @@ use crisp_proto::cri::runtime_service_server::{RuntimeService, RuntimeServiceSer
 use crisp_proto::cri::*;
 use crisp_proxy::{Backends, Router};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
+use tonic::codegen::BoxStream;
 use tonic::{Code, Request, Response, Status};
 
 /// A RuntimeService backend whose answers show what reached it.
@@ -21,15 +21,7 @@ struct Backend {
     seen_timeout: Arc<Mutex<Option<String>>>,
 }
 
-type Events = Pin<Box<dyn tokio_stream::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
-
 /// The RPCs the test backend answers; every other one is `UNIMPLEMENTED`.
-macro_rules! not_built {
-    (version $($rest:tt)*) => {};
-    (status $($rest:tt)*) => {};
-    ($($rpc:tt)*) => { crisp_proto::unimplemented_rpcs! { $($rpc)*; } };
-}
-
 #[tonic::async_trait]
 impl RuntimeService for Backend {
     async fn version(&self, request: Request<VersionRequest>) -> Result<Response<VersionResponse>, Status> {
@@ -64,9 +56,10 @@ impl RuntimeService for Backend {
         Ok(Response::new(StatusResponse { status: None, info, runtime_handlers: vec![], features: None }))
     }
 
-    type GetContainerEventsStream = Events;
-
-    async fn get_container_events(&self, _request: Request<GetEventsRequest>) -> Result<Response<Events>, Status> {
+    async fn get_container_events(
+        &self,
+        _request: Request<GetEventsRequest>,
+    ) -> Result<Response<BoxStream<ContainerEventResponse>>, Status> {
         let events = tokio_stream::iter(
             (0..3).map(|i| Ok(ContainerEventResponse { container_id: format!("c{i}"), ..Default::default() })),
         );
@@ -74,8 +67,6 @@ impl RuntimeService for Backend {
         let stream = events.chain(tokio_stream::pending());
         Ok(Response::new(Box::pin(stream)))
     }
-
-    crisp_proto::for_each_runtime_rpc!(not_built);
 }
 
 struct Setup {

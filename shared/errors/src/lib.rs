@@ -31,7 +31,9 @@ pub fn to_status<E: GrpcError>(err: &E) -> Status {
     Status::new(err.code(), message_chain(err))
 }
 
-/// The `UNIMPLEMENTED` answer for an RPC a later piece of work builds.
+/// The `UNIMPLEMENTED` answer for an RPC (or a part of one) a later piece of work builds. The
+/// generated CRI servers' default methods (crisp-proto's build.rs) answer with this same wording,
+/// which crisp-proto's `default_stubs` test checks.
 pub fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by crisp yet"))
 }
