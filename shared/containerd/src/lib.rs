@@ -96,7 +96,7 @@ impl Containerd {
     pub fn connect(address: &Path, namespace: &str) -> Result<Self, ContainerdError> {
         let namespace_value =
             MetadataValue::try_from(namespace).map_err(|_| ContainerdError::Namespace(namespace.to_string()))?;
-        let channel = crisp_grpc_server::unix_channel_with_backoff(address, Duration::from_secs(5), "containerd");
+        let channel = crisp_grpc_dial::unix_channel_with_backoff(address, Duration::from_secs(5), "containerd");
         Ok(Self {
             channel: InterceptedService::new(channel, CallMetadata { namespace: namespace_value }),
             address: address.to_path_buf(),
