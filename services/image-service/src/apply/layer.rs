@@ -466,7 +466,7 @@ mod tests {
         let root = dir.path().join("overlay");
         std::fs::create_dir(&root).unwrap();
         let applied = apply(tar.as_slice(), &root, Whiteouts::Overlay, &cancel).unwrap();
-        assert_eq!(applied.diff_id, crate::digest::sha256_of(&tar));
+        assert_eq!(applied.diff_id, crisp_image_model::Digest::sha256_of(&tar).as_str());
         let f = std::fs::metadata(root.join("d/f")).unwrap();
         assert_eq!(f.permissions().mode() & 0o7777, 0o4755);
         assert_eq!(f.nlink(), 2);
