@@ -48,8 +48,6 @@ pub enum PullError {
     Containerd(#[from] ContainerdError),
     #[error(transparent)]
     Unpack(#[from] UnpackError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
     #[error("{what} {digest} does not match its digest: the registry sent {detail}; nothing of it was kept")]
     DigestMismatch { what: &'static str, digest: String, detail: String },
     #[error("{what} {digest} is malformed: {detail}")]
@@ -80,7 +78,6 @@ impl GrpcError for PullError {
             PullError::Unpack(UnpackError::Containerd(err)) => err.code(),
             PullError::Unpack(UnpackError::DiffIdMismatch { .. }) => Code::DataLoss,
             PullError::Unpack(UnpackError::Apply(err)) => err.code(),
-            PullError::Store(err) => store_code(err),
             PullError::DigestMismatch { .. } => Code::DataLoss,
             PullError::Malformed { .. } => Code::InvalidArgument,
             PullError::UnsupportedMediaType(_) => Code::InvalidArgument,
