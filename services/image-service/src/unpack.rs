@@ -216,31 +216,4 @@ mod tests {
         apply_and_commit(&fixture.containerd, SNAPSHOTTER, &ours, key, mounts, &fixture.layer(), None).await.unwrap();
         fixture.assert_held_by(ours, other).await;
     }
-
-    #[tokio::test]
-    async fn a_dropped_lease_guard_deletes_its_lease() {
-        let (fixture, other) = committed_by_another_pull().await;
-        drop(other);
-        // The guard deletes its lease from a task: wait for it, then the snapshot it held goes.
-        for _ in 0..100 {
-            if fixture
-                .containerd
-                .leases_labelled(crisp_containerd::labels::crisp::PULL_OWNER, "test")
-                .await
-                .unwrap()
-                .is_empty()
-            {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        assert!(
-            fixture
-                .containerd
-                .leases_labelled(crisp_containerd::labels::crisp::PULL_OWNER, "test")
-                .await
-                .unwrap()
-                .is_empty()
-        );
-    }
 }
