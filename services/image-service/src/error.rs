@@ -1,13 +1,12 @@
 //! The image service's errors, each with its gRPC code. A pull's error always names the image.
 
 use crate::hosts::HostsError;
-use crate::reference::ReferenceError;
 use crate::registry::RegistryError;
 use crate::registry::auth::BadAuthField;
-use crate::store::StoreError;
 use crate::unpack::UnpackError;
 use crisp_containerd::ContainerdError;
 use crisp_errors::GrpcError;
+use crisp_image_model::{ReferenceError, StoreError};
 use std::time::Duration;
 use tonic::Code;
 
@@ -49,8 +48,6 @@ pub enum PullError {
     Containerd(#[from] ContainerdError),
     #[error(transparent)]
     Unpack(#[from] UnpackError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
     #[error("{what} {digest} does not match its digest: the registry sent {detail}; nothing of it was kept")]
     DigestMismatch { what: &'static str, digest: String, detail: String },
     #[error("{what} {digest} is malformed: {detail}")]
@@ -81,7 +78,6 @@ impl GrpcError for PullError {
             PullError::Unpack(UnpackError::Containerd(err)) => err.code(),
             PullError::Unpack(UnpackError::DiffIdMismatch { .. }) => Code::DataLoss,
             PullError::Unpack(UnpackError::Apply(err)) => err.code(),
-            PullError::Store(err) => err.code(),
             PullError::DigestMismatch { .. } => Code::DataLoss,
             PullError::Malformed { .. } => Code::InvalidArgument,
             PullError::UnsupportedMediaType(_) => Code::InvalidArgument,
@@ -98,11 +94,18 @@ impl GrpcError for ImageError {
     fn code(&self) -> Code {
         match self {
             ImageError::Reference(_) | ImageError::MissingField(_) => Code::InvalidArgument,
-            ImageError::Store(err) => err.code(),
+            ImageError::Store(err) => store_code(err),
             ImageError::Containerd(err) => err.code(),
             ImageError::Pull { source, .. } => source.code(),
             ImageError::About { source, .. } => source.code(),
         }
+    }
+}
+
+fn store_code(err: &StoreError) -> Code {
+    match err {
+        StoreError::Containerd(err) => err.code(),
+        StoreError::Corrupt { .. } => Code::DataLoss,
     }
 }
 

@@ -1,8 +1,7 @@
 //! ListImages, ImageStatus and RemoveImage: reading and deleting the image records.
 
 use crate::error::ImageError;
-use crate::reference::ImageName;
-use crate::store::{self, ImageStore};
+use crisp_image_model::ImageStore;
 use crisp_proto::cri::{Image, ImageFilter};
 use std::collections::HashMap;
 
@@ -10,8 +9,8 @@ use std::collections::HashMap;
 pub async fn list(store: &ImageStore, filter: Option<&ImageFilter>) -> Result<Vec<Image>, ImageError> {
     let wanted = filter.and_then(|f| f.image.as_ref()).map(|spec| spec.image.as_str()).filter(|s| !s.is_empty());
     match wanted {
-        None => Ok(store.list().await?.iter().map(|image| image.to_cri()).collect()),
-        Some(name) => Ok(resolve(store, name).await?.iter().map(|image| image.to_cri()).collect()),
+        None => Ok(store.list().await?.iter().map(to_cri).collect()),
+        Some(name) => Ok(store.resolve(name).await?.iter().map(to_cri).collect()),
     }
 }
 
@@ -22,28 +21,29 @@ pub async fn status(
     name: &str,
     verbose: bool,
 ) -> Result<(Option<Image>, HashMap<String, String>), ImageError> {
-    let Some(image) = resolve(store, name).await? else {
+    let Some(image) = store.resolve(name).await? else {
         return Ok((None, HashMap::new()));
     };
     let mut info = HashMap::new();
     if verbose {
-        let chain = crate::oci::chain_ids(&image.details.config.rootfs.diff_ids);
+        // A config whose diff ids do not parse has no chain id to show (containerd shows none).
+        let chain = image.details.chain_ids().unwrap_or_default();
         let value = serde_json::json!({
-            "chainID": chain.last().cloned().unwrap_or_default(),
+            "chainID": chain.last().map(ToString::to_string).unwrap_or_default(),
             "imageSpec": image.details.config_json,
         });
         info.insert("info".to_string(), value.to_string());
     }
-    Ok((Some(image.to_cri()), info))
+    Ok((Some(to_cri(&image)), info))
 }
 
 /// Removes the image `name` names with every name it has; an absent image is removed already.
 pub async fn remove(store: &ImageStore, name: &str) -> Result<(), ImageError> {
-    let Some(image) = resolve(store, name).await? else {
+    let Some(image) = store.resolve(name).await? else {
         return Ok(());
     };
-    for (record, sync) in deletions(&image.record_names, &image.id) {
-        store.delete(record, sync).await?;
+    for (record, sync) in deletions(&image.record_names, image.id.as_str()) {
+        store.containerd().delete_image_record(record, sync).await?;
     }
     tracing::info!(id = %image.id, tags = ?image.repo_tags, digests = ?image.repo_digests, "removed image");
     Ok(())
@@ -60,34 +60,19 @@ fn deletions<'a>(record_names: &'a [String], id: &str) -> Vec<(&'a str, bool)> {
     records.into_iter().enumerate().map(|(i, record)| (record, i == last)).collect()
 }
 
-/// The image `input` names, as containerd's CRI resolves it: a full id, or a reference, or
-/// else (like `crictl rmi 3f57d9401f8d`) a unique prefix of an id, with or without `sha256:`.
-/// A name that is none of these (malformed) names no image.
-async fn resolve(store: &ImageStore, input: &str) -> Result<Option<store::Image>, ImageError> {
-    let name = ImageName::parse(input);
-    if let Ok(name) = &name
-        && let Some(image) = store.find(name).await?
-    {
-        return Ok(Some(image));
+/// The CRI view of an image.
+fn to_cri(image: &crisp_image_model::Image) -> Image {
+    let user = image.details.user();
+    Image {
+        id: image.id.to_string(),
+        repo_tags: image.repo_tags.clone(),
+        repo_digests: image.repo_digests.clone(),
+        size: image.details.size,
+        uid: user.uid.map(|value| crisp_proto::cri::Int64Value { value }),
+        username: user.username,
+        spec: Some(crisp_proto::cri::ImageSpec { image: image.id.to_string(), ..Default::default() }),
+        pinned: image.pinned,
     }
-    let hex = input.strip_prefix("sha256:").unwrap_or(input);
-    let is_prefix =
-        !hex.is_empty() && hex.len() < 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !is_prefix {
-        // As containerd's CRI: a name that does not parse names no image (ImageStatus answers
-        // none, RemoveImage succeeds); only PullImage rejects it.
-        if let Err(err) = name {
-            tracing::debug!(error = %err, "the image name does not parse: no such image");
-        }
-        return Ok(None);
-    }
-    let mut matches: Vec<_> = store
-        .list()
-        .await?
-        .into_iter()
-        .filter(|image| image.id.strip_prefix("sha256:").is_some_and(|id| id.starts_with(hex)))
-        .collect();
-    Ok(if matches.len() == 1 { matches.pop() } else { None })
 }
 
 #[cfg(test)]

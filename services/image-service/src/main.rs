@@ -1,22 +1,21 @@
 //! `crisp-image`: the CRI ImageService on containerd.
 //!
-//! - [`reference`]: parsing and normalising image names; [`oci`]: manifest formats.
+//! The image model (references, digests, OCI types, reading images) is `crisp-image-model`;
+//! containerd is reached through `crisp-containerd`. What is the image service's own:
+//!
 //! - [`hosts`] and [`registry`]: where and how images are fetched (hosts.toml, auth).
-//! - [`pull`]: PullImage; [`content`] and [`unpack`]: containerd's content store, leases,
-//!   snapshots and diff service.
-//! - [`store`]: image records; [`images`]: ListImages, ImageStatus, RemoveImage;
+//! - [`pull`]: PullImage; [`content`]: a pull's lease; [`unpack`]: layers into snapshots;
+//!   [`apply`]: the direct apply of a layer (overlayfs).
+//! - [`store`]: writing image records; [`images`]: ListImages, ImageStatus, RemoveImage;
 //!   [`fsinfo`]: ImageFsInfo.
 
 mod apply;
 mod content;
-mod digest;
 mod error;
 mod fsinfo;
 mod hosts;
 mod images;
-mod oci;
 mod pull;
-mod reference;
 mod registry;
 mod service;
 mod store;

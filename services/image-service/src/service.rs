@@ -2,10 +2,10 @@
 
 use crate::error::ImageError;
 use crate::pull::Puller;
-use crate::store::ImageStore;
 use crate::{fsinfo, images};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
+use crisp_image_model::ImageStore;
 use crisp_proto::cri::image_service_server::ImageService;
 use crisp_proto::cri::*;
 use std::time::Duration;
@@ -21,7 +21,7 @@ pub struct Images {
 impl Images {
     pub fn new(containerd: Containerd, config: &Config) -> Self {
         let store = ImageStore::new(containerd.clone());
-        let puller = Puller::new(containerd.clone(), store.clone(), config.image.clone());
+        let puller = Puller::new(containerd.clone(), config.image.clone());
         // A pull this replica's previous run left (it was killed) is likely retried by the
         // kubelet within minutes; its lease keeps what it fetched for that retry until then.
         let delay = config.image.pull_progress_timeout.saturating_mul(2);
@@ -84,8 +84,8 @@ impl ImageService for Images {
         let deadline = deadline(&request);
         let request = request.into_inner();
         let name = image_name(request.image.as_ref())?;
-        let image_ref = self.puller.pull(name, request.auth.as_ref(), deadline).await?;
-        Ok(Response::new(PullImageResponse { image_ref }))
+        let id = self.puller.pull(name, request.auth.as_ref(), deadline).await?;
+        Ok(Response::new(PullImageResponse { image_ref: id.to_string() }))
     }
 
     async fn remove_image(

@@ -4,19 +4,10 @@
 //! A layer the direct apply staged already ([`crate::apply`]) replaces the diff service's
 //! apply: its tree becomes the prepared snapshot's upper directory.
 
-use crate::content::{self, leased};
-use containerd_client::services::v1::ApplyRequest;
-use containerd_client::services::v1::diff_client::DiffClient;
-use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
-use containerd_client::services::v1::snapshots::{
-    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
-};
-use containerd_client::types::Descriptor;
-use crisp_containerd::{Containerd, ContainerdError};
-use tonic::Code;
-
-/// The label on a layer blob naming its uncompressed digest (its diff id).
-const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
+use containerd_client::types::{Descriptor, Mount};
+use crisp_containerd::labels;
+use crisp_containerd::{Containerd, ContainerdError, Held, Lease};
+use crisp_image_model::{ChainId, Digest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -28,36 +19,17 @@ pub enum UnpackError {
     Apply(#[from] crate::apply::ApplyError),
 }
 
-/// Whether the snapshot `chain_id` is committed already.
-pub async fn snapshot_exists(
-    containerd: &Containerd,
-    snapshotter: &str,
-    chain_id: &str,
-) -> Result<bool, ContainerdError> {
-    let request = StatSnapshotRequest { snapshotter: snapshotter.to_string(), key: chain_id.to_string() };
-    match SnapshotsClient::new(containerd.channel()).stat(request).await {
-        Ok(_) => Ok(true),
-        Err(s) if s.code() == Code::NotFound => Ok(false),
-        Err(s) => Err(ContainerdError::call("snapshot stat", s)),
-    }
-}
-
 /// Adds the committed snapshot `chain_id` to `lease`.
-pub async fn hold_snapshot(
-    containerd: &Containerd,
-    snapshotter: &str,
-    lease: &str,
-    chain_id: &str,
-) -> Result<(), ContainerdError> {
-    content::hold(containerd, lease, &format!("snapshots/{snapshotter}"), chain_id).await
+pub async fn hold_snapshot(lease: &Lease, snapshotter: &str, chain_id: &ChainId) -> Result<(), ContainerdError> {
+    lease.hold(Held::Snapshot { snapshotter, key: chain_id.as_str() }).await
 }
 
 /// One layer to unpack on top of `parent`.
 pub struct Layer<'a> {
     pub descriptor: Descriptor,
-    pub diff_id: &'a str,
-    pub chain_id: &'a str,
-    pub parent: Option<&'a str>,
+    pub diff_id: &'a Digest,
+    pub chain_id: &'a ChainId,
+    pub parent: Option<&'a ChainId>,
 }
 
 /// Unpacks `layer` (its blob is in the content store) into the snapshot named by its chain id.
@@ -66,40 +38,26 @@ pub struct Layer<'a> {
 pub async fn unpack_layer(
     containerd: &Containerd,
     snapshotter: &str,
-    lease: &str,
+    lease: &Lease,
     layer: Layer<'_>,
     staged: Option<crate::apply::Staged>,
 ) -> Result<(), UnpackError> {
-    if snapshot_exists(containerd, snapshotter, layer.chain_id).await? {
-        hold_snapshot(containerd, snapshotter, lease, layer.chain_id).await?;
+    if containerd.snapshot_exists(snapshotter, layer.chain_id.as_str()).await? {
+        hold_snapshot(lease, snapshotter, layer.chain_id).await?;
         tracing::debug!("snapshot committed by another pull meanwhile");
         return Ok(());
     }
-    let mut snapshots = SnapshotsClient::new(containerd.channel());
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let key = format!("extract-{nanos}-{} {}", std::process::id(), layer.chain_id);
-    let prepare = PrepareSnapshotRequest {
-        snapshotter: snapshotter.to_string(),
-        key: key.clone(),
-        parent: layer.parent.unwrap_or_default().to_string(),
-        labels: Default::default(),
-    };
     let started = std::time::Instant::now();
-    let mounts = snapshots
-        .prepare(leased(prepare, lease))
-        .await
-        .map_err(|s| ContainerdError::call("snapshot prepare", s))?
-        .into_inner()
-        .mounts;
+    let parent = layer.parent.map(ChainId::as_str);
+    let mounts = containerd.prepare_snapshot(snapshotter, lease.id(), &key, parent).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "snapshot prepared");
     let result = apply_and_commit(containerd, snapshotter, lease, &key, mounts, &layer, staged).await;
-    if result.is_err() {
-        let remove = RemoveSnapshotRequest { snapshotter: snapshotter.to_string(), key: key.clone() };
-        if let Err(s) = snapshots.remove(leased(remove, lease)).await
-            && s.code() != Code::NotFound
-        {
-            tracing::warn!(key, error = %s.message(), "removing a failed unpack snapshot");
-        }
+    if result.is_err()
+        && let Err(err) = containerd.remove_snapshot(snapshotter, lease.id(), &key).await
+    {
+        tracing::warn!(key, error = %err, "removing a failed unpack snapshot");
     }
     result
 }
@@ -107,9 +65,9 @@ pub async fn unpack_layer(
 async fn apply_and_commit(
     containerd: &Containerd,
     snapshotter: &str,
-    lease: &str,
+    lease: &Lease,
     key: &str,
-    mounts: Vec<containerd_client::types::Mount>,
+    mounts: Vec<Mount>,
     layer: &Layer<'_>,
     staged: Option<crate::apply::Staged>,
 ) -> Result<(), UnpackError> {
@@ -121,18 +79,9 @@ async fn apply_and_commit(
         tracing::debug!(elapsed = ?started.elapsed(), "staged layer moved into the snapshot");
         return commit(containerd, snapshotter, lease, key, layer).await;
     }
-    let apply =
-        ApplyRequest { diff: Some(layer.descriptor.clone()), mounts, payloads: Default::default(), sync_fs: false };
-    let applied = DiffClient::new(containerd.channel())
-        .apply(leased(apply, lease))
-        .await
-        .map_err(|s| ContainerdError::call("diff apply", s))?
-        .into_inner()
-        .applied
-        .map(|d| d.digest)
-        .unwrap_or_default();
+    let applied = containerd.apply_diff(lease.id(), &layer.descriptor, mounts).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "diff applied");
-    if applied != layer.diff_id {
+    if layer.diff_id != applied.as_str() {
         return Err(UnpackError::DiffIdMismatch {
             layer: layer.descriptor.digest.clone(),
             applied,
@@ -146,34 +95,27 @@ async fn apply_and_commit(
 async fn commit(
     containerd: &Containerd,
     snapshotter: &str,
-    lease: &str,
+    lease: &Lease,
     key: &str,
     layer: &Layer<'_>,
 ) -> Result<(), UnpackError> {
     let started = std::time::Instant::now();
     // The blob's uncompressed digest, now that the apply showed it (as containerd's unpacker).
-    let uncompressed = std::collections::HashMap::from([(UNCOMPRESSED_LABEL.to_string(), layer.diff_id.to_string())]);
-    content::set_labels(containerd, Some(lease), &layer.descriptor.digest, uncompressed).await?;
-    let commit = CommitSnapshotRequest {
-        snapshotter: snapshotter.to_string(),
-        name: layer.chain_id.to_string(),
-        key: key.to_string(),
-        labels: Default::default(),
-    };
-    match SnapshotsClient::new(containerd.channel()).commit(leased(commit, lease)).await {
-        Ok(_) => {
+    let uncompressed = std::collections::HashMap::from([(labels::UNCOMPRESSED.to_string(), layer.diff_id.to_string())]);
+    containerd.set_content_labels(Some(lease.id()), &layer.descriptor.digest, uncompressed).await?;
+    match containerd.commit_snapshot(snapshotter, lease.id(), key, layer.chain_id.as_str()).await {
+        Ok(()) => {
             tracing::debug!(elapsed = ?started.elapsed(), "snapshot committed");
             Ok(())
         }
         // Another pull committed the same chain first: theirs is identical; drop ours, and hold
         // theirs in our lease (their lease may go, and GC run, before our image record is written).
-        Err(s) if s.code() == Code::AlreadyExists => {
-            let remove = RemoveSnapshotRequest { snapshotter: snapshotter.to_string(), key: key.to_string() };
-            let _ = SnapshotsClient::new(containerd.channel()).remove(leased(remove, lease)).await;
-            hold_snapshot(containerd, snapshotter, lease, layer.chain_id).await?;
+        Err(err) if err.is_already_exists() => {
+            let _ = containerd.remove_snapshot(snapshotter, lease.id(), key).await;
+            hold_snapshot(lease, snapshotter, layer.chain_id).await?;
             Ok(())
         }
-        Err(s) => Err(ContainerdError::call("snapshot commit", s).into()),
+        Err(err) => Err(err.into()),
     }
 }
 
@@ -183,9 +125,8 @@ async fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::content::{self, Ingest, Opened};
-    use containerd_client::services::v1::DeleteRequest;
-    use containerd_client::services::v1::leases_client::LeasesClient;
+    use crate::content::create_pull_lease;
+    use crisp_containerd::{Ingest, Opened};
     use crisp_testkit::ContainerdProcess;
     use crisp_testkit::images::{Blob, Format, ImageBuilder};
 
@@ -196,26 +137,30 @@ mod tests {
         _process: ContainerdProcess,
         containerd: Containerd,
         layer: Blob,
-        diff_id: String,
+        diff_id: Digest,
+        chain_id: ChainId,
     }
 
     /// containerd with one layer committed as a snapshot by another pull, under `other`.
-    async fn committed_by_another_pull() -> (Fixture, String) {
+    async fn committed_by_another_pull() -> (Fixture, Lease) {
         let dir = tempfile::tempdir().unwrap();
         let process = ContainerdProcess::start(dir.path()).await.unwrap();
         let containerd = Containerd::connect(process.address(), "crisp-test").unwrap();
         let image = ImageBuilder::new(Format::Oci).file_layer("etc/motd", "held\n").build().unwrap();
-        let (layer, diff_id) = (image.layers[0].clone(), image.diff_ids[0].clone());
-        let other = content::create_lease(&containerd, "test", "other").await.unwrap();
+        let layer = image.layers[0].clone();
+        let diff_id = Digest::parse(&image.diff_ids[0]).unwrap();
+        let chain_id = crisp_image_model::chain_ids(std::slice::from_ref(&diff_id)).remove(0);
+        let other = create_pull_lease(&containerd, "test", "other").await.unwrap();
         let reference = format!("layer-{}", layer.digest);
         let size = layer.data.len() as i64;
-        let Ok(Opened::Ingest(mut ingest)) = Ingest::open(&containerd, &other, &reference, size, &layer.digest).await
+        let Ok(Opened::Ingest(mut ingest)) =
+            Ingest::open(&containerd, other.id(), &reference, size, &layer.digest).await
         else {
             panic!("no ingest");
         };
         ingest.write(layer.data.clone()).await.unwrap();
         ingest.commit(Default::default()).await.unwrap();
-        let fixture = Fixture { _dir: dir, _process: process, containerd, layer, diff_id };
+        let fixture = Fixture { _dir: dir, _process: process, containerd, layer, diff_id, chain_id };
         unpack_layer(&fixture.containerd, SNAPSHOTTER, &other, fixture.layer(), None).await.unwrap();
         (fixture, other)
     }
@@ -230,23 +175,22 @@ mod tests {
                     annotations: Default::default(),
                 },
                 diff_id: &self.diff_id,
-                chain_id: &self.diff_id,
+                chain_id: &self.chain_id,
                 parent: None,
             }
         }
 
         /// Deletes `lease` with a synchronous garbage collection.
-        async fn drop_lease(&self, lease: &str) {
-            let request = DeleteRequest { id: lease.to_string(), sync: true };
-            LeasesClient::new(self.containerd.channel()).delete(request).await.unwrap();
+        async fn drop_lease(&self, lease: Lease) {
+            self.containerd.delete_lease(&lease.into_id(), true).await.unwrap();
         }
 
         async fn snapshot_exists(&self) -> bool {
-            snapshot_exists(&self.containerd, SNAPSHOTTER, &self.diff_id).await.unwrap()
+            self.containerd.snapshot_exists(SNAPSHOTTER, self.chain_id.as_str()).await.unwrap()
         }
 
         /// The snapshot outlives the other pull's lease, and goes with ours.
-        async fn assert_held_by(&self, ours: &str, other: &str) {
+        async fn assert_held_by(&self, ours: Lease, other: Lease) {
             self.drop_lease(other).await;
             assert!(self.snapshot_exists().await, "the snapshot was collected with the other pull's lease");
             self.drop_lease(ours).await;
@@ -257,30 +201,19 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_found_before_prepare_is_held() {
         let (fixture, other) = committed_by_another_pull().await;
-        let ours = content::create_lease(&fixture.containerd, "test", "ours").await.unwrap();
+        let ours = create_pull_lease(&fixture.containerd, "test", "ours").await.unwrap();
         unpack_layer(&fixture.containerd, SNAPSHOTTER, &ours, fixture.layer(), None).await.unwrap();
-        fixture.assert_held_by(&ours, &other).await;
+        fixture.assert_held_by(ours, other).await;
     }
 
     #[tokio::test]
     async fn a_snapshot_committed_first_by_another_pull_is_held() {
         let (fixture, other) = committed_by_another_pull().await;
-        let ours = content::create_lease(&fixture.containerd, "test", "ours").await.unwrap();
+        let ours = create_pull_lease(&fixture.containerd, "test", "ours").await.unwrap();
         // Our Prepare came before their Commit: ours answers ALREADY_EXISTS.
         let key = "extract-test";
-        let prepare = PrepareSnapshotRequest {
-            snapshotter: SNAPSHOTTER.to_string(),
-            key: key.to_string(),
-            parent: String::new(),
-            labels: Default::default(),
-        };
-        let mounts = SnapshotsClient::new(fixture.containerd.channel())
-            .prepare(leased(prepare, &ours))
-            .await
-            .unwrap()
-            .into_inner()
-            .mounts;
+        let mounts = fixture.containerd.prepare_snapshot(SNAPSHOTTER, ours.id(), key, None).await.unwrap();
         apply_and_commit(&fixture.containerd, SNAPSHOTTER, &ours, key, mounts, &fixture.layer(), None).await.unwrap();
-        fixture.assert_held_by(&ours, &other).await;
+        fixture.assert_held_by(ours, other).await;
     }
 }

@@ -29,7 +29,7 @@ fn condition(kind: &str, outcome: Result<(), (&str, String)>) -> RuntimeConditio
 pub async fn status(containerd: &Containerd, config: &Config, verbose: bool) -> StatusResponse {
     let mut info = HashMap::new();
 
-    let runtime = match tokio::time::timeout(CONTAINERD_PROBE_TIMEOUT, containerd.version()).await {
+    let runtime = match tokio::time::timeout(CONTAINERD_PROBE_TIMEOUT, containerd.server_version()).await {
         Ok(Ok(version)) => {
             if verbose {
                 info.insert(

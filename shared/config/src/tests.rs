@@ -90,3 +90,14 @@ fn the_example_config_is_the_defaults() {
     let parsed = Config::from_toml(example).unwrap();
     assert_eq!(parsed, Config::default());
 }
+
+#[test]
+fn a_config_written_as_toml_reads_back_the_same() {
+    // The test kit writes its services' config this way.
+    let mut config = Config::default();
+    config.proxy.image_socket = Some("/run/crisp/crisp-image.sock".into());
+    config.proxy.health_check_interval = std::time::Duration::from_millis(200);
+    config.image.max_concurrent_downloads = 7;
+    let written = toml::to_string(&config).unwrap();
+    assert_eq!(Config::from_toml(&written).unwrap(), config);
+}

@@ -1,54 +1,53 @@
-//! crisp's connection to containerd.
+//! crisp's containerd layer: the one way every crisp service talks to containerd.
 //!
-//! [`Containerd`] holds one gRPC channel to containerd's socket. Every call made through
-//! [`Containerd::channel`] carries the configured containerd namespace and the current span's
-//! trace context. The channel connects lazily and reconnects by itself when containerd
-//! restarts, with backoff (100 ms doubling to 2 s) while containerd is away: calls in between
-//! fail at once with `UNAVAILABLE`. [`Containerd::wait_ready`] waits for containerd at start.
+//! [`Containerd`] is one gRPC channel to containerd's socket. Every call made through it
+//! carries the configured containerd namespace and the current span's trace context. The
+//! channel connects lazily and reconnects by itself when containerd restarts, with backoff
+//! (100 ms doubling to 2 s) while containerd is away: calls in between fail at once with
+//! `UNAVAILABLE`. [`Containerd::wait_ready`] waits for containerd at start.
+//!
+//! - typed accessors ([`Containerd::leases`], [`Containerd::content`], [`Containerd::snapshots`],
+//!   [`Containerd::images`], [`Containerd::containers`], [`Containerd::tasks`],
+//!   [`Containerd::events`], [`Containerd::introspection`], [`Containerd::diff`],
+//!   [`Containerd::version`], [`Containerd::namespaces`]) answer containerd-client's gRPC
+//!   clients on that channel: no service builds a containerd client itself;
+//! - thin typed calls where crisp needs more than the raw RPC: [`lease`] (the [`Lease`]
+//!   guard), [`content`] (blobs, ingests), [`snapshots`] (prepare, commit, diff apply,
+//!   usage), [`images`] (image records), [`Containerd::plugin_root`];
+//! - [`labels`]: the label names containerd, its CRI plugin and crisp use;
+//! - [`error`]: the one place containerd's answers become crisp's errors.
 
+pub mod content;
+pub mod error;
+pub mod images;
+pub mod labels;
+pub mod lease;
+pub mod snapshots;
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::diff_client::DiffClient;
+use containerd_client::services::v1::events_client::EventsClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::introspection_client::IntrospectionClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::namespaces_client::NamespacesClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::version_client::VersionClient;
-use crisp_errors::GrpcError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 
 pub use containerd_client;
+pub use content::{Ingest, Opened};
+pub use error::ContainerdError;
+pub use images::ImageRecord;
+pub use lease::{Held, Lease, LeaseId, LeaseInfo, leased};
 
 /// The metadata key containerd reads the namespace from.
 const NAMESPACE_KEY: &str = "containerd-namespace";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ContainerdError {
-    #[error("containerd at {address} did not answer within {waited:?}: {source}")]
-    NotReady { address: PathBuf, waited: Duration, source: tonic::Status },
-    #[error("containerd namespace `{0}` is not valid gRPC metadata")]
-    Namespace(String),
-    #[error("containerd {operation}: {source}")]
-    Call { operation: &'static str, source: tonic::Status },
-}
-
-impl ContainerdError {
-    /// A failed containerd call, named by what crisp was doing.
-    pub fn call(operation: &'static str, source: tonic::Status) -> Self {
-        ContainerdError::Call { operation, source }
-    }
-}
-
-impl GrpcError for ContainerdError {
-    fn code(&self) -> Code {
-        match self {
-            ContainerdError::NotReady { .. } => Code::Unavailable,
-            ContainerdError::Namespace(_) => Code::InvalidArgument,
-            ContainerdError::Call { source, .. } => match source.code() {
-                // containerd's own codes carry over; a broken connection is UNAVAILABLE.
-                Code::Unknown if source.message().contains("transport") => Code::Unavailable,
-                code => code,
-            },
-        }
-    }
-}
 
 /// Adds the namespace and the trace context to every call.
 #[derive(Clone)]
@@ -67,10 +66,12 @@ impl tonic::service::Interceptor for CallMetadata {
 /// The channel every containerd client is built on.
 pub type Channel = InterceptedService<tonic::transport::Channel, CallMetadata>;
 
-/// A connection to containerd in one namespace.
+/// A connection to containerd in one namespace. Cheap to clone: clones share the channel.
 #[derive(Clone)]
 pub struct Containerd {
     channel: Channel,
+    /// The channel without namespace, for [`Containerd::in_namespace`].
+    raw: tonic::transport::Channel,
     address: PathBuf,
     namespace: String,
 }
@@ -96,14 +97,28 @@ impl Containerd {
     pub fn connect(address: &Path, namespace: &str) -> Result<Self, ContainerdError> {
         let namespace_value =
             MetadataValue::try_from(namespace).map_err(|_| ContainerdError::Namespace(namespace.to_string()))?;
-        let channel = crisp_grpc_server::unix_channel_with_backoff(address, Duration::from_secs(5), "containerd");
+        let channel = crisp_grpc_dial::unix_channel_with_backoff(address, Duration::from_secs(5), "containerd");
         Ok(Self {
-            channel: InterceptedService::new(channel, CallMetadata { namespace: namespace_value }),
+            channel: InterceptedService::new(channel.clone(), CallMetadata { namespace: namespace_value }),
+            raw: channel,
             address: address.to_path_buf(),
             namespace: namespace.to_string(),
         })
     }
 
+    /// The same containerd in another namespace (tests compare crisp's work with `ctr`'s).
+    pub fn in_namespace(&self, namespace: &str) -> Result<Self, ContainerdError> {
+        let namespace_value =
+            MetadataValue::try_from(namespace).map_err(|_| ContainerdError::Namespace(namespace.to_string()))?;
+        Ok(Self {
+            channel: InterceptedService::new(self.raw.clone(), CallMetadata { namespace: namespace_value }),
+            raw: self.raw.clone(),
+            address: self.address.clone(),
+            namespace: namespace.to_string(),
+        })
+    }
+
+    /// The namespaced, traced channel, for a containerd API without an accessor here.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
@@ -116,14 +131,71 @@ impl Containerd {
         &self.address
     }
 
+    pub fn leases(&self) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel())
+    }
+
+    pub fn content(&self) -> ContentClient<Channel> {
+        ContentClient::new(self.channel())
+    }
+
+    pub fn snapshots(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(self.channel())
+    }
+
+    pub fn images(&self) -> ImagesClient<Channel> {
+        ImagesClient::new(self.channel())
+    }
+
+    pub fn containers(&self) -> ContainersClient<Channel> {
+        ContainersClient::new(self.channel())
+    }
+
+    pub fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel())
+    }
+
+    pub fn events(&self) -> EventsClient<Channel> {
+        EventsClient::new(self.channel())
+    }
+
+    pub fn introspection(&self) -> IntrospectionClient<Channel> {
+        IntrospectionClient::new(self.channel())
+    }
+
+    pub fn diff(&self) -> DiffClient<Channel> {
+        DiffClient::new(self.channel())
+    }
+
+    pub fn version(&self) -> VersionClient<Channel> {
+        VersionClient::new(self.channel())
+    }
+
+    pub fn namespaces(&self) -> NamespacesClient<Channel> {
+        NamespacesClient::new(self.channel())
+    }
+
     /// Asks containerd its version: the cheapest proof that it answers.
-    pub async fn version(&self) -> Result<ContainerdVersion, ContainerdError> {
-        let response = VersionClient::new(self.channel())
-            .version(())
-            .await
-            .map_err(|source| ContainerdError::call("version", source))?
-            .into_inner();
+    pub async fn server_version(&self) -> Result<ContainerdVersion, ContainerdError> {
+        let response =
+            self.version().version(()).await.map_err(|source| ContainerdError::call("version", source))?.into_inner();
         Ok(ContainerdVersion { version: response.version, revision: response.revision })
+    }
+
+    /// The root directory containerd's plugin `kind`/`id` exports (introspection), or `""`.
+    /// E.g. `("io.containerd.snapshotter.v1", "overlayfs")`, `("io.containerd.content.v1",
+    /// "content")`.
+    pub async fn plugin_root(&self, kind: &str, id: &str) -> Result<String, ContainerdError> {
+        use containerd_client::services::v1::PluginsRequest;
+        let filter = format!("type=={kind},id=={id}");
+        let plugins = self
+            .introspection()
+            .plugins(PluginsRequest { filters: vec![filter] })
+            .await
+            .map_err(|s| ContainerdError::call("introspecting plugins", s))?
+            .into_inner()
+            .plugins;
+        Ok(plugins.into_iter().find_map(|p| p.exports.get("root").cloned()).unwrap_or_default())
     }
 
     /// Waits until containerd answers, retrying with backoff (100 ms doubling to 2 s), for at
@@ -132,7 +204,7 @@ impl Containerd {
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.version().await {
+            match self.server_version().await {
                 Ok(version) => return Ok(version),
                 Err(ContainerdError::Call { source, .. }) if started.elapsed() + delay < timeout => {
                     tracing::info!(address = %self.address.display(), error = %source.message(), ?delay, "waiting for containerd");
@@ -149,5 +221,20 @@ impl Containerd {
                 Err(other) => return Err(other),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crisp_errors::GrpcError;
+
+    #[tokio::test]
+    async fn a_containerd_that_is_not_there_is_unavailable() {
+        let dir = std::env::temp_dir().join(format!("crisp-containerd-test-{}", std::process::id()));
+        let containerd = Containerd::connect(&dir.join("absent.sock"), "crisp-test").unwrap();
+        let err = containerd.server_version().await.unwrap_err();
+        assert!(err.is_transport(), "{err:?}");
+        assert_eq!(err.code(), tonic::Code::Unavailable);
     }
 }

@@ -6,12 +6,11 @@
 //! - [`server`]: a tonic server with a span on every RPC; add `tonic_health` beside the
 //!   service so the proxy can check it.
 //! - [`shutdown_signal`]: SIGINT or SIGTERM.
-//! - [`unix_channel`]: a client channel to a service's socket.
+//! - [`unix_channel`]: a client channel to a service's socket (from `crisp-grpc-dial`).
 
-mod dial;
 mod socket;
 
-pub use dial::{unix_channel, unix_channel_with_backoff};
+pub use crisp_grpc_dial::{unix_channel, unix_channel_with_backoff};
 
 pub use socket::{SocketError, UnixSocket};
 

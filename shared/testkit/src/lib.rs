@@ -39,5 +39,5 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 
 /// A CRI channel to a unix socket.
 pub fn cri_channel(socket: &std::path::Path) -> tonic::transport::Channel {
-    crisp_grpc_server::unix_channel(socket, std::time::Duration::from_secs(5))
+    crisp_grpc_dial::unix_channel(socket, std::time::Duration::from_secs(5))
 }

@@ -58,51 +58,24 @@ impl Stack {
         let image_sockets: Vec<PathBuf> =
             (0..options.image_replicas.max(1)).map(|i| path.join(format!("image-{i}.sock"))).collect();
         let config = path.join("config.toml");
-        let quoted = |p: &Path| format!("\"{}\"", p.display());
-        std::fs::write(
-            &config,
-            format!(
-                r#"[containerd]
-address = {containerd}
-namespace = "crisp"
-connect_timeout = "20s"
-
-[proxy]
-socket = {proxy}
-{image_socket}
-runtime_endpoint = {runtime}
-streaming_endpoint = {streaming}
-image_endpoints = [{images}]
-health_check_interval = "200ms"
-
-[runtime]
-socket = {runtime}
-root_dir = {root}
-state_dir = {state}
-cni_conf_dir = {cni}
-
-[streaming]
-socket = {streaming}
-
-[telemetry]
-log_level = "info,crisp_proxy=debug,crisp_runtime=debug,crisp_image=debug,crisp_streaming=debug"
-
-{extra}
-"#,
-                containerd = quoted(containerd.address()),
-                proxy = quoted(&proxy_socket),
-                image_socket =
-                    proxy_image_socket.as_ref().map(|p| format!("image_socket = {}", quoted(p))).unwrap_or_default(),
-                runtime = quoted(&path.join("runtime.sock")),
-                streaming = quoted(&path.join("streaming.sock")),
-                images = image_sockets.iter().map(|p| quoted(p)).collect::<Vec<_>>().join(", "),
-                root = quoted(&path.join("lib")),
-                state = quoted(&path.join("run")),
-                cni = quoted(&path.join("cni")),
-                extra = options.extra_config,
-            ),
-        )
-        .context("writing crisp's config")?;
+        let mut settings = crisp_config::Config::default();
+        settings.containerd.address = containerd.address().to_path_buf();
+        settings.containerd.namespace = "crisp".into();
+        settings.containerd.connect_timeout = Duration::from_secs(20);
+        settings.proxy.socket = proxy_socket.clone();
+        settings.proxy.image_socket = proxy_image_socket.clone();
+        settings.proxy.runtime_endpoint = path.join("runtime.sock");
+        settings.proxy.streaming_endpoint = path.join("streaming.sock");
+        settings.proxy.image_endpoints = image_sockets.clone();
+        settings.proxy.health_check_interval = Duration::from_millis(200);
+        settings.runtime.socket = path.join("runtime.sock");
+        settings.runtime.root_dir = path.join("lib");
+        settings.runtime.state_dir = path.join("run");
+        settings.runtime.cni_conf_dir = path.join("cni");
+        settings.streaming.socket = path.join("streaming.sock");
+        settings.telemetry.log_level =
+            "info,crisp_proxy=debug,crisp_runtime=debug,crisp_image=debug,crisp_streaming=debug".into();
+        std::fs::write(&config, config_file(&settings, &options.extra_config)?).context("writing crisp's config")?;
 
         let bins = bin_dir()?;
         let mut plan: Vec<(String, String, Vec<String>, PathBuf)> = vec![
@@ -217,6 +190,27 @@ log_level = "info,crisp_proxy=debug,crisp_runtime=debug,crisp_image=debug,crisp_
     /// The pid of a running service.
     pub fn service_pid(&mut self, name: &str) -> anyhow::Result<u32> {
         self.service(name)?.0.pid().ok_or_else(|| anyhow::anyhow!("{name} is not running"))
+    }
+}
+
+/// `config` as a TOML file, with the tables and fields of `extra` (TOML, e.g. a test's
+/// `[image]` section) laid over it.
+fn config_file(config: &crisp_config::Config, extra: &str) -> anyhow::Result<String> {
+    let mut file = toml::Table::try_from(config).context("serialising crisp's config")?;
+    let extra: toml::Table = extra.parse().context("the extra config is not TOML")?;
+    merge(&mut file, extra);
+    Ok(toml::to_string(&file)?)
+}
+
+/// Lays `over` onto `base`: tables merge field by field, anything else is replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge(base, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }
 

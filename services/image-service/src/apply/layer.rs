@@ -481,7 +481,7 @@ mod tests {
         let root = dir.path().join("overlay");
         std::fs::create_dir(&root).unwrap();
         let applied = apply(tar.as_slice(), &root, Whiteouts::Overlay, &cancel).unwrap();
-        assert_eq!(applied.diff_id, crate::digest::sha256_of(&tar));
+        assert_eq!(applied.diff_id, crisp_image_model::Digest::sha256_of(&tar).as_str());
         let f = std::fs::metadata(root.join("d/f")).unwrap();
         assert_eq!(f.permissions().mode() & 0o7777, 0o4755);
         assert_eq!(f.nlink(), 2);
@@ -590,7 +590,11 @@ mod tests {
             match result {
                 Ok(applied) => {
                     assert!(complete, "a cut at {cut} was accepted");
-                    assert_eq!(applied.diff_id, crate::digest::sha256_of(&full[..cut]), "cut at {cut}");
+                    assert_eq!(
+                        applied.diff_id,
+                        crisp_image_model::Digest::sha256_of(&full[..cut]).as_str(),
+                        "cut at {cut}"
+                    );
                     assert_eq!(applied.bytes, cut as u64);
                     if cut >= layout[5].1 {
                         let data = std::fs::read(dir.path().join("d/last")).unwrap();
@@ -627,7 +631,7 @@ mod tests {
         assert!(message(full.len() - 700).contains("inside the end-of-archive blocks"));
         // The layer: the last file's data, then nothing.
         let (_, applied) = apply_bytes(&full[..data_end]);
-        assert_eq!(applied.unwrap().diff_id, crate::digest::sha256_of(&full[..data_end]));
+        assert_eq!(applied.unwrap().diff_id, crisp_image_model::Digest::sha256_of(&full[..data_end]).as_str());
     }
 
     #[test]
@@ -641,6 +645,6 @@ mod tests {
         let mut bytes = layer_with_trailer();
         bytes.extend_from_slice(b"trailing bytes");
         let (_, result) = apply_bytes(&bytes);
-        assert_eq!(result.unwrap().diff_id, crate::digest::sha256_of(&bytes));
+        assert_eq!(result.unwrap().diff_id, crisp_image_model::Digest::sha256_of(&bytes).as_str());
     }
 }

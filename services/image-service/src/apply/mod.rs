@@ -10,10 +10,8 @@ mod fsops;
 pub mod layer;
 mod stream;
 
-use crate::content::leased;
 use containerd_client::services::v1::ReadContentRequest;
-use containerd_client::services::v1::content_client::ContentClient;
-use crisp_containerd::{Containerd, ContainerdError};
+use crisp_containerd::{Containerd, ContainerdError, LeaseId, leased};
 use futures::StreamExt;
 use layer::{ImplicitDir, Whiteouts};
 use rustix::fs::XattrFlags;
@@ -104,7 +102,8 @@ impl StagingArea {
     /// The staging area under the overlayfs snapshotter's root (as containerd's introspection
     /// service exports it), or `None` (with why) when it cannot be used from here.
     pub async fn discover(containerd: &Containerd) -> Result<StagingArea, String> {
-        let root = crate::fsinfo::plugin_root(containerd, "io.containerd.snapshotter.v1", SNAPSHOTTER)
+        let root = containerd
+            .plugin_root("io.containerd.snapshotter.v1", SNAPSHOTTER)
             .await
             .map_err(|e| crisp_errors::message_chain(&e))?;
         if root.is_empty() {
@@ -121,7 +120,8 @@ impl StagingArea {
         // Trees a killed run left behind (another replica's current ones are younger).
         let stale_dir = dir.clone();
         tokio::task::spawn_blocking(move || remove_stale(&stale_dir));
-        let content_root = crate::fsinfo::plugin_root(containerd, "io.containerd.content.v1", "content")
+        let content_root = containerd
+            .plugin_root("io.containerd.content.v1", "content")
             .await
             .ok()
             .map(PathBuf::from)
@@ -137,7 +137,7 @@ impl StagingArea {
     pub async fn extract(
         &self,
         containerd: &Containerd,
-        lease: &str,
+        lease: &LeaseId,
         media_type: &str,
         digest: &str,
         diff_id: &str,
@@ -159,7 +159,8 @@ impl StagingArea {
             None => {
                 let (tx, rx) = mpsc::channel::<Result<Vec<u8>, tonic::Status>>(8);
                 let request = leased(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 }, lease);
-                let mut stream = ContentClient::new(containerd.channel())
+                let mut stream = containerd
+                    .content()
                     .read(request)
                     .await
                     .map_err(|s| ApplyError::Containerd(ContainerdError::call("reading content", s)))?

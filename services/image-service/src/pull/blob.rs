@@ -3,17 +3,27 @@
 //! expected digest and size, so containerd keeps it only if every byte matches.
 
 use super::progress::Progress;
-use crate::content::{self, Ingest, Opened};
 use crate::error::PullError;
-use crate::oci::Descriptor;
 use crate::registry::Registry;
-use containerd_client::services::v1::StatusRequest;
-use containerd_client::services::v1::content_client::ContentClient;
-use crisp_containerd::{Containerd, ContainerdError};
+use crisp_containerd::{Containerd, Held, Ingest, Lease, Opened};
+use crisp_image_model::Digest;
+use crisp_image_model::oci::Descriptor;
 use std::collections::HashMap;
 use std::time::Duration;
-use tonic::Code;
 use tracing::Instrument;
+
+/// A blob to store: its digest and size, as its descriptor gives them.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    pub digest: Digest,
+    pub size: i64,
+}
+
+impl Wanted {
+    pub fn of(descriptor: &Descriptor) -> Wanted {
+        Wanted { digest: Digest::from(descriptor.digest()), size: i64::try_from(descriptor.size()).unwrap_or(i64::MAX) }
+    }
+}
 
 /// Bytes sent to containerd per write.
 const WRITE_CHUNK: usize = 1 << 20;
@@ -48,9 +58,9 @@ pub enum Source<'a> {
 /// Makes sure the blob `desc` is in the content store with `labels`.
 pub async fn ensure(
     containerd: &Containerd,
-    lease: &str,
+    lease: &Lease,
     kind: Kind,
-    desc: &Descriptor,
+    desc: &Wanted,
     source: Source<'_>,
     labels: HashMap<String, String>,
     progress: &Progress,
@@ -63,19 +73,19 @@ pub async fn ensure(
         let reference = format!("{}-{}", kind.name(), desc.digest);
         let mut waited_offset = None;
         loop {
-            if content::blob_info(containerd, &desc.digest).await?.is_some() {
+            if containerd.content_info(desc.digest.as_str()).await?.is_some() {
                 // Present: hold it in this pull's lease and label it.
-                content::hold(containerd, lease, "content", &desc.digest).await?;
-                content::set_labels(containerd, Some(lease), &desc.digest, labels.clone()).await?;
+                lease.hold(Held::Content(desc.digest.as_str())).await?;
+                containerd.set_content_labels(Some(lease.id()), desc.digest.as_str(), labels.clone()).await?;
                 progress.step();
                 tracing::debug!("already in the content store");
                 return Ok(());
             }
-            match Ingest::open(containerd, lease, &reference, desc.size, &desc.digest).await? {
+            match Ingest::open(containerd, lease.id(), &reference, desc.size, desc.digest.as_str()).await? {
                 Opened::Exists => continue,
                 Opened::Locked => {
                     // Another pull writes it: wait, counting its progress as ours.
-                    let offset = ingest_offset(containerd, &reference).await;
+                    let offset = containerd.ingest_offset(&reference).await;
                     if let (Some(now), Some(before)) = (offset, waited_offset)
                         && now > before
                     {
@@ -94,7 +104,7 @@ pub async fn ensure(
                             return Ok(());
                         }
                         Err(err @ PullError::DigestMismatch { .. }) => {
-                            content::abort(containerd, &reference).await;
+                            containerd.abort_ingest(&reference).await;
                             return Err(err);
                         }
                         Err(err) => return Err(err),
@@ -107,31 +117,22 @@ pub async fn ensure(
     .await
 }
 
-fn check_in_memory(kind: Kind, desc: &Descriptor, bytes: &[u8]) -> Result<(), PullError> {
-    let digest = crate::digest::sha256_of(bytes);
+fn check_in_memory(kind: Kind, desc: &Wanted, bytes: &[u8]) -> Result<(), PullError> {
+    let digest = Digest::sha256_of(bytes);
     if digest != desc.digest || bytes.len() as i64 != desc.size {
         return Err(PullError::DigestMismatch {
             what: kind.name(),
-            digest: desc.digest.clone(),
+            digest: desc.digest.to_string(),
             detail: format!("{} bytes with digest {digest}", bytes.len()),
         });
     }
     Ok(())
 }
 
-async fn ingest_offset(containerd: &Containerd, reference: &str) -> Option<i64> {
-    ContentClient::new(containerd.channel())
-        .status(StatusRequest { r#ref: reference.to_string() })
-        .await
-        .ok()
-        .and_then(|r| r.into_inner().status)
-        .map(|s| s.offset)
-}
-
 async fn write(
     mut ingest: Box<Ingest>,
     kind: Kind,
-    desc: &Descriptor,
+    desc: &Wanted,
     source: &Source<'_>,
     labels: HashMap<String, String>,
     progress: &Progress,
@@ -152,7 +153,7 @@ async fn write(
                 tracing::info!(offset = ingest.offset, "resuming a partial download");
             }
             if ingest.offset < desc.size {
-                let (mut response, ranged) = registry.fetch_blob(&desc.digest, ingest.offset as u64).await?;
+                let (mut response, ranged) = registry.fetch_blob(desc.digest.as_str(), ingest.offset as u64).await?;
                 if ingest.offset > 0 && !ranged {
                     ingest.restart().await?;
                 }
@@ -175,7 +176,7 @@ async fn write(
                     if ingest.offset + (buffer.len() + chunk.len()) as i64 > desc.size {
                         return Err(PullError::DigestMismatch {
                             what: kind.name(),
-                            digest: desc.digest.clone(),
+                            digest: desc.digest.to_string(),
                             detail: format!("more than the {} bytes its descriptor says", desc.size),
                         });
                     }
@@ -201,16 +202,11 @@ async fn write(
     }
     match ingest.commit(labels).await {
         Ok(()) => Ok(()),
-        Err(ContainerdError::Call { source, .. })
-            if matches!(source.code(), Code::FailedPrecondition | Code::InvalidArgument)
-                && source.message().contains("digest") =>
-        {
-            Err(PullError::DigestMismatch {
-                what: kind.name(),
-                digest: desc.digest.clone(),
-                detail: format!("bytes containerd rejected ({})", source.message()),
-            })
-        }
+        Err(err) if err.is_digest_mismatch() => Err(PullError::DigestMismatch {
+            what: kind.name(),
+            digest: desc.digest.to_string(),
+            detail: format!("bytes containerd rejected ({})", err.status().map(|s| s.message()).unwrap_or_default()),
+        }),
         Err(err) => Err(err.into()),
     }
 }

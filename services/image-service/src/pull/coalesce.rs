@@ -10,7 +10,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub type PullResult = Result<String, Arc<PullError>>;
+/// A pull's outcome: the image's id.
+pub type PullResult = Result<crisp_image_model::ImageId, Arc<PullError>>;
 
 struct Flight {
     id: u64,
@@ -133,14 +134,14 @@ mod tests {
                         starts.fetch_add(1, Ordering::SeqCst);
                         async {
                             tokio::time::sleep(Duration::from_millis(200)).await;
-                            Ok("sha256:x".to_string())
+                            Ok(crisp_image_model::ImageId::of_config(crisp_image_model::Digest::sha256_of(b"x")))
                         }
                     })
                     .await
             }));
         }
         for task in tasks {
-            assert_eq!(task.await.unwrap().unwrap(), "sha256:x");
+            assert_eq!(task.await.unwrap().unwrap().digest(), &crisp_image_model::Digest::sha256_of(b"x"));
         }
         assert_eq!(starts.load(Ordering::SeqCst), 1);
     }

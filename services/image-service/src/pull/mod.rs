@@ -6,19 +6,17 @@ mod blob;
 mod coalesce;
 mod progress;
 
-use crate::content;
 use crate::error::{ImageError, PullError};
-use crate::hosts;
-use crate::oci::{self, Descriptor};
-use crate::reference::Reference;
 use crate::registry::auth::Credentials;
 use crate::registry::{Clients, Registry};
-use crate::store::{ImageStore, record_name};
-use crate::unpack;
-use blob::{Kind, Source};
+use crate::{content, hosts, store, unpack};
+use blob::{Kind, Source, Wanted};
 use coalesce::{Coalescer, PullResult};
 use crisp_config::ImageConfig;
-use crisp_containerd::Containerd;
+use crisp_containerd::labels::{self, gc};
+use crisp_containerd::{Containerd, ContainerdError, Held, Lease, LeaseId};
+use crisp_image_model::oci::{self, Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
+use crisp_image_model::{ChainId, Digest, ImageId, Reference};
 use crisp_proto::cri::AuthConfig;
 use progress::Progress;
 use std::collections::HashMap;
@@ -28,6 +26,13 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// An image's layers: their descriptors, diff ids and chain ids, index by index.
+struct Layers<'a> {
+    descriptors: &'a [Descriptor],
+    diff_ids: &'a [Digest],
+    chain: &'a [ChainId],
+}
 
 /// The largest image config accepted (read whole into memory, like manifests).
 const MAX_CONFIG_BYTES: usize = 4 << 20;
@@ -40,7 +45,6 @@ pub struct Puller {
 
 struct Inner {
     containerd: Containerd,
-    store: ImageStore,
     clients: Clients,
     config: ImageConfig,
     coalescer: Coalescer,
@@ -49,7 +53,7 @@ struct Inner {
     /// When this run began: leases of this replica older than that are a killed run's.
     started: std::time::SystemTime,
     /// Leases of a killed run taken over by a pull now running.
-    adopted: std::sync::Mutex<std::collections::HashSet<String>>,
+    adopted: std::sync::Mutex<std::collections::HashSet<LeaseId>>,
     /// Where layers are extracted for the direct apply (overlayfs only), found at the first pull.
     staging: tokio::sync::OnceCell<Option<crate::apply::StagingArea>>,
 }
@@ -66,12 +70,11 @@ impl Puller {
         });
     }
 
-    pub fn new(containerd: Containerd, store: ImageStore, config: ImageConfig) -> Self {
-        let sandbox_image = Reference::parse(&config.sandbox_image).ok().map(|r| record_name(&r));
+    pub fn new(containerd: Containerd, config: ImageConfig) -> Self {
+        let sandbox_image = Reference::parse(&config.sandbox_image).ok().map(|r| r.record_name());
         Self {
             inner: Arc::new(Inner {
                 containerd,
-                store,
                 clients: Clients::default(),
                 config,
                 coalescer: Coalescer::default(),
@@ -89,7 +92,7 @@ impl Puller {
         image: &str,
         auth: Option<&AuthConfig>,
         deadline: Option<Duration>,
-    ) -> Result<String, ImageError> {
+    ) -> Result<ImageId, ImageError> {
         let reference = Reference::parse(image)?;
         let wrap = |source: Arc<PullError>| ImageError::Pull { image: reference.to_string(), source };
         let credentials = match auth.map(Credentials::from_cri).transpose() {
@@ -143,13 +146,14 @@ impl Inner {
                 stalled = progress::watchdog(&progress, self.config.pull_progress_timeout, &image) => Err(stalled),
                 _ = cancel.cancelled() => Err(PullError::Cancelled),
             };
-            if let Err(err) = content::delete_lease(&self.containerd, &lease).await {
-                tracing::warn!(lease, error = %err, "deleting the pull's lease failed; it expires by itself");
+            let lease_id = lease.id().clone();
+            if let Err(err) = lease.delete().await {
+                tracing::warn!(lease = %lease_id, error = %err, "deleting the pull's lease failed; it expires by itself");
             }
-            self.adopted.lock().unwrap_or_else(|p| p.into_inner()).remove(&lease);
+            self.adopted.lock().unwrap_or_else(|p| p.into_inner()).remove(&lease_id);
             let bytes = progress.bytes.load(Ordering::Relaxed);
             match &outcome {
-                Ok(id) => tracing::info!(id, bytes, elapsed = ?started.elapsed(), "pulled"),
+                Ok(id) => tracing::info!(%id, bytes, elapsed = ?started.elapsed(), "pulled"),
                 Err(err) => tracing::warn!(error = %crisp_errors::message_chain(err), bytes, elapsed = ?started.elapsed(), "pull failed"),
             }
             outcome.map_err(Arc::new)
@@ -160,29 +164,29 @@ impl Inner {
 
     /// The pull's lease: one a killed earlier run of this replica left for the same image
     /// (taken over, with what it protects), else a new one.
-    async fn lease_for(&self, image: &str) -> Result<String, crisp_containerd::ContainerdError> {
+    async fn lease_for(&self, image: &str) -> Result<Lease, ContainerdError> {
         let owner = self.config.socket.display().to_string();
-        match content::stale_lease_for(&self.containerd, &owner, image, self.started).await {
+        match content::stale_leases_for(&self.containerd, &owner, image, self.started).await {
             Ok(candidates) => {
                 let mut adopted = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(lease) = candidates.into_iter().find(|l| !adopted.contains(l)) {
                     adopted.insert(lease.clone());
-                    tracing::info!(lease, "taking over the lease of a pull of this image that was killed");
-                    return Ok(lease);
+                    tracing::info!(%lease, "taking over the lease of a pull of this image that was killed");
+                    return Ok(Lease::adopt(&self.containerd, lease));
                 }
             }
             Err(err) => tracing::warn!(error = %err, "looking for a killed pull's lease failed"),
         }
-        content::create_lease(&self.containerd, &owner, image).await
+        content::create_pull_lease(&self.containerd, &owner, image).await
     }
 
     async fn pull(
         &self,
         reference: &Reference,
         credentials: Option<Credentials>,
-        lease: &str,
+        lease: &Lease,
         progress: &Progress,
-    ) -> Result<String, PullError> {
+    ) -> Result<ImageId, PullError> {
         let registry = self.registry(reference, credentials).await?;
         let top = registry.resolve().await?;
         if let Some(digest) = &reference.digest
@@ -190,60 +194,50 @@ impl Inner {
         {
             return Err(PullError::DigestMismatch {
                 what: "manifest",
-                digest: digest.clone(),
+                digest: digest.to_string(),
                 detail: format!("content with digest {}", top.digest),
             });
         }
-        let top_desc = Descriptor {
-            media_type: top.media_type.clone(),
-            digest: top.digest.clone(),
-            size: top.bytes.len() as i64,
-            platform: None,
-            annotations: None,
-        };
-        let source_label = (format!("containerd.io/distribution.source.{}", reference.domain), reference.path.clone());
+        let top_blob = Wanted { digest: top.digest.clone(), size: top.bytes.len() as i64 };
+        let source_label = labels::distribution_source(&reference.domain, &reference.path);
 
         // The platform manifest: the top object, or picked from the index.
-        let (manifest_desc, manifest_bytes) = if oci::is_index(&top.media_type) {
-            let index: oci::Index = serde_json::from_slice(&top.bytes).map_err(|e| PullError::Malformed {
+        let (manifest_blob, manifest_bytes) = if oci::is_index(&top.media_type) {
+            let index: ImageIndex = serde_json::from_slice(&top.bytes).map_err(|e| PullError::Malformed {
                 what: "index",
-                digest: top.digest.clone(),
+                digest: top.digest.to_string(),
                 detail: e.to_string(),
             })?;
             let platform = oci::host_platform();
             let chosen = oci::pick_platform(&index, &platform)
-                .ok_or_else(|| PullError::NoPlatform(format!("{}/{}", platform.os, platform.architecture)))?
-                .clone();
-            let labels = HashMap::from([
-                ("containerd.io/gc.ref.content.m.0".to_string(), chosen.digest.clone()),
-                source_label.clone(),
-            ]);
-            blob::ensure(&self.containerd, lease, Kind::Index, &top_desc, Source::Bytes(&top.bytes), labels, progress)
+                .ok_or_else(|| PullError::NoPlatform(format!("{}/{}", platform.os, platform.architecture)))?;
+            let chosen = Wanted::of(chosen);
+            let labels = HashMap::from([(gc::ref_manifest(0), chosen.digest.to_string()), source_label.clone()]);
+            blob::ensure(&self.containerd, lease, Kind::Index, &top_blob, Source::Bytes(&top.bytes), labels, progress)
                 .await?;
-            let fetched = registry.fetch_manifest(&chosen.digest, false).await?;
+            let fetched = registry.fetch_manifest(chosen.digest.as_str(), false).await?;
             (chosen, fetched.bytes)
         } else if oci::is_manifest(&top.media_type) {
-            (top_desc.clone(), top.bytes.clone())
+            (top_blob.clone(), top.bytes.clone())
         } else {
             return Err(PullError::UnsupportedMediaType(top.media_type.clone()));
         };
-        let manifest: oci::Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| PullError::Malformed {
+        let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes).map_err(|e| PullError::Malformed {
             what: "manifest",
-            digest: manifest_desc.digest.clone(),
+            digest: manifest_blob.digest.to_string(),
             detail: e.to_string(),
         })?;
-        let mut manifest_labels = HashMap::from([
-            ("containerd.io/gc.ref.content.config".to_string(), manifest.config.digest.clone()),
-            source_label.clone(),
-        ]);
-        for (i, layer) in manifest.layers.iter().enumerate() {
-            manifest_labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), layer.digest.clone());
+        let config_blob = Wanted::of(manifest.config());
+        let mut manifest_labels =
+            HashMap::from([(gc::ref_config(), config_blob.digest.to_string()), source_label.clone()]);
+        for (i, layer) in manifest.layers().iter().enumerate() {
+            manifest_labels.insert(gc::ref_layer(i), layer.digest().to_string());
         }
         blob::ensure(
             &self.containerd,
             lease,
             Kind::Manifest,
-            &manifest_desc,
+            &manifest_blob,
             Source::Bytes(&manifest_bytes),
             manifest_labels,
             progress,
@@ -252,53 +246,55 @@ impl Inner {
 
         // The config: fetched (small) to learn the diff ids; the snapshot label names the top
         // of the chain so containerd's GC keeps the unpacked layers with the image.
-        let config_bytes = self.config_bytes(&registry, &manifest.config).await?;
-        let config: oci::ImageConfig = serde_json::from_slice(&config_bytes).map_err(|e| PullError::Malformed {
-            what: "config",
-            digest: manifest.config.digest.clone(),
-            detail: e.to_string(),
-        })?;
-        if config.rootfs.diff_ids.len() != manifest.layers.len() {
-            return Err(PullError::Malformed {
-                what: "config",
-                digest: manifest.config.digest.clone(),
-                detail: format!(
-                    "it lists {} diff ids for {} layers",
-                    config.rootfs.diff_ids.len(),
-                    manifest.layers.len()
-                ),
-            });
+        let config_bytes = self.config_bytes(&registry, &config_blob).await?;
+        let malformed_config =
+            |detail: String| PullError::Malformed { what: "config", digest: config_blob.digest.to_string(), detail };
+        let config: ImageConfiguration =
+            serde_json::from_slice(&config_bytes).map_err(|e| malformed_config(e.to_string()))?;
+        let diff_ids = config
+            .rootfs()
+            .diff_ids()
+            .iter()
+            .map(|d| Digest::parse(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| malformed_config(e.to_string()))?;
+        if diff_ids.len() != manifest.layers().len() {
+            return Err(malformed_config(format!(
+                "it lists {} diff ids for {} layers",
+                diff_ids.len(),
+                manifest.layers().len()
+            )));
         }
-        let chain = oci::chain_ids(&config.rootfs.diff_ids);
+        let chain = crisp_image_model::chain_ids(&diff_ids);
         let snapshotter = self.config.snapshotter.clone();
         let mut config_labels = HashMap::from([source_label.clone()]);
         if let Some(top_chain) = chain.last() {
-            config_labels.insert(format!("containerd.io/gc.ref.snapshot.{snapshotter}"), top_chain.clone());
+            config_labels.insert(gc::ref_snapshot(&snapshotter), top_chain.to_string());
         }
         blob::ensure(
             &self.containerd,
             lease,
             Kind::Config,
-            &manifest.config,
+            &config_blob,
             Source::Bytes(&config_bytes),
             config_labels,
             progress,
         )
         .await?;
 
-        let total = manifest.layers.iter().fold(0u64, |sum, l| sum.saturating_add(l.size.max(0) as u64));
+        let total = manifest.layers().iter().fold(0u64, |sum, l| sum.saturating_add(l.size()));
         progress.total.store(total, Ordering::Relaxed);
-        self.layers(&registry, lease, &manifest.layers, &config.rootfs.diff_ids, &chain, &source_label, progress)
-            .await?;
+        let layers = Layers { descriptors: manifest.layers(), diff_ids: &diff_ids, chain: &chain };
+        self.layers(&registry, lease, layers, &source_label, progress).await?;
 
         // Everything is in place: the records, then (by the caller) the lease goes.
         let target = containerd_client::types::Descriptor {
             media_type: top.media_type.clone(),
-            digest: top.digest.clone(),
+            digest: top.digest.to_string(),
             size: top.bytes.len() as i64,
             annotations: Default::default(),
         };
-        let id = manifest.config.digest.clone();
+        let id = ImageId::of_config(config_blob.digest.clone());
         // As containerd (ParseDockerRef): with a digest, the tag is dropped; `name:tag@digest`
         // names the image only by its digest and does not move the tag.
         let mut names = Vec::new();
@@ -309,8 +305,8 @@ impl Inner {
         }
         names.push(reference.with_digest(&top.digest));
         let pinned = names.iter().any(|n| Some(n) == self.sandbox_image.as_ref());
-        for name in names.iter().chain(std::iter::once(&id)) {
-            self.store.put(name, &target, pinned).await?;
+        for name in names.iter().map(String::as_str).chain(std::iter::once(id.as_str())) {
+            store::put(&self.containerd, name, &target, pinned).await?;
         }
         Ok(id)
     }
@@ -328,18 +324,18 @@ impl Inner {
         .map_err(|e| PullError::Internal(format!("reading the registry configuration: {e}")))?
     }
 
-    async fn config_bytes(&self, registry: &Registry, desc: &Descriptor) -> Result<Vec<u8>, PullError> {
-        if desc.size < 0 || desc.size as usize > MAX_CONFIG_BYTES {
+    async fn config_bytes(&self, registry: &Registry, blob: &Wanted) -> Result<Vec<u8>, PullError> {
+        if blob.size < 0 || blob.size as usize > MAX_CONFIG_BYTES {
             return Err(PullError::Malformed {
                 what: "config",
-                digest: desc.digest.clone(),
-                detail: format!("its descriptor says {} bytes; at most 4 MiB are accepted", desc.size),
+                digest: blob.digest.to_string(),
+                detail: format!("its descriptor says {} bytes; at most 4 MiB are accepted", blob.size),
             });
         }
-        if content::blob_info(&self.containerd, &desc.digest).await?.is_some() {
-            return Ok(content::read_blob(&self.containerd, &desc.digest).await?);
+        if self.containerd.content_info(blob.digest.as_str()).await?.is_some() {
+            return Ok(self.containerd.read_content(blob.digest.as_str()).await?);
         }
-        let (mut response, _) = registry.fetch_blob(&desc.digest, 0).await?;
+        let (mut response, _) = registry.fetch_blob(blob.digest.as_str(), 0).await?;
         let mut bytes = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|source| {
             PullError::Registry(crate::registry::RegistryError::Unreachable {
@@ -347,7 +343,7 @@ impl Inner {
                 source,
             })
         })? {
-            if bytes.len() + chunk.len() > desc.size.max(0) as usize {
+            if bytes.len() + chunk.len() > blob.size.max(0) as usize {
                 break;
             }
             bytes.extend_from_slice(&chunk);
@@ -358,25 +354,23 @@ impl Inner {
 
     /// Downloads every layer (at most `max_concurrent_downloads` at once) and unpacks the
     /// missing part of the chain in order, each layer as soon as it and its parent are there.
-    #[allow(clippy::too_many_arguments)]
     async fn layers(
         &self,
         registry: &Registry,
-        lease: &str,
-        layers: &[Descriptor],
-        diff_ids: &[String],
-        chain: &[String],
+        lease: &Lease,
+        layers: Layers<'_>,
         source_label: &(String, String),
         progress: &Progress,
     ) -> Result<(), PullError> {
+        let Layers { descriptors, diff_ids, chain } = layers;
         let snapshotter = &self.config.snapshotter;
         // The longest prefix of the chain already unpacked (a committed snapshot implies its
         // parents).
         let mut unpacked = 0;
         for i in (0..chain.len()).rev() {
-            if unpack::snapshot_exists(&self.containerd, snapshotter, &chain[i]).await? {
+            if self.containerd.snapshot_exists(snapshotter, chain[i].as_str()).await? {
                 unpacked = i + 1;
-                unpack::hold_snapshot(&self.containerd, snapshotter, lease, &chain[i]).await?;
+                lease.hold(Held::Snapshot { snapshotter, key: chain[i].as_str() }).await?;
                 break;
             }
         }
@@ -384,32 +378,33 @@ impl Inner {
         let limit = Semaphore::new(self.config.max_concurrent_downloads.max(1));
         let mut done = Vec::new();
         let mut downloads = Vec::new();
-        for (i, layer) in layers.iter().enumerate() {
+        for (i, layer) in descriptors.iter().enumerate() {
             let (tx, rx) = oneshot::channel::<Option<crate::apply::Staged>>();
             done.push(rx);
             // `containerd.io/uncompressed` is set once the unpack verified the diff id.
             let labels = HashMap::from([source_label.clone()]);
             let limit = &limit;
             let staging = staging.as_ref().filter(|_| i >= unpacked);
+            let blob = Wanted::of(layer);
             downloads.push(async move {
                 let permit = limit.acquire().await.map_err(|_| PullError::Internal("semaphore closed".into()))?;
-                blob::ensure(&self.containerd, lease, Kind::Layer, layer, Source::Registry(registry), labels, progress)
+                blob::ensure(&self.containerd, lease, Kind::Layer, &blob, Source::Registry(registry), labels, progress)
                     .await?;
                 drop(permit);
                 // The direct apply: decompressed and extracted now, in parallel with the others.
                 let staged = match staging {
                     Some(area) => {
-                        let span = tracing::debug_span!("extract", layer = %layer.digest, chain_id = %chain[i]);
+                        let span = tracing::debug_span!("extract", layer = %blob.digest, chain_id = %chain[i]);
                         // Extracting counts as progress for the stall watchdog, as an unpack does.
                         progress.unpacking.fetch_add(1, Ordering::Relaxed);
                         let staged = area
                             .extract(
                                 &self.containerd,
-                                lease,
-                                &layer.media_type,
-                                &layer.digest,
-                                &diff_ids[i],
-                                &chain[i],
+                                lease.id(),
+                                layer.media_type().as_ref(),
+                                blob.digest.as_str(),
+                                diff_ids[i].as_str(),
+                                chain[i].as_str(),
                                 i == 0,
                             )
                             .instrument(span)
@@ -437,8 +432,8 @@ impl Inner {
                 let Ok(staged) = ready.await else {
                     return Ok(());
                 };
-                let layer = &layers[i];
-                let span = tracing::info_span!("unpack", layer = %layer.digest, chain_id = %chain[i]);
+                let layer = &descriptors[i];
+                let span = tracing::info_span!("unpack", layer = %layer.digest(), chain_id = %chain[i]);
                 progress.unpacking.fetch_add(1, Ordering::Relaxed);
                 let unpack_started = std::time::Instant::now();
                 let result = unpack::unpack_layer(
@@ -447,14 +442,14 @@ impl Inner {
                     lease,
                     unpack::Layer {
                         descriptor: containerd_client::types::Descriptor {
-                            media_type: layer.media_type.clone(),
-                            digest: layer.digest.clone(),
-                            size: layer.size,
+                            media_type: layer.media_type().to_string(),
+                            digest: layer.digest().to_string(),
+                            size: i64::try_from(layer.size()).unwrap_or(i64::MAX),
                             annotations: Default::default(),
                         },
                         diff_id: &diff_ids[i],
                         chain_id: &chain[i],
-                        parent: i.checked_sub(1).map(|p| chain[p].as_str()),
+                        parent: i.checked_sub(1).map(|p| &chain[p]),
                     },
                     staged,
                 )
@@ -462,7 +457,7 @@ impl Inner {
                 .await;
                 progress.unpacking.fetch_sub(1, Ordering::Relaxed);
                 result?;
-                tracing::debug!(layer = %layer.digest, elapsed = ?unpack_started.elapsed(), "layer unpacked");
+                tracing::debug!(layer = %layer.digest(), elapsed = ?unpack_started.elapsed(), "layer unpacked");
                 progress.step();
             }
             Ok::<(), PullError>(())

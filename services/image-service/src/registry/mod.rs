@@ -4,10 +4,10 @@
 pub mod auth;
 
 use crate::hosts::RegistryHost;
-use crate::oci;
-use crate::reference::Reference;
 use auth::{Challenge, Credentials, parse_challenge};
 use bytes::Bytes;
+use crisp_image_model::oci;
+use crisp_image_model::{Digest, Reference};
 use http::{HeaderValue, StatusCode, header};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -118,7 +118,7 @@ impl Clients {
 #[derive(Debug, Clone)]
 pub struct Fetched {
     pub media_type: String,
-    pub digest: String,
+    pub digest: Digest,
     pub bytes: Bytes,
 }
 
@@ -184,7 +184,7 @@ impl Registry {
                 }
                 let bytes = read_limited(response, MAX_MANIFEST_BYTES, &host.config.host, &what).await?;
                 let media_type = media_type_of(&bytes).or(header_type).unwrap_or_default();
-                let digest = crate::digest::sha256_of(&bytes);
+                let digest = Digest::sha256_of(&bytes);
                 Ok(Fetched { media_type, digest, bytes })
             }
         })

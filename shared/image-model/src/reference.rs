@@ -1,6 +1,7 @@
 //! Image references: parsing and normalising them the way the kubelet and containerd do
 //! (`busybox` → `docker.io/library/busybox:latest`), and telling image ids from names.
 
+use crate::digest::{Digest, ImageId, is_hex64};
 use std::fmt;
 
 /// The registry short names resolve to.
@@ -26,7 +27,7 @@ pub struct Reference {
     pub path: String,
     pub tag: Option<String>,
     /// `sha256:<64 hex>`.
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
 }
 
 impl Reference {
@@ -40,12 +41,10 @@ impl Reference {
             return Err(err("it has surrounding whitespace"));
         }
         let (rest, digest) = match input.split_once('@') {
-            Some((rest, digest)) => {
-                if !is_digest(digest) {
-                    return Err(err("the digest is not `sha256:` and 64 lowercase hex digits"));
-                }
-                (rest, Some(digest.to_string()))
-            }
+            Some((rest, digest)) => match Digest::parse(digest) {
+                Ok(digest) if digest.is_sha256() => (rest, Some(digest)),
+                _ => return Err(err("the digest is not `sha256:` and 64 lowercase hex digits")),
+            },
             None => (input, None),
         };
         // A tag is after the last `:` that follows the last `/` (a `:` before it is a port).
@@ -104,13 +103,23 @@ impl Reference {
     }
 
     /// `domain/path@digest` for `digest`.
-    pub fn with_digest(&self, digest: &str) -> String {
+    pub fn with_digest(&self, digest: &Digest) -> String {
         format!("{}@{digest}", self.repository())
+    }
+
+    /// The name containerd stores the image under for this reference: `repo@digest` when it
+    /// has a digest (the tag is then dropped, as containerd's `ParseDockerRef` does), else
+    /// `repo:tag`.
+    pub fn record_name(&self) -> String {
+        match &self.digest {
+            Some(digest) => self.with_digest(digest),
+            None => self.to_string(),
+        }
     }
 
     /// What the registry is asked for: the digest when there is one, else the tag.
     pub fn object(&self) -> &str {
-        self.digest.as_deref().or(self.tag.as_deref()).unwrap_or("latest")
+        self.digest.as_ref().map(Digest::as_str).or(self.tag.as_deref()).unwrap_or("latest")
     }
 }
 
@@ -131,28 +140,20 @@ impl fmt::Display for Reference {
 /// a reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageName {
-    Id(String),
+    Id(ImageId),
     Reference(Reference),
 }
 
 impl ImageName {
     pub fn parse(input: &str) -> Result<ImageName, ReferenceError> {
-        if is_digest(input) {
-            return Ok(ImageName::Id(input.to_string()));
-        }
-        if is_hex64(input) {
-            return Ok(ImageName::Id(format!("sha256:{input}")));
+        let hex = input.strip_prefix("sha256:").unwrap_or(input);
+        if is_hex64(hex)
+            && let Ok(digest) = Digest::parse(&format!("sha256:{hex}"))
+        {
+            return Ok(ImageName::Id(ImageId::of_config(digest)));
         }
         Reference::parse(input).map(ImageName::Reference)
     }
-}
-
-pub fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(is_hex64)
-}
-
-fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn is_tag(s: &str) -> bool {
@@ -255,8 +256,9 @@ mod tests {
     #[test]
     fn ids_are_told_from_names() {
         let hex = "b".repeat(64);
-        assert_eq!(ImageName::parse(&format!("sha256:{hex}")), Ok(ImageName::Id(format!("sha256:{hex}"))));
-        assert_eq!(ImageName::parse(&hex), Ok(ImageName::Id(format!("sha256:{hex}"))));
+        let id = ImageId::of_config(Digest::parse(&format!("sha256:{hex}")).unwrap());
+        assert_eq!(ImageName::parse(&format!("sha256:{hex}")), Ok(ImageName::Id(id.clone())));
+        assert_eq!(ImageName::parse(&hex), Ok(ImageName::Id(id)));
         assert!(matches!(ImageName::parse("busybox"), Ok(ImageName::Reference(_))));
     }
 }

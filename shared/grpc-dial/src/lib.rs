@@ -1,4 +1,7 @@
-//! Dialling a gRPC service on a unix socket.
+//! Dialling a gRPC service on a unix socket: [`unix_channel`] for a crisp service's socket,
+//! [`unix_channel_with_backoff`] for a peer that may be away a while (containerd). Serving is
+//! `crisp-grpc-server`'s job; this crate is what a client (the containerd layer, the proxy, the
+//! test kit) needs and nothing more.
 
 use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,215 @@
+//! Reading images from containerd, the way containerd's CRI plugin keeps them: one image
+//! record per name (`repo:tag`, `repo@digest`) plus an id record `sha256:<config digest>`, all
+//! with the same target. A CRI image is the group of records whose target leads to the same
+//! config. Like containerd's CRI, every image in the namespace counts, also those other
+//! clients put there (`ctr images import` / `pull`): side-loading works.
+//!
+//! [`ImageStore::resolve`] finds an image by any name a CRI caller uses: its id, a tag or
+//! digest reference, or a unique id prefix. Writing records is the image service's job.
+
+use crate::digest::{ChainId, Digest, DigestError, ImageId, chain_ids};
+use crate::oci::{self, ImageConfiguration, ImageIndex, ImageManifest, ImageUser};
+use crate::reference::{ImageName, Reference};
+use crisp_containerd::containerd_client::types::Descriptor as Target;
+use crisp_containerd::labels::cri;
+use crisp_containerd::{Containerd, ContainerdError, ImageRecord};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    #[error("image {target} in containerd is unreadable: {detail}")]
+    Corrupt { target: String, detail: String },
+}
+
+/// What an image's target leads to: the platform manifest's config and sizes.
+#[derive(Debug)]
+pub struct Details {
+    pub id: ImageId,
+    /// Manifest, config and layers (and the index when the target is one), compressed.
+    pub size: u64,
+    pub config: ImageConfiguration,
+    /// The config as stored, for `ImageStatus`'s verbose `imageSpec`.
+    pub config_json: serde_json::Value,
+}
+
+impl Details {
+    /// The layers' diff ids, from the config.
+    pub fn diff_ids(&self) -> Result<Vec<Digest>, DigestError> {
+        self.config.rootfs().diff_ids().iter().map(|d| Digest::parse(d)).collect()
+    }
+
+    /// The chain ids of the image's layers: the snapshots a container's rootfs is made on,
+    /// the last one its top.
+    pub fn chain_ids(&self) -> Result<Vec<ChainId>, DigestError> {
+        Ok(chain_ids(&self.diff_ids()?))
+    }
+
+    /// The image's `USER`, as the CRI reports it.
+    pub fn user(&self) -> ImageUser {
+        oci::image_user(&self.config)
+    }
+}
+
+/// One CRI image: its id, names and the records that carry them.
+#[derive(Debug)]
+pub struct Image {
+    pub id: ImageId,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    pub record_names: Vec<String>,
+    pub pinned: bool,
+    pub details: Arc<Details>,
+}
+
+/// Reads images; details are cached by target digest (content is immutable).
+#[derive(Clone)]
+pub struct ImageStore {
+    containerd: Containerd,
+    details: Arc<Mutex<HashMap<String, Arc<Details>>>>,
+}
+
+impl ImageStore {
+    pub fn new(containerd: Containerd) -> Self {
+        Self { containerd, details: Default::default() }
+    }
+
+    pub fn containerd(&self) -> &Containerd {
+        &self.containerd
+    }
+
+    /// Every CRI image, from the namespace's image records.
+    pub async fn list(&self) -> Result<Vec<Image>, StoreError> {
+        let records = self.containerd.image_records().await?;
+        let mut groups: BTreeMap<ImageId, Vec<ImageRecord>> = BTreeMap::new();
+        let mut details_by_id: HashMap<ImageId, Arc<Details>> = HashMap::new();
+        for record in records {
+            let Some(target) = record.target.clone() else { continue };
+            let details = match self.details(&target).await {
+                Ok(details) => details,
+                Err(err) => {
+                    // A record whose content is gone (e.g. removed behind our back) is no image.
+                    tracing::warn!(name = %record.name, error = %err, "skipping an unreadable image record");
+                    continue;
+                }
+            };
+            let id = details.id.clone();
+            details_by_id.entry(id.clone()).or_insert(details);
+            groups.entry(id).or_default().push(record);
+        }
+        Ok(groups
+            .into_iter()
+            .filter_map(|(id, records)| {
+                let details = details_by_id.remove(&id)?;
+                Some(image_of(id, records, details))
+            })
+            .collect())
+    }
+
+    /// The image `name` names (an id, a tag or a digest reference), if there is one.
+    pub async fn find(&self, name: &ImageName) -> Result<Option<Image>, StoreError> {
+        let record_name = match name {
+            ImageName::Id(id) => id.to_string(),
+            ImageName::Reference(reference) => reference.record_name(),
+        };
+        let Some(record) = self.containerd.image_record(&record_name).await? else {
+            return Ok(None);
+        };
+        let Some(target) = record.target else { return Ok(None) };
+        let id = self.details(&target).await?.id.clone();
+        Ok(self.list().await?.into_iter().find(|image| image.id == id))
+    }
+
+    /// The image `input` names, as containerd's CRI resolves it: a full id, or a reference, or
+    /// else (like `crictl rmi 3f57d9401f8d`) a unique prefix of an id, with or without
+    /// `sha256:`. A name that is none of these (malformed) names no image.
+    pub async fn resolve(&self, input: &str) -> Result<Option<Image>, StoreError> {
+        let name = ImageName::parse(input);
+        if let Ok(name) = &name
+            && let Some(image) = self.find(name).await?
+        {
+            return Ok(Some(image));
+        }
+        let hex = input.strip_prefix("sha256:").unwrap_or(input);
+        let is_prefix =
+            !hex.is_empty() && hex.len() < 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !is_prefix {
+            // As containerd's CRI: a name that does not parse names no image (ImageStatus
+            // answers none, RemoveImage succeeds); only PullImage rejects it.
+            if let Err(err) = name {
+                tracing::debug!(error = %err, "the image name does not parse: no such image");
+            }
+            return Ok(None);
+        }
+        let mut matches: Vec<_> = self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|image| image.id.digest().is_sha256() && image.id.hex().starts_with(hex))
+            .collect();
+        Ok(if matches.len() == 1 { matches.pop() } else { None })
+    }
+
+    /// The details of the image `target` leads to, read from the content store.
+    pub async fn details(&self, target: &Target) -> Result<Arc<Details>, StoreError> {
+        if let Some(details) = self.details.lock().unwrap_or_else(|p| p.into_inner()).get(&target.digest) {
+            return Ok(details.clone());
+        }
+        let corrupt = |detail: String| StoreError::Corrupt { target: target.digest.clone(), detail };
+        let mut size = 0u64;
+        let mut manifest_digest = target.digest.clone();
+        let mut media_type = target.media_type.clone();
+        if oci::is_index(&media_type) {
+            let bytes = self.containerd.read_content(&target.digest).await?;
+            size += bytes.len() as u64;
+            let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("index: {e}")))?;
+            let chosen = oci::pick_platform(&index, &oci::host_platform())
+                .ok_or_else(|| corrupt("the index has no manifest for this platform".into()))?;
+            manifest_digest = chosen.digest().to_string();
+            media_type = chosen.media_type().to_string();
+        }
+        if !oci::is_manifest(&media_type) && !media_type.is_empty() {
+            return Err(corrupt(format!("unsupported media type {media_type}")));
+        }
+        let bytes = self.containerd.read_content(&manifest_digest).await?;
+        size += bytes.len() as u64;
+        let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("manifest: {e}")))?;
+        let config_digest = Digest::from(manifest.config().digest());
+        let config_bytes = self.containerd.read_content(config_digest.as_str()).await?;
+        size = size.saturating_add(config_bytes.len() as u64);
+        size = manifest.layers().iter().fold(size, |sum, l| sum.saturating_add(l.size()));
+        let config: ImageConfiguration =
+            serde_json::from_slice(&config_bytes).map_err(|e| corrupt(format!("config: {e}")))?;
+        let config_json: serde_json::Value =
+            serde_json::from_slice(&config_bytes).map_err(|e| corrupt(format!("config: {e}")))?;
+        let details = Arc::new(Details { id: ImageId::of_config(config_digest), size, config, config_json });
+        self.details.lock().unwrap_or_else(|p| p.into_inner()).insert(target.digest.clone(), details.clone());
+        Ok(details)
+    }
+}
+
+fn image_of(id: ImageId, records: Vec<ImageRecord>, details: Arc<Details>) -> Image {
+    let mut repo_tags = Vec::new();
+    let mut repo_digests = Vec::new();
+    let mut pinned = false;
+    let mut record_names = Vec::new();
+    for record in &records {
+        pinned |= record.labels.get(cri::PINNED).map(String::as_str) == Some(cri::PINNED_VALUE);
+        record_names.push(record.name.clone());
+        if record.name == id.as_str() {
+            continue;
+        }
+        match Reference::parse(&record.name) {
+            Ok(reference) if reference.digest.is_some() => repo_digests.push(record.name.clone()),
+            Ok(_) => repo_tags.push(record.name.clone()),
+            Err(_) => {}
+        }
+    }
+    repo_tags.sort();
+    repo_tags.dedup();
+    repo_digests.sort();
+    repo_digests.dedup();
+    Image { id, repo_tags, repo_digests, record_names, pinned, details }
+}
