@@ -17,6 +17,23 @@ pub enum UnpackError {
     DiffIdMismatch { layer: String, applied: String, expected: String },
     #[error("applying the layer directly")]
     Apply(#[from] crate::apply::ApplyError),
+    #[error("the diff service could not apply layer {layer}")]
+    DiffApply { layer: String, source: ContainerdError },
+}
+
+impl UnpackError {
+    /// The gRPC code: containerd's, except that a layer the diff service cannot read as a tar
+    /// archive is `INVALID_ARGUMENT`, as the direct apply answers it.
+    pub fn code(&self) -> tonic::Code {
+        use crisp_errors::GrpcError;
+        match self {
+            UnpackError::Containerd(err) => err.code(),
+            UnpackError::DiffIdMismatch { .. } => tonic::Code::DataLoss,
+            UnpackError::Apply(err) => err.code(),
+            UnpackError::DiffApply { source, .. } if source.is_unreadable_archive() => tonic::Code::InvalidArgument,
+            UnpackError::DiffApply { source, .. } => source.code(),
+        }
+    }
 }
 
 /// Adds the committed snapshot `chain_id` to `lease`.
@@ -79,7 +96,10 @@ async fn apply_and_commit(
         tracing::debug!(elapsed = ?started.elapsed(), "staged layer moved into the snapshot");
         return commit(containerd, snapshotter, lease, key, layer).await;
     }
-    let applied = containerd.apply_diff(lease.id(), &layer.descriptor, mounts).await?;
+    let applied = containerd
+        .apply_diff(lease.id(), &layer.descriptor, mounts)
+        .await
+        .map_err(|source| UnpackError::DiffApply { layer: layer.descriptor.digest.clone(), source })?;
     tracing::debug!(elapsed = ?started.elapsed(), "diff applied");
     if layer.diff_id != applied.as_str() {
         return Err(UnpackError::DiffIdMismatch {

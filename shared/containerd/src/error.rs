@@ -81,6 +81,23 @@ impl ContainerdError {
     }
 }
 
+impl ContainerdError {
+    /// The diff service could not read a layer as a tar archive (it ends inside a header or
+    /// inside an entry's data, or a header is not a tar header). containerd answers `UNKNOWN`
+    /// with Go's `archive/tar` error (`unexpected EOF`, `archive/tar: invalid tar header`, ...),
+    /// the code it also gives a full disk, so the message decides.
+    pub fn is_unreadable_archive(&self) -> bool {
+        match self {
+            ContainerdError::Call { source, .. } => {
+                source.code() == Code::Unknown
+                    && !is_transport_failure(source)
+                    && (source.message().contains("unexpected EOF") || source.message().contains("archive/tar:"))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Whether `status` comes from the client's transport (no connection, a broken one) rather
 /// than from containerd: its source chain holds a tonic transport, hyper or I/O error.
 pub fn is_transport_failure(status: &Status) -> bool {
@@ -141,6 +158,16 @@ mod tests {
         let mut status = Status::unknown("wrapped");
         status.set_source(Arc::new(Wrapped(std::io::Error::from(std::io::ErrorKind::ConnectionReset))));
         assert_eq!(call(status).code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn an_unreadable_layer_is_told_from_other_diff_failures() {
+        let cut = Status::unknown("failed to extract layer sha256:ab: unexpected EOF");
+        assert!(call(cut).is_unreadable_archive());
+        let header = Status::unknown("apply layer error: archive/tar: invalid tar header");
+        assert!(call(header).is_unreadable_archive());
+        assert!(!call(Status::unknown("write /var/lib/x: no space left on device")).is_unreadable_archive());
+        assert!(!call(Status::not_found("content digest sha256:ab: not found")).is_unreadable_archive());
     }
 
     #[test]

@@ -178,9 +178,14 @@ impl StagingArea {
             }
         };
 
-        let name = format!("{}-{:08x}", chain_id.trim_start_matches("sha256:"), rand_u32());
-        let root = self.dir.join(name);
-        std::fs::create_dir(&root).map_err(|e| ApplyError::io("mkdir", &root, e))?;
+        // A random suffix, so that two pulls of one layer never share a staging directory.
+        let staging = tempfile::Builder::new()
+            .prefix(&format!("{}-", chain_id.trim_start_matches("sha256:")))
+            .rand_bytes(8)
+            .tempdir_in(&self.dir)
+            .map_err(|e| ApplyError::io("mkdir", &self.dir, e))?;
+        // From here on the thread below (and then `Staged`) removes the directory.
+        let root = staging.keep();
         let whiteouts = if first { Whiteouts::Remove } else { Whiteouts::Overlay };
         // Dropping this future stops the thread at its next entry; the thread removes what it
         // made unless it hands it over as a `Staged` (which removes it when dropped).
@@ -235,14 +240,6 @@ fn remove_stale(dir: &Path) {
             remove_tree(&entry.path());
         }
     }
-}
-
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher
-        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    hasher.finish() as u32
 }
 
 /// The content store's chunks as a `Read` for the blocking thread.
