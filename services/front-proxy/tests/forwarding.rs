@@ -6,7 +6,7 @@ use crisp_config::ProxyConfig;
 use crisp_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crisp_proto::cri::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use crisp_proto::cri::*;
-use crisp_proxy::{Backends, Router};
+use crisp_proxy::{Backends, Scope};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -108,7 +108,11 @@ async fn setup() -> Setup {
     };
     let listener = tokio::net::UnixListener::bind(&config.socket).unwrap();
     let shutdown = tokio::sync::watch::channel(false);
-    tokio::spawn(crisp_proxy::serve(listener, Router::cri(Backends::from_config(&config)), shutdown.1));
+    tokio::spawn(crisp_proxy::serve(
+        listener,
+        crisp_proxy::stack(&Backends::from_config(&config), Scope::Cri),
+        shutdown.1,
+    ));
     Setup { proxy: config.socket.clone(), _dir: dir, backend, _shutdown: shutdown.0 }
 }
 

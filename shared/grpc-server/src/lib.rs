@@ -7,9 +7,16 @@
 //!   service so the proxy can check it.
 //! - [`shutdown_signal`]: SIGINT or SIGTERM.
 //! - [`unix_channel`]: a client channel to a service's socket.
+//! - [`authority`]: any `:authority` a client sends on a unix socket accepted
+//!   ([`UnixListenerStream`] serves every accepted connection through it).
+//! - [`timeout`]: the caller's `grpc-timeout`.
 
+pub mod authority;
 mod dial;
 mod socket;
+pub mod timeout;
+
+pub use authority::{AuthorityFix, UnixListenerStream};
 
 pub use dial::{unix_channel, unix_channel_with_backoff};
 
@@ -144,4 +151,3 @@ pub async fn shutdown_signal() {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
 }
-pub use tokio_stream::wrappers::UnixListenerStream;
