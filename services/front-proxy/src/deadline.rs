@@ -6,6 +6,12 @@
 //! dropped, which resets the backend's stream and cancels its work), and a stream still running
 //! then is ended with `DEADLINE_EXCEEDED` trailers. A deadline that passes is the caller's: the
 //! target below sees only a cancelled call, never a failure of its own.
+//!
+//! A tonic server (every crisp backend) answers its own expiry of `grpc-timeout` with
+//! `CANCELLED` ("Timeout expired"), where gRPC (and grpc-go's server, containerd's) says
+//! `DEADLINE_EXCEEDED`; a backend that beats the proxy's timer by a hair would hand the caller
+//! that. So a `CANCELLED` answer that arrives once the deadline has passed is answered
+//! `DEADLINE_EXCEEDED`: the caller did not cancel (it is still waiting), its deadline ran out.
 
 use crate::{Call, Response};
 use bytes::Bytes;
@@ -68,6 +74,7 @@ where
         let future = self.inner.call(call);
         Box::pin(async move {
             match tokio::time::timeout_at(deadline, future).await {
+                Ok(Ok(response)) if is_cancelled(&response) && Instant::now() >= deadline => Err(exceeded(&name)),
                 Ok(Ok(response)) => {
                     Ok(response.map(|body| crate::ResponseBody::new(DeadlineBody::new(body, deadline, name))))
                 }
@@ -76,6 +83,11 @@ where
             }
         })
     }
+}
+
+/// A trailers-only `CANCELLED` answer.
+fn is_cancelled(response: &Response) -> bool {
+    response.headers().get("grpc-status").is_some_and(|code| code.as_bytes() == b"1")
 }
 
 pin_project! {
@@ -141,11 +153,12 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    /// A target that answers after `delay` and counts the calls that ran to the end.
+    /// A target that answers `answer` after `delay` and counts the calls that ran to the end.
     #[derive(Clone)]
     struct Slow {
         delay: Duration,
         finished: Arc<AtomicUsize>,
+        answer: tonic::Code,
     }
 
     impl Named for Slow {
@@ -164,11 +177,11 @@ mod tests {
         }
 
         fn call(&mut self, _call: Call) -> Self::Future {
-            let (delay, finished) = (self.delay, self.finished.clone());
+            let (delay, finished, answer) = (self.delay, self.finished.clone(), self.answer);
             Box::pin(async move {
                 tokio::time::sleep(delay).await;
                 finished.fetch_add(1, Ordering::Relaxed);
-                Ok(tonic::Status::ok("").into_http())
+                Ok(tonic::Status::new(answer, "Timeout expired").into_http())
             })
         }
     }
@@ -189,7 +202,7 @@ mod tests {
     async fn a_target_past_the_deadline_is_answered_deadline_exceeded_and_cancelled() {
         use tower::ServiceExt;
         let finished = Arc::new(AtomicUsize::new(0));
-        let slow = Slow { delay: Duration::from_secs(10), finished: finished.clone() };
+        let slow = Slow { delay: Duration::from_secs(10), finished: finished.clone(), answer: tonic::Code::Ok };
         let service = tower::Layer::layer(&DeadlineLayer, slow);
         let status = service.clone().oneshot(call_with_timeout(Some("100m"))).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
@@ -202,5 +215,21 @@ mod tests {
         let response = service.oneshot(call_with_timeout(None)).await.unwrap();
         assert_eq!(grpc_status(&response), Some("0"));
         assert_eq!(finished.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_cancelling_at_the_deadline_is_deadline_exceeded() {
+        use tower::ServiceExt;
+        let finished = Arc::new(AtomicUsize::new(0));
+        // The backend's own timer fires with the proxy's: it answers CANCELLED at the deadline.
+        let service = tower::Layer::layer(
+            &DeadlineLayer,
+            Slow { delay: Duration::from_millis(100), finished, answer: tonic::Code::Cancelled },
+        );
+        let status = service.clone().oneshot(call_with_timeout(Some("100m"))).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        // Before the deadline, CANCELLED is the backend's answer and passes through.
+        let response = service.oneshot(call_with_timeout(Some("5S"))).await.unwrap();
+        assert_eq!(grpc_status(&response), Some("1"));
     }
 }
