@@ -5,7 +5,7 @@ use crisp_proxy::{Backends, Scope, serve, stack};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    crisp_grpc_server::run_service(
+    crisp_grpc_server::run_service_single_threaded(
         "crisp-proxy",
         "crisp's front proxy: the CRI socket, routed to the image, runtime and streaming services",
         run,

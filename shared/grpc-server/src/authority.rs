@@ -18,7 +18,7 @@
 //! header blocks cannot be decoded, is passed through or closed as h2 would.
 
 use bytes::{Buf, BufMut, BytesMut};
-use loona_hpack::{Decoder, Encoder};
+use httlib_hpack::{Decoder, Encoder};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -50,8 +50,7 @@ pub struct AuthorityFix<S> {
 
 impl<S> AuthorityFix<S> {
     pub fn new(inner: S) -> Self {
-        let mut decoder = Decoder::new();
-        decoder.set_max_allowed_table_size(TABLE_SIZE);
+        let decoder = Decoder::with_dynamic_size(TABLE_SIZE as u32);
         Self {
             inner,
             state: Box::new(State {
@@ -99,6 +98,10 @@ struct Block {
 
 fn protocol_error(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+fn encode_error(err: httlib_hpack::EncoderError) -> io::Error {
+    io::Error::other(format!("cannot encode a header block: {err:?}"))
 }
 
 fn valid_authority(value: &[u8]) -> bool {
@@ -212,12 +215,13 @@ impl State {
 
     /// Decodes one whole header block and passes it on, fixed if it needs to be.
     fn finish(&mut self, mut block: Block) -> io::Result<()> {
-        let mut headers = self
-            .decoder
-            .decode(&block.fragment)
-            .map_err(|err| protocol_error(format!("cannot decode a header block: {err}")))?;
+        let mut input = block.fragment.clone();
+        let mut headers = Vec::with_capacity(16);
+        self.decoder
+            .decode(&mut input, &mut headers)
+            .map_err(|err| protocol_error(format!("cannot decode a header block: {err:?}")))?;
         let mut fixed = false;
-        for (name, value) in &mut headers {
+        for (name, value, _) in &mut headers {
             if name.as_slice() == b":authority" && !valid_authority(value) {
                 tracing::trace!(authority = %String::from_utf8_lossy(value), "replacing an invalid :authority");
                 *value = REPLACEMENT_AUTHORITY.to_vec();
@@ -228,13 +232,21 @@ impl State {
             None if !fixed => std::mem::take(&mut block.fragment),
             encoder => {
                 let mut fragment = Vec::with_capacity(block.fragment.len() + 16);
-                if encoder.is_none() {
-                    // Dynamic table size updates to 0 and back to 4096: h2's table is emptied,
-                    // as the new encoder's is.
-                    fragment.extend_from_slice(&[0x20, 0x3f, 0xe1, 0x1f]);
+                let encoding = encoder.is_none();
+                let encoder = encoder.get_or_insert_with(Encoder::default);
+                if encoding {
+                    // h2's table is emptied, as the new encoder's is: sizes 0, then the default.
+                    encoder.update_max_dynamic_size(0, &mut fragment).map_err(encode_error)?;
+                    encoder.update_max_dynamic_size(TABLE_SIZE as u32, &mut fragment).map_err(encode_error)?;
                 }
-                let encoder = encoder.get_or_insert_with(Encoder::new);
-                encoder.encode_into(headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())), &mut fragment)?;
+                for (name, value, flags) in headers {
+                    let how = if flags & Decoder::NEVER_INDEXED != 0 {
+                        Encoder::NEVER_INDEXED
+                    } else {
+                        Encoder::BEST_FORMAT | Encoder::WITH_INDEXING
+                    };
+                    encoder.encode((name, value, how), &mut fragment).map_err(encode_error)?;
+                }
                 fragment
             }
         };
@@ -391,6 +403,16 @@ mod tests {
         .collect()
     }
 
+    /// A client's header block: with indexing and Huffman, as grpc-core sends them.
+    fn encode(encoder: &mut Encoder<'static>, headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+        let mut block = Vec::new();
+        for (name, value) in headers {
+            let flags = Encoder::BEST_FORMAT | Encoder::WITH_INDEXING | Encoder::HUFFMAN_VALUE;
+            encoder.encode((name.clone(), value.clone(), flags), &mut block).unwrap();
+        }
+        block
+    }
+
     /// Feeds `client` through the adapter; returns what h2 would read.
     async fn through(client: Vec<u8>) -> io::Result<Vec<u8>> {
         let (mut near, far) = tokio::io::duplex(1 << 20);
@@ -417,7 +439,7 @@ mod tests {
     fn read_back(bytes: &[u8]) -> Vec<SeenFrame> {
         assert_eq!(&bytes[..24], PREFACE);
         let mut rest = &bytes[24..];
-        let mut decoder = Decoder::new();
+        let mut decoder = Decoder::default();
         let mut frames = Vec::new();
         let mut block = Vec::new();
         while !rest.is_empty() {
@@ -430,7 +452,9 @@ mod tests {
                 let skip = if flags & PRIORITY != 0 && kind == HEADERS { 5 } else { 0 };
                 block.extend_from_slice(&payload[skip..]);
                 if flags & END_HEADERS != 0 {
-                    let headers = decoder.decode(&block).unwrap();
+                    let mut decoded = Vec::new();
+                    decoder.decode(&mut block, &mut decoded).unwrap();
+                    let headers = decoded.into_iter().map(|(n, v, _)| (n, v)).collect();
                     block.clear();
                     frames.push((HEADERS, flags, stream_id, headers, vec![]));
                 }
@@ -447,7 +471,7 @@ mod tests {
 
     #[tokio::test]
     async fn socket_paths_as_authority_become_localhost_and_the_rest_is_unchanged() {
-        let mut encoder = Encoder::new();
+        let mut encoder = Encoder::default();
         let mut client = PREFACE.to_vec();
         client.extend(frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100])); // SETTINGS
         let mut stream = 1;
@@ -460,7 +484,7 @@ mod tests {
             b"localhost:10",
         ];
         for authority in authorities {
-            let block = encoder.encode(request(authority).iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
+            let block = encode(&mut encoder, &request(authority));
             // The fourth request comes in a padded, prioritised HEADERS and a CONTINUATION.
             if authority.is_empty() {
                 let (a, b) = block.split_at(3);
@@ -494,10 +518,10 @@ mod tests {
 
     #[tokio::test]
     async fn valid_requests_pass_byte_for_byte() {
-        let mut encoder = Encoder::new();
+        let mut encoder = Encoder::default();
         let mut client = PREFACE.to_vec();
         for stream in [1u32, 3, 5] {
-            let block = encoder.encode(request(b"localhost").iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
+            let block = encode(&mut encoder, &request(b"localhost"));
             client.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, &block));
         }
         assert_eq!(through(client.clone()).await.unwrap(), client);
