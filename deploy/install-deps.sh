@@ -44,6 +44,7 @@ if ! "$venv/bin/python3" -c 'import grpc' 2>/dev/null; then
   fi
   echo "install-deps: installing grpcio into $venv"
   mkdir -p "$(dirname "$venv")"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check 'grpcio>=1.57'
+  if ! { python3 -m venv "$venv" && "$venv/bin/pip" install -q --disable-pip-version-check 'grpcio>=1.57'; }; then
+    echo "install-deps: WARNING: could not install grpcio into $venv; tests/tests/proxy_clients.rs will fail" >&2
+  fi
 fi
