@@ -14,6 +14,10 @@ use tokio::net::UnixListener;
 pub async fn serve(listener: UnixListener, proxy: Proxy, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(hyper_util::rt::TokioTimer::new());
+    // What AuthorityFix re-encodes for (h2's default, pinned); and no headers of the proxy's own
+    // on the backends' answers.
+    http2.header_table_size(crisp_grpc_server::authority::HEADER_TABLE_SIZE);
+    http2.auto_date_header(false);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {

@@ -36,8 +36,10 @@ const PRIORITY: u8 = 0x20;
 const MIN_MAX_FRAME: usize = 16_384;
 /// The largest compressed header block held; h2's own header-list limit is far below it.
 const MAX_BLOCK: usize = 1 << 20;
-/// SETTINGS_HEADER_TABLE_SIZE's initial value; hyper and tonic servers keep it.
-const TABLE_SIZE: usize = 4096;
+/// The HPACK table size the server behind the adapter decodes with: SETTINGS_HEADER_TABLE_SIZE's
+/// initial value, which tonic servers keep and the proxy sets explicitly.
+pub const HEADER_TABLE_SIZE: u32 = 4096;
+const TABLE_SIZE: usize = HEADER_TABLE_SIZE as usize;
 /// What a request whose authority is not valid gets instead.
 pub const REPLACEMENT_AUTHORITY: &[u8] = b"localhost";
 
