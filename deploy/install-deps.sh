@@ -31,3 +31,20 @@ if ! command -v cargo >/dev/null; then
   echo "install-deps: cargo is not installed; crisp needs Rust 1.88 or newer (rustup)" >&2
   exit 1
 fi
+
+# The tests' grpc-core client: Python's grpcio from PyPI, in a virtualenv of its own
+# (tests/tests/proxy_clients.rs finds it there, or at $CRISP_TEST_PYTHON).
+venv=/opt/crisp/test-venv
+if ! "$venv/bin/python3" -c 'import grpc' 2>/dev/null; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    echo "install-deps: installing python3-venv"
+    apt-get update -q
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends python3 python3-venv
+  fi
+  echo "install-deps: installing grpcio into $venv"
+  mkdir -p "$(dirname "$venv")"
+  if ! { python3 -m venv "$venv" && "$venv/bin/pip" install -q --disable-pip-version-check 'grpcio>=1.57'; }; then
+    echo "install-deps: WARNING: could not install grpcio into $venv; tests/tests/proxy_clients.rs will fail" >&2
+  fi
+fi

@@ -1,11 +1,11 @@
 //! `crisp-proxy`: owns the CRI socket the kubelet dials and routes each gRPC call by its path,
 //! undecoded, to the crisp service that answers it.
 
-use crisp_proxy::{Backends, Router, serve};
+use crisp_proxy::{Backends, Scope, serve, stack};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    crisp_grpc_server::run_service(
+    crisp_grpc_server::run_service_single_threaded(
         "crisp-proxy",
         "crisp's front proxy: the CRI socket, routed to the image, runtime and streaming services",
         run,
@@ -15,7 +15,7 @@ fn main() -> ExitCode {
 async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {
     let mode = config.proxy_socket_mode()?;
     let backends = Backends::from_config(&config.proxy);
-    backends.images.spawn_health_checks(config.proxy.health_check_interval);
+    backends.images.spawn_health_checks(config.proxy.health_check_interval, config.proxy.connect_timeout);
 
     let (listener, _socket) = crisp_grpc_server::UnixSocket::bind(&config.proxy.socket, mode).await?;
     let image_listener = match &config.proxy.image_socket {
@@ -24,9 +24,9 @@ async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Err
     };
 
     let shutdown = tokio::sync::watch::channel(false);
-    let cri = tokio::spawn(serve(listener, Router::cri(backends.clone()), shutdown.1.clone()));
+    let cri = tokio::spawn(serve(listener, stack(&backends, Scope::Cri), shutdown.1.clone()));
     let images = image_listener.map(|(listener, socket)| {
-        let task = tokio::spawn(serve(listener, Router::images_only(backends.clone()), shutdown.1.clone()));
+        let task = tokio::spawn(serve(listener, stack(&backends, Scope::ImagesOnly), shutdown.1.clone()));
         (task, socket)
     });
 

@@ -2,52 +2,37 @@
 //!
 //! `/runtime.v1.ImageService/*` goes to the image service replicas,
 //! `/runtime.v1.RuntimeService/{Exec,Attach,PortForward}` to the streaming server, every other
-//! `/runtime.v1.RuntimeService/*` to the runtime service. Anything else is `UNIMPLEMENTED`.
+//! `/runtime.v1.RuntimeService/*` to the runtime service. Anything else is `UNIMPLEMENTED`
+//! (and, on the ImageService-only socket, any RuntimeService path).
+//!
+//! The router reads the request message whole before it forwards the call (at most
+//! [`MAX_MESSAGE_BYTES`](crisp_grpc_server::MAX_MESSAGE_BYTES) and its frame header): CRI has
+//! no client-streaming RPC, so every request is one message, and a held request can be tried on
+//! another replica. The call goes on with `:scheme`/`:authority` of `http://localhost` (the
+//! backends are unix sockets; what the caller named its socket means nothing to them).
 
-use crate::deadline::{self, DeadlineBody};
-use crate::{Backend, ImagePool, Response};
+use crate::{Call, Response};
 use bytes::Bytes;
-use crisp_config::ProxyConfig;
 use crisp_proto::{IMAGE_SERVICE_PREFIX, RUNTIME_SERVICE_PREFIX};
 use http_body_util::BodyExt;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-
-/// CRI requests to the image service are small; a larger one is refused rather than held.
-const MAX_IMAGE_REQUEST: usize = 16 << 20;
+use tower::ServiceExt;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Every backend the proxy knows. Cheap to clone.
-#[derive(Clone)]
-pub struct Backends {
-    pub images: ImagePool,
-    pub runtime: Backend,
-    pub streaming: Backend,
-}
+/// The largest request read: one CRI message of the largest size and its gRPC frame header.
+const MAX_REQUEST: usize = crisp_grpc_server::MAX_MESSAGE_BYTES + 5;
 
-impl Backends {
-    pub fn from_config(config: &ProxyConfig) -> Self {
-        let timeout = config.connect_timeout;
-        let replicas = config.image_endpoints.len();
-        let images = config
-            .image_endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, socket)| {
-                let name =
-                    if replicas == 1 { "image service".to_string() } else { format!("image service replica {i}") };
-                Backend::new(name, socket, timeout)
-            })
-            .collect();
-        Self {
-            images: ImagePool::new(images),
-            runtime: Backend::new("runtime service", &config.runtime_endpoint, timeout),
-            streaming: Backend::new("streaming server", &config.streaming_endpoint, timeout),
-        }
-    }
+/// Which CRI services a socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The CRI socket: both services.
+    Cri,
+    /// The kubelet's `imageServiceEndpoint`: the ImageService alone.
+    ImagesOnly,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,92 +53,58 @@ fn route(path: &str) -> Option<Route> {
     }
 }
 
-/// The routing service. Cheap to clone.
+/// The routing service over its three targets. Cheap to clone if they are.
 #[derive(Clone)]
-pub struct Router {
-    backends: Backends,
-    images_only: bool,
+pub struct Router<I, R, S> {
+    scope: Scope,
+    images: I,
+    runtime: R,
+    streaming: S,
 }
 
-impl Router {
-    /// For the CRI socket: both CRI services.
-    pub fn cri(backends: Backends) -> Self {
-        Self { backends, images_only: false }
+impl<I, R, S> Router<I, R, S> {
+    pub fn new(scope: Scope, images: I, runtime: R, streaming: S) -> Self {
+        Self { scope, images, runtime, streaming }
     }
+}
 
-    /// For the kubelet's `imageServiceEndpoint`: the ImageService alone.
-    pub fn images_only(backends: Backends) -> Self {
-        Self { backends, images_only: true }
-    }
-
-    async fn handle<B>(self, request: http::Request<B>) -> Response
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let path = request.uri().path().to_string();
-        let route = match route(&path) {
-            Some(Route::Images) => Route::Images,
-            Some(_) if self.images_only => {
-                return tonic::Status::unimplemented(format!(
-                    "{path}: this socket serves only runtime.v1.ImageService"
-                ))
-                .into_http();
-            }
-            Some(route) => route,
-            None => {
-                return tonic::Status::unimplemented(format!(
-                    "unknown method {path}: crisp serves runtime.v1.RuntimeService and runtime.v1.ImageService"
-                ))
-                .into_http();
-            }
-        };
-        let backend_name = match route {
-            Route::Images => "image service".to_string(),
-            Route::Runtime => self.backends.runtime.describe(),
-            Route::Streaming => self.backends.streaming.describe(),
-        };
-        let deadline = deadline::deadline_of(request.headers());
-
-        let backends = self.backends;
-        let forward = async move {
-            match route {
-                Route::Images => {
-                    let (head, body) = request.into_parts();
-                    let body = match http_body_util::Limited::new(body, MAX_IMAGE_REQUEST).collect().await {
-                        Ok(collected) => collected.to_bytes(),
-                        Err(err) => {
-                            return Err(tonic::Status::invalid_argument(format!(
-                                "cannot read the request to {path}: {err}"
-                            )));
-                        }
-                    };
-                    backends.images.call(&head, body).await
-                }
-                Route::Runtime => backends.runtime.call(request.map(tonic::body::Body::new)).await,
-                Route::Streaming => backends.streaming.call(request.map(tonic::body::Body::new)).await,
-            }
-        };
-        let result = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, forward)
-                .await
-                .unwrap_or_else(|_| Err(deadline::exceeded(&backend_name))),
-            None => forward.await,
-        };
-        match (result, deadline) {
-            (Ok(response), Some(deadline)) => {
-                response.map(|body| tonic::body::Body::new(DeadlineBody::new(body, deadline, backend_name)))
-            }
-            (Ok(response), None) => response,
-            (Err(status), _) => status.into_http(),
+/// The call as forwarded: method, path and headers as the caller sent them, a fixed
+/// `http://localhost` for scheme and authority, and the whole request message.
+async fn read_call<B>(request: http::Request<B>) -> Result<Call, tonic::Status>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (mut head, body) = request.into_parts();
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(http::uri::Authority::from_static("localhost"));
+    uri.path_and_query = head.uri.path_and_query().cloned();
+    head.uri = http::Uri::from_parts(uri).map_err(|err| tonic::Status::internal(format!("bad request URI: {err}")))?;
+    let body = match http_body_util::Limited::new(body, MAX_REQUEST).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "cannot read the request to {}: {err}",
+                head.uri.path()
+            )));
         }
-    }
+    };
+    Ok(http::Request::from_parts(head, body))
 }
 
-impl<B> tower::Service<http::Request<B>> for Router
+type Target = tonic::Status;
+
+impl<I, R, S, B> tower::Service<http::Request<B>> for Router<I, R, S>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
+    I: tower::Service<Call, Response = Response, Error = Target> + Clone + Send + 'static,
+    I::Future: Send,
+    R: tower::Service<Call, Response = Response, Error = Target> + Clone + Send + 'static,
+    R::Future: Send,
+    S: tower::Service<Call, Response = Response, Error = Target> + Clone + Send + 'static,
+    S::Future: Send,
 {
     type Response = Response;
     type Error = Infallible;
@@ -164,14 +115,46 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let router = self.clone();
-        Box::pin(async move { Ok(router.handle(request).await) })
+        let path = request.uri().path();
+        let route = match route(path) {
+            Some(Route::Images) => Route::Images,
+            Some(_) if self.scope == Scope::ImagesOnly => {
+                let status =
+                    tonic::Status::unimplemented(format!("{path}: this socket serves only runtime.v1.ImageService"));
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+            Some(route) => route,
+            None => {
+                let status = tonic::Status::unimplemented(format!(
+                    "unknown method {path}: crisp serves runtime.v1.RuntimeService and runtime.v1.ImageService"
+                ));
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+        };
+        let (images, runtime, streaming) = match route {
+            Route::Images => (Some(self.images.clone()), None, None),
+            Route::Runtime => (None, Some(self.runtime.clone()), None),
+            Route::Streaming => (None, None, Some(self.streaming.clone())),
+        };
+        Box::pin(async move {
+            let result = match read_call(request).await {
+                Err(status) => Err(status),
+                Ok(call) => match (images, runtime, streaming) {
+                    (Some(target), _, _) => target.oneshot(call).await,
+                    (_, Some(target), _) => target.oneshot(call).await,
+                    (_, _, Some(target)) => target.oneshot(call).await,
+                    _ => Err(tonic::Status::internal("no target")),
+                },
+            };
+            Ok(result.unwrap_or_else(tonic::Status::into_http))
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn paths_route_to_their_service() {
@@ -185,5 +168,73 @@ mod tests {
         assert_eq!(route("/runtime.v1alpha2.RuntimeService/Version"), None);
         assert_eq!(route("/grpc.health.v1.Health/Check"), None);
         assert_eq!(route("/runtime.v1.ImageService/"), None);
+    }
+
+    /// A target that records what reached it and answers OK.
+    #[derive(Clone)]
+    struct Record(&'static str, Arc<Mutex<Vec<(String, String, Bytes)>>>);
+
+    impl tower::Service<Call> for Record {
+        type Response = Response;
+        type Error = tonic::Status;
+        type Future = std::future::Ready<Result<Response, tonic::Status>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), tonic::Status>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, call: Call) -> Self::Future {
+            let authority = call.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+            self.1.lock().unwrap().push((self.0.to_string(), authority, call.body().clone()));
+            std::future::ready(Ok(tonic::Status::ok("").into_http()))
+        }
+    }
+
+    fn request(path: &str) -> http::Request<http_body_util::Full<Bytes>> {
+        http::Request::post(path).body(http_body_util::Full::new(Bytes::from_static(b"\0\0\0\0\x01x"))).unwrap()
+    }
+
+    fn grpc_status(response: &Response) -> String {
+        response.headers().get("grpc-status").unwrap().to_str().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn calls_reach_their_target_whole_with_a_valid_authority() {
+        let seen = Arc::new(Mutex::new(vec![]));
+        let router = Router::new(
+            Scope::Cri,
+            Record("images", seen.clone()),
+            Record("runtime", seen.clone()),
+            Record("streaming", seen.clone()),
+        );
+        for path in [
+            "/runtime.v1.ImageService/ListImages",
+            "/runtime.v1.RuntimeService/Version",
+            "/runtime.v1.RuntimeService/Exec",
+        ] {
+            assert_eq!(grpc_status(&router.clone().oneshot(request(path)).await.unwrap()), "0");
+        }
+        let unknown = router.clone().oneshot(request("/runtime.v1alpha2.RuntimeService/Version")).await.unwrap();
+        assert_eq!(grpc_status(&unknown), "12");
+        let seen = seen.lock().unwrap();
+        let targets: Vec<_> = seen.iter().map(|(t, _, _)| t.as_str()).collect();
+        assert_eq!(targets, ["images", "runtime", "streaming"]);
+        assert!(seen.iter().all(|(_, authority, body)| authority == "localhost" && &body[..] == b"\0\0\0\0\x01x"));
+    }
+
+    #[tokio::test]
+    async fn the_image_socket_refuses_runtime_calls() {
+        let seen = Arc::new(Mutex::new(vec![]));
+        let router = Router::new(
+            Scope::ImagesOnly,
+            Record("images", seen.clone()),
+            Record("runtime", seen.clone()),
+            Record("streaming", seen.clone()),
+        );
+        let response = router.clone().oneshot(request("/runtime.v1.RuntimeService/Version")).await.unwrap();
+        assert_eq!(grpc_status(&response), "12");
+        let response = router.oneshot(request("/runtime.v1.ImageService/ListImages")).await.unwrap();
+        assert_eq!(grpc_status(&response), "0");
+        assert_eq!(seen.lock().unwrap().len(), 1);
     }
 }

@@ -1,21 +1,23 @@
 //! HTTP/2 on a unix socket.
 
-use crate::Router;
-use crisp_grpc_server::DRAIN_TIMEOUT;
-use crisp_telemetry::RpcTraceLayer;
+use crate::Proxy;
+use crisp_grpc_server::{AuthorityFix, DRAIN_TIMEOUT};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::time::Duration;
 use tokio::net::UnixListener;
-use tower::Layer;
 
-/// Serves `router` on `listener` until `shutdown` turns true, then lets the calls in flight
-/// finish (for at most [`DRAIN_TIMEOUT`]).
-pub async fn serve(listener: UnixListener, router: Router, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let service = RpcTraceLayer::forwarding().layer(router);
+/// Serves `proxy` on `listener` until `shutdown` turns true, then lets the calls in flight
+/// finish (for at most [`DRAIN_TIMEOUT`]). Every connection goes through [`AuthorityFix`]: a
+/// client that names the socket path as its `:authority` is served like any other.
+pub async fn serve(listener: UnixListener, proxy: Proxy, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(hyper_util::rt::TokioTimer::new());
+    // What AuthorityFix re-encodes for (h2's default, pinned); and no headers of the proxy's own
+    // on the backends' answers.
+    http2.header_table_size(crisp_grpc_server::authority::HEADER_TABLE_SIZE);
+    http2.auto_date_header(false);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -28,7 +30,8 @@ pub async fn serve(listener: UnixListener, router: Router, mut shutdown: tokio::
                         continue;
                     }
                 };
-                let connection = http2.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
+                let io = TokioIo::new(AuthorityFix::new(stream));
+                let connection = http2.serve_connection(io, TowerToHyperService::new(proxy.clone()));
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     if let Err(err) = connection.await {

@@ -6,7 +6,7 @@ use crisp_config::ProxyConfig;
 use crisp_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crisp_proto::cri::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use crisp_proto::cri::*;
-use crisp_proxy::{Backends, Router};
+use crisp_proxy::{Backends, Scope};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -99,7 +99,11 @@ async fn setup() -> Setup {
     };
     let listener = tokio::net::UnixListener::bind(&config.socket).unwrap();
     let shutdown = tokio::sync::watch::channel(false);
-    tokio::spawn(crisp_proxy::serve(listener, Router::cri(Backends::from_config(&config)), shutdown.1));
+    tokio::spawn(crisp_proxy::serve(
+        listener,
+        crisp_proxy::stack(&Backends::from_config(&config), Scope::Cri),
+        shutdown.1,
+    ));
     Setup { proxy: config.socket.clone(), _dir: dir, backend, _shutdown: shutdown.0 }
 }
 
@@ -242,4 +246,54 @@ async fn an_unknown_path_is_unimplemented() {
     let status = grpc.unary(Request::new(VersionRequest::default()), path, codec).await.unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(status.message().contains("runtime.v1alpha2.RuntimeService/Version"), "{}", status.message());
+}
+
+/// A Version call as the router hands it on: head and whole framed message.
+fn version_call(version: &str, timeout: Option<&'static str>) -> crisp_proxy::Call {
+    use prost::Message;
+    let encoded = VersionRequest { version: version.into() }.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&encoded);
+    let mut call = http::Request::post("http://localhost/runtime.v1.RuntimeService/Version")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(bytes::Bytes::from(framed))
+        .unwrap();
+    if let Some(timeout) = timeout {
+        call.headers_mut().insert("grpc-timeout", http::HeaderValue::from_static(timeout));
+    }
+    call
+}
+
+fn grpc_status_of(response: &crisp_proxy::Response) -> Option<String> {
+    response.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn only_an_unreachable_replica_leaves_the_rotation_never_a_deadline() {
+    use tower::{Layer, ServiceExt};
+    let dir = tempfile::Builder::new().prefix("crisp-pool-").tempdir_in("/tmp").unwrap();
+    serve_backend(&dir.path().join("live.sock"), Backend::default()).await;
+    let pool = crisp_proxy::ImagePool::new(vec![
+        crisp_proxy::Backend::new("replica 0", &dir.path().join("gone.sock"), Duration::from_secs(1)),
+        crisp_proxy::Backend::new("replica 1", &dir.path().join("live.sock"), Duration::from_secs(1)),
+    ]);
+    assert_eq!(pool.healthy_replicas(), 2);
+    // Every call is answered, whichever replica the rotation starts at; the gone one leaves.
+    for _ in 0..4 {
+        let response = pool.call(version_call("ok", None)).await.unwrap();
+        assert_eq!(grpc_status_of(&response), None, "a trailers-only error: {response:?}");
+    }
+    assert_eq!(pool.healthy_replicas(), 1);
+
+    // Calls whose deadline passes at the live replica: DEADLINE_EXCEEDED, and it stays.
+    let service = crisp_proxy::DeadlineLayer.layer(pool.clone());
+    for _ in 0..4 {
+        let status = service.clone().oneshot(version_call("slow", Some("50m"))).await.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    }
+    assert_eq!(pool.healthy_replicas(), 1);
+    let response = service.oneshot(version_call("ok", Some("5S"))).await.unwrap();
+    assert_eq!(grpc_status_of(&response), None);
 }

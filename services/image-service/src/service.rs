@@ -39,27 +39,10 @@ fn image_name(spec: Option<&ImageSpec>) -> Result<&str, ImageError> {
 /// The caller's deadline from `grpc-timeout`, a little shortened so that our
 /// DEADLINE_EXCEEDED reaches the caller before its own timer fires.
 fn deadline<T>(request: &Request<T>) -> Option<Duration> {
-    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let timeout = parse_grpc_timeout(value)?;
+    let value = request.metadata().get(crisp_grpc_server::timeout::GRPC_TIMEOUT)?;
+    let timeout = crisp_grpc_server::timeout::parse_grpc_timeout(value.as_bytes())?;
     let margin = (timeout / 20).min(Duration::from_millis(200));
     Some(timeout - margin)
-}
-
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 #[tonic::async_trait]
@@ -112,11 +95,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grpc_timeouts_parse() {
-        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_grpc_timeout("x"), None);
-        assert_eq!(parse_grpc_timeout("10q"), None);
+    fn the_deadline_is_the_callers_timeout_less_a_margin() {
+        let mut request = Request::new(());
+        assert_eq!(deadline(&request), None);
+        request.metadata_mut().insert("grpc-timeout", "2S".parse().unwrap());
+        assert_eq!(deadline(&request), Some(Duration::from_millis(1900)));
+        request.metadata_mut().insert("grpc-timeout", "1M".parse().unwrap());
+        assert_eq!(deadline(&request), Some(Duration::from_millis(59_800)));
+        request.metadata_mut().insert("grpc-timeout", "10q".parse().unwrap());
+        assert_eq!(deadline(&request), None);
     }
 }

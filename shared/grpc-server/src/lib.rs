@@ -7,8 +7,15 @@
 //!   service so the proxy can check it.
 //! - [`shutdown_signal`]: SIGINT or SIGTERM.
 //! - [`unix_channel`]: a client channel to a service's socket (from `crisp-grpc-dial`).
+//! - [`authority`]: any `:authority` a client sends on a unix socket accepted
+//!   ([`UnixListenerStream`] serves every accepted connection through it).
+//! - [`timeout`]: the caller's `grpc-timeout`.
 
+pub mod authority;
 mod socket;
+pub mod timeout;
+
+pub use authority::{AuthorityFix, UnixListenerStream};
 
 pub use crisp_grpc_dial::{unix_channel, unix_channel_with_backoff};
 
@@ -71,7 +78,35 @@ where
     F: FnOnce(Config) -> Fut,
     Fut: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    run_on(tokio::runtime::Builder::new_multi_thread(), service_name, about, run)
+}
+
+/// [`run_service`] on a runtime of one thread, for a service whose work per call is small and
+/// whose added latency matters most (the front proxy): a call's steps never wait for another
+/// thread to wake, which on a busy node costs more than the work itself.
+pub fn run_service_single_threaded<F, Fut>(
+    service_name: &'static str,
+    about: &'static str,
+    run: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+{
+    run_on(tokio::runtime::Builder::new_current_thread(), service_name, about, run)
+}
+
+fn run_on<F, Fut>(
+    mut builder: tokio::runtime::Builder,
+    service_name: &'static str,
+    about: &'static str,
+    run: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+{
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("{service_name}: cannot start the Tokio runtime: {err}");
@@ -143,4 +178,3 @@ pub async fn shutdown_signal() {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
 }
-pub use tokio_stream::wrappers::UnixListenerStream;
