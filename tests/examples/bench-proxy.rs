@@ -26,14 +26,6 @@ fn main() -> anyhow::Result<()> {
     if args.first().map(String::as_str) == Some("--relay") {
         return runtime.block_on(relay(args[1..].to_vec()));
     }
-    // The crisp binaries sit in target/<profile>/, one level above this example.
-    if std::env::var_os("CRISP_BIN_DIR").is_none() {
-        let exe = std::env::current_exe()?;
-        if let Some(profile_dir) = exe.parent().filter(|d| d.ends_with("examples")).and_then(|d| d.parent()) {
-            // SAFETY: no other thread runs yet.
-            unsafe { std::env::set_var("CRISP_BIN_DIR", profile_dir) };
-        }
-    }
     // One thread: the client is one caller making one call at a time, as critest's benchmark
     // does; the services each have their own process.
     runtime.block_on(bench(args))

@@ -18,6 +18,7 @@ pub async fn serve(listener: UnixListener, proxy: Proxy, mut shutdown: tokio::sy
     // on the backends' answers.
     http2.header_table_size(crisp_grpc_server::authority::HEADER_TABLE_SIZE);
     http2.auto_date_header(false);
+    http2.max_pending_accept_reset_streams(crisp_grpc_server::MAX_PENDING_ACCEPT_RESET_STREAMS);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {

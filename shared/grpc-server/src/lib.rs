@@ -128,9 +128,18 @@ where
     })
 }
 
+/// How many streams a peer may reset before the server has accepted them, on one HTTP/2
+/// connection, before the server closes it (h2's "rapid reset" guard; its default is 20). A
+/// crisp socket is local and root's: the proxy forwards every call the kubelet cancels as a
+/// reset, and a burst of cancelled calls (deadlines of a few milliseconds, a kubelet restart)
+/// must not close the one connection that carries every other call to that backend.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 4096;
+
 /// A tonic server builder with a span on every RPC.
 pub fn server() -> tonic::transport::Server<Stack<RpcTraceLayer, tower_layer::Identity>> {
-    tonic::transport::Server::builder().layer(RpcTraceLayer::server())
+    tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .layer(RpcTraceLayer::server())
 }
 
 /// How long calls in flight may run on after SIGTERM before the service exits anyway.

@@ -92,8 +92,15 @@ impl Stack {
         }
         plan.push(("proxy".into(), "crisp-proxy".into(), vec![], proxy_socket.clone()));
 
-        let mut services = Vec::new();
+        // The backends first, each serving before the proxy starts: the proxy's first health
+        // check then finds every image replica up, as on a node where they started first.
+        let mut services: Vec<(ServiceProcess, PathBuf)> = Vec::new();
         for (name, binary, args, socket) in plan {
+            if name == "proxy" {
+                for (process, socket) in &mut services {
+                    process.wait_for_socket(socket, START_TIMEOUT).await?;
+                }
+            }
             let program = bins.join(&binary);
             if !program.is_file() {
                 bail!("{} is not built (cargo build --workspace --bins)", program.display());
