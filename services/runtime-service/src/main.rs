@@ -1,5 +1,6 @@
 //! `crisp-runtime`: the CRI RuntimeService on containerd.
 
+mod sandbox;
 mod service;
 mod status;
 mod version;
@@ -10,6 +11,10 @@ use crisp_proto::cri::runtime_service_server::RuntimeServiceServer;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The namespace helper: this binary, run by the service to make a pod's namespaces.
+    if std::env::args().nth(1).as_deref() == Some(sandbox::HELPER_ARG) {
+        return sandbox::helper_main();
+    }
     crisp_grpc_server::run_service(
         "crisp-runtime",
         "crisp's CRI RuntimeService: pod sandboxes and containers on containerd",

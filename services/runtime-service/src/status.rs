@@ -85,10 +85,14 @@ pub async fn status(containerd: &Containerd, config: &Config, verbose: bool) -> 
             conditions: vec![condition(RUNTIME_READY, runtime), condition(NETWORK_READY, network)],
         }),
         info,
-        runtime_handlers: vec![RuntimeHandler {
-            name: String::new(),
-            features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
-        }],
+        // The default handler and its name; neither feature is built yet.
+        runtime_handlers: ["", "runc"]
+            .into_iter()
+            .map(|name| RuntimeHandler {
+                name: name.into(),
+                features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+            })
+            .collect(),
         features: None,
     }
 }

@@ -1,0 +1,320 @@
+//! RunPodSandbox: "creates and starts a pod-level sandbox. Runtimes must ensure the sandbox
+//! is in the ready state on success."
+//!
+//! Steps, each undone by [`Rollback`] when a later one fails (or the call is dropped): the
+//! name is reserved (a duplicate of a live reservation or record names the existing pod);
+//! the pod's directory; its namespaces (none of a kind the pod shares with the host); its
+//! files; loopback and the CNI network (not with host networking); the containerd record,
+//! last, which makes the pod exist.
+
+use super::files::{self, ns_dir};
+use super::namespaces::{self, Kind};
+use super::record::{self, Sandbox};
+use super::{SandboxError, network};
+use crisp_config::Config;
+use crisp_containerd::Containerd;
+use crisp_proto::cri::{NamespaceMode, NamespaceOption, PodSandboxConfig, RunPodSandboxRequest};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Names of pods a RunPodSandbox in flight is making, with their ids.
+#[derive(Default, Clone)]
+pub struct Reservations(Arc<Mutex<HashMap<String, String>>>);
+
+/// A reserved name, released when dropped.
+struct Reserved {
+    reservations: Reservations,
+    name: String,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Ok(mut names) = self.reservations.0.lock() {
+            names.remove(&self.name);
+        }
+    }
+}
+
+impl Reservations {
+    fn reserve(&self, name: &str, id: &str) -> Result<Reserved, SandboxError> {
+        let mut names = self.0.lock().map_err(|_| SandboxError::Record {
+            pod: id.to_string(),
+            reason: "the name reservations are poisoned".into(),
+        })?;
+        if let Some(existing) = names.get(name) {
+            return Err(SandboxError::NameReserved { name: name.to_string(), existing: existing.clone() });
+        }
+        names.insert(name.to_string(), id.to_string());
+        Ok(Reserved { reservations: self.clone(), name: name.to_string() })
+    }
+}
+
+/// What a failed run undoes, in reverse order: CNI DEL, then the directory with its mounts.
+struct Rollback {
+    pod: String,
+    dir: Option<PathBuf>,
+    network: Option<Vec<PathBuf>>,
+}
+
+impl Rollback {
+    async fn undo(mut self) {
+        let (dir, network) = (self.dir.take(), self.network.take());
+        undo(self.pod.clone(), dir, network).await;
+    }
+
+    fn disarm(mut self) {
+        self.dir = None;
+        self.network = None;
+    }
+}
+
+async fn undo(pod: String, dir: Option<PathBuf>, network: Option<Vec<PathBuf>>) {
+    let Some(dir) = dir else { return };
+    if let Some(bin_dirs) = network
+        && let Err(err) = network::detach(&pod, &dir, &bin_dirs).await
+    {
+        tracing::warn!(pod, error = %crisp_errors::message_chain(&err), "rolling back: CNI DEL failed");
+    }
+    let teardown = tokio::task::spawn_blocking({
+        let pod = pod.clone();
+        move || files::teardown(&pod, &dir)
+    });
+    match teardown.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(pod, error = %crisp_errors::message_chain(&err), "rolling back: teardown failed")
+        }
+        Err(err) => tracing::warn!(pod, error = %err, "rolling back: teardown panicked"),
+    }
+}
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        // A dropped call (the client went away) still undoes what it made.
+        if self.dir.is_some()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(undo(self.pod.clone(), self.dir.take(), self.network.take()));
+        }
+    }
+}
+
+fn new_id() -> Result<String, SandboxError> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(SandboxError::io(
+        "(new)",
+        "reading",
+        Path::new("/dev/urandom"),
+    ))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The runtime handlers crisp serves: the default one and its name.
+pub fn known_handler(handler: &str) -> bool {
+    matches!(handler, "" | "runc")
+}
+
+pub fn validate(request: &RunPodSandboxRequest) -> Result<&PodSandboxConfig, SandboxError> {
+    let config = request.config.as_ref().ok_or(SandboxError::MissingField("config"))?;
+    let metadata = config.metadata.as_ref().ok_or(SandboxError::MissingField("config.metadata"))?;
+    if metadata.name.is_empty() {
+        return Err(SandboxError::MissingField("config.metadata.name"));
+    }
+    if metadata.uid.is_empty() {
+        return Err(SandboxError::MissingField("config.metadata.uid"));
+    }
+    if metadata.namespace.is_empty() {
+        return Err(SandboxError::MissingField("config.metadata.namespace"));
+    }
+    if !known_handler(&request.runtime_handler) {
+        return Err(SandboxError::UnknownHandler(request.runtime_handler.clone()));
+    }
+    Ok(config)
+}
+
+fn namespace_options(config: &PodSandboxConfig) -> NamespaceOption {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
+}
+
+pub async fn run(
+    containerd: &Containerd,
+    config: &Config,
+    reservations: &Reservations,
+    request: RunPodSandboxRequest,
+) -> Result<String, SandboxError> {
+    let pod_config = validate(&request)?;
+    let metadata = pod_config.metadata.clone().unwrap_or_default();
+    let id = new_id()?;
+    let options = namespace_options(pod_config);
+    let host_network = options.network == NamespaceMode::Node as i32;
+    let host_ipc = options.ipc == NamespaceMode::Node as i32;
+
+    let mut sandbox = Sandbox {
+        id: id.clone(),
+        name: metadata.name,
+        uid: metadata.uid,
+        namespace: metadata.namespace,
+        attempt: metadata.attempt,
+        created_at: 0,
+        labels: pod_config.labels.clone(),
+        annotations: pod_config.annotations.clone(),
+        runtime_handler: request.runtime_handler.clone(),
+        hostname: pod_config.hostname.clone(),
+        log_directory: pod_config.log_directory.clone(),
+        cgroup_parent: pod_config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
+        network_mode: options.network,
+        pid_mode: options.pid,
+        ipc_mode: options.ipc,
+        dir: config.runtime.state_dir.join("pods").join(&id),
+        netns: None,
+        shm: PathBuf::new(),
+        ips: vec![],
+    };
+
+    // The name: one pod per name_namespace_uid_attempt, in flight or recorded.
+    let full_name = sandbox.full_name();
+    let _reserved = reservations.reserve(&full_name, &id)?;
+    if let Some(existing) = record::list_all(containerd).await?.into_iter().find(|s| s.sandbox.full_name() == full_name)
+    {
+        return Err(SandboxError::NameReserved { name: full_name, existing: existing.sandbox.id });
+    }
+
+    let rollback = Rollback { pod: id.clone(), dir: None, network: None };
+    match make(containerd, config, pod_config, &mut sandbox, host_network, host_ipc, rollback).await {
+        Ok(()) => {
+            tracing::info!(pod = %id, name = %full_name, ips = ?sandbox.ips, "pod sandbox ready");
+            Ok(id)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+async fn make(
+    containerd: &Containerd,
+    config: &Config,
+    pod_config: &PodSandboxConfig,
+    sandbox: &mut Sandbox,
+    host_network: bool,
+    host_ipc: bool,
+    mut rollback: Rollback,
+) -> Result<(), SandboxError> {
+    let id = sandbox.id.clone();
+    let result = async {
+        tokio::fs::create_dir_all(&sandbox.dir).await.map_err(SandboxError::io(&id, "creating", &sandbox.dir))?;
+        rollback.dir = Some(sandbox.dir.clone());
+
+        let mut kinds = vec![];
+        if !host_network {
+            // A pod on the host's network keeps the host's UTS namespace too, as containerd does.
+            kinds.extend([Kind::Net, Kind::Uts]);
+        }
+        if !host_ipc {
+            kinds.push(Kind::Ipc);
+        }
+        let ns = ns_dir(&sandbox.dir);
+        namespaces::pin(&id, &ns, &kinds, &sandbox.hostname).await?;
+
+        let hostname = if host_network {
+            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+        } else {
+            sandbox.hostname.clone()
+        };
+        let dns = pod_config.dns_config.clone();
+        let (pod, dir) = (id.clone(), sandbox.dir.clone());
+        sandbox.shm =
+            tokio::task::spawn_blocking(move || files::prepare(&pod, &dir, &hostname, dns.as_ref(), host_ipc))
+                .await
+                .map_err(|e| SandboxError::Record { pod: id.clone(), reason: format!("preparing files: {e}") })??;
+
+        if !host_network {
+            let netns = namespaces::pin_path(&ns, Kind::Net);
+            rollback.network = Some(config.runtime.cni_bin_dirs.clone());
+            sandbox.ips = network::attach(
+                &id,
+                &sandbox.dir,
+                &netns,
+                pod_config,
+                &config.runtime.cni_conf_dir,
+                &config.runtime.cni_bin_dirs,
+            )
+            .await?;
+            sandbox.netns = Some(netns);
+        }
+
+        sandbox.created_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or_default();
+        record::create(containerd, &config.runtime.runtime_type, sandbox, !host_network).await
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            rollback.disarm();
+            Ok(())
+        }
+        Err(err) => {
+            tracing::info!(pod = %id, error = %crisp_errors::message_chain(&err), "RunPodSandbox failed: rolling back");
+            rollback.undo().await;
+            Err(err)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crisp_errors::GrpcError;
+    use crisp_proto::cri::PodSandboxMetadata;
+
+    fn request(name: &str, uid: &str, namespace: &str, handler: &str) -> RunPodSandboxRequest {
+        RunPodSandboxRequest {
+            config: Some(PodSandboxConfig {
+                metadata: Some(PodSandboxMetadata {
+                    name: name.into(),
+                    uid: uid.into(),
+                    namespace: namespace.into(),
+                    attempt: 0,
+                }),
+                ..Default::default()
+            }),
+            runtime_handler: handler.into(),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_missing_field_and_the_unknown_handler() {
+        assert!(validate(&request("web", "u1", "default", "")).is_ok());
+        assert!(validate(&request("web", "u1", "default", "runc")).is_ok());
+        for (req, field) in [
+            (request("", "u1", "default", ""), "config.metadata.name"),
+            (request("web", "", "default", ""), "config.metadata.uid"),
+            (request("web", "u1", "", ""), "config.metadata.namespace"),
+            (RunPodSandboxRequest::default(), "config"),
+        ] {
+            let err = validate(&req).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        let err = validate(&request("web", "u1", "default", "kata")).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.to_string().contains("kata"), "{err}");
+    }
+
+    #[test]
+    fn a_name_is_reserved_once_until_released() {
+        let reservations = Reservations::default();
+        let first = reservations.reserve("web_default_u1_0", "aaa").unwrap();
+        let err = reservations.reserve("web_default_u1_0", "bbb").err().unwrap();
+        assert!(err.to_string().contains("aaa"), "{err}");
+        drop(first);
+        assert!(reservations.reserve("web_default_u1_0", "ccc").is_ok());
+    }
+}
