@@ -1,0 +1,197 @@
+//! Pod sandboxes through the proxy socket, with real containerd and Debian's CNI plugins:
+//! a pod's namespaces, files and IP as the host sees them; status, list and its filters;
+//! stop and remove, each twice; host networking; duplicate names and bad requests.
+
+mod sandbox_support;
+
+use crisp_proto::cri::*;
+use crisp_testkit::Stack;
+use sandbox_support::*;
+use std::io::{Read, Write};
+use std::time::Duration;
+use tonic::Code;
+
+#[tokio::test]
+async fn a_pod_gets_its_namespaces_files_and_an_ip_the_host_reaches() {
+    let stack = Stack::start().await.unwrap();
+    let network = write_network(&stack, "life", 11, &[]);
+
+    let mut config = pod_config("web", "uid-web");
+    config.dns_config = Some(DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["default.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    let id = run(&stack, config).await.unwrap();
+    assert_eq!(id.len(), 64);
+
+    // Status: ready, with its IP, metadata, labels, annotations and namespace modes.
+    let response = status(&stack, &id).await.unwrap();
+    let pod = response.status.unwrap();
+    assert_eq!(pod.id, id);
+    assert_eq!(pod.state, PodSandboxState::SandboxReady as i32);
+    assert_eq!(pod.metadata.as_ref().unwrap().name, "web");
+    assert_eq!(pod.labels["app"], "web");
+    assert_eq!(pod.annotations["note"], "made by a test");
+    assert!(pod.created_at > 0);
+    let ip = pod.network.as_ref().unwrap().ip.clone();
+    assert!(ip.starts_with("10.201.11."), "{ip}");
+    let options = pod.linux.unwrap().namespaces.unwrap().options.unwrap();
+    assert_eq!(options.network, NamespaceMode::Pod as i32);
+    assert!(response.info["info"].contains(&id));
+    assert_eq!(allocated_ips(&network.store), std::slice::from_ref(&ip));
+
+    // The pinned namespaces: the IP in the net namespace, lo up, the hostname in the UTS one.
+    let ns = pod_dir(&stack, &id).join("ns");
+    let addresses = in_namespace("net", &ns.join("net"), &["ip", "-4", "addr"]);
+    assert!(addresses.contains(&format!("inet {ip}/24")), "{addresses}");
+    assert!(addresses.contains("inet 127.0.0.1/8"), "{addresses}");
+    assert_eq!(in_namespace("uts", &ns.join("uts"), &["hostname"]).trim(), "web");
+    assert_eq!(mounts_under(&pod_dir(&stack, &id)).len(), 4, "net, ipc, uts pins and /dev/shm");
+
+    // The files.
+    let dir = pod_dir(&stack, &id);
+    assert_eq!(std::fs::read_to_string(dir.join("hostname")).unwrap(), "web\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("resolv.conf")).unwrap(),
+        "search default.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+    );
+    assert!(std::fs::read_to_string(dir.join("hosts")).unwrap().contains("localhost"));
+
+    // The host reaches a listener inside the pod by the pod's IP.
+    let mut listener = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.join("net").display()))
+        .args(["busybox", "nc", "-l", "-p", "8080", "-e", "echo", "hello from the pod"])
+        .spawn()
+        .unwrap();
+    let mut answer = String::new();
+    for _ in 0..50 {
+        if let Ok(mut conn) =
+            std::net::TcpStream::connect_timeout(&format!("{ip}:8080").parse().unwrap(), Duration::from_secs(1))
+        {
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = conn.write_all(b"\n");
+            let _ = conn.read_to_string(&mut answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert_eq!(answer.trim(), "hello from the pod");
+
+    // List and its filters.
+    let second = run(&stack, pod_config("db", "uid-db")).await.unwrap();
+    assert_eq!(list(&stack, None).await.len(), 2);
+    let by = |filter: PodSandboxFilter| list(&stack, Some(filter));
+    let only = |items: Vec<PodSandbox>| items.into_iter().map(|p| p.id).collect::<Vec<_>>();
+    assert_eq!(only(by(PodSandboxFilter { id: id.clone(), ..Default::default() }).await), std::slice::from_ref(&id));
+    assert_eq!(
+        only(by(PodSandboxFilter { id: id[..12].to_string(), ..Default::default() }).await),
+        std::slice::from_ref(&id)
+    );
+    let labelled =
+        PodSandboxFilter { label_selector: [("app".to_string(), "db".to_string())].into(), ..Default::default() };
+    assert_eq!(only(by(labelled).await), std::slice::from_ref(&second));
+
+    // Stop: NOTREADY, the IP released; twice is fine.
+    stop(&stack, &id).await.unwrap();
+    stop(&stack, &id).await.unwrap();
+    let pod = status(&stack, &id).await.unwrap().status.unwrap();
+    assert_eq!(pod.state, PodSandboxState::SandboxNotready as i32);
+    assert!(pod.network.is_none());
+    assert_eq!(allocated_ips(&network.store).len(), 1, "only the second pod's IP is held");
+    let not_ready = PodSandboxFilter {
+        state: Some(PodSandboxStateValue { state: PodSandboxState::SandboxNotready as i32 }),
+        ..Default::default()
+    };
+    assert_eq!(only(by(not_ready).await), std::slice::from_ref(&id));
+
+    // Remove: gone, with its mounts and directory; twice is fine; unknown ids too.
+    remove(&stack, &id).await.unwrap();
+    remove(&stack, &id).await.unwrap();
+    let err = status(&stack, &id).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains(&id), "{}", err.message());
+    assert!(mounts_under(&pod_dir(&stack, &id)).is_empty());
+    assert!(!pod_dir(&stack, &id).exists());
+    stop(&stack, "0123456789abcdef").await.unwrap();
+    remove(&stack, "0123456789abcdef").await.unwrap();
+
+    // Removing a ready pod stops it first.
+    remove(&stack, &second).await.unwrap();
+    assert!(allocated_ips(&network.store).is_empty());
+    assert!(list(&stack, None).await.is_empty());
+    assert!(mounts_under(stack.dir()).iter().all(|m| !m.contains("/pods/")));
+}
+
+#[tokio::test]
+async fn a_host_network_pod_has_no_network_namespace_and_no_ip() {
+    let stack = Stack::start().await.unwrap();
+    let network = write_network(&stack, "host", 12, &[]);
+    let mut config = pod_config("node-agent", "uid-agent");
+    config.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: NamespaceMode::Node as i32,
+                ipc: NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = run(&stack, config).await.unwrap();
+    let pod = status(&stack, &id).await.unwrap().status.unwrap();
+    assert_eq!(pod.state, PodSandboxState::SandboxReady as i32);
+    assert!(pod.network.is_none());
+    let options = pod.linux.unwrap().namespaces.unwrap().options.unwrap();
+    assert_eq!(options.network, NamespaceMode::Node as i32);
+    assert!(mounts_under(&pod_dir(&stack, &id)).is_empty(), "no pins and the host's /dev/shm");
+    assert!(allocated_ips(&network.store).is_empty());
+    stop(&stack, &id).await.unwrap();
+    remove(&stack, &id).await.unwrap();
+    assert!(!pod_dir(&stack, &id).exists());
+}
+
+#[tokio::test]
+async fn a_duplicate_name_and_bad_requests_are_refused() {
+    let stack = Stack::start().await.unwrap();
+    let _network = write_network(&stack, "dup", 13, &[]);
+    let id = run(&stack, pod_config("web", "uid-1")).await.unwrap();
+
+    let err = run(&stack, pod_config("web", "uid-1")).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(err.message().contains(&id), "{}", err.message());
+    assert!(err.message().contains("web_default_uid-1_0"), "{}", err.message());
+    // Another attempt is another pod.
+    let mut next = pod_config("web", "uid-1");
+    next.metadata.as_mut().unwrap().attempt = 1;
+    let second = run(&stack, next).await.unwrap();
+
+    let mut no_uid = pod_config("web", "");
+    no_uid.metadata.as_mut().unwrap().uid.clear();
+    let err = run(&stack, no_uid).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("config.metadata.uid"), "{}", err.message());
+
+    let err = stack
+        .runtime_client()
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("x", "u")), runtime_handler: "kata".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("kata"), "{}", err.message());
+
+    let config = stack.runtime_client().runtime_config(RuntimeConfigRequest {}).await.unwrap().into_inner();
+    assert_eq!(config.linux.unwrap().cgroup_driver, CgroupDriver::Cgroupfs as i32);
+    let node = stack.runtime_client().status(StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let handlers: Vec<_> = node.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(handlers, ["", "runc"]);
+
+    remove(&stack, &id).await.unwrap();
+    remove(&stack, &second).await.unwrap();
+    // After removal the name is free again.
+    let again = run(&stack, pod_config("web", "uid-1")).await.unwrap();
+    remove(&stack, &again).await.unwrap();
+}
