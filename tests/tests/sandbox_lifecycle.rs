@@ -195,3 +195,50 @@ async fn a_duplicate_name_and_bad_requests_are_refused() {
     let again = run(&stack, pod_config("web", "uid-1")).await.unwrap();
     remove(&stack, &again).await.unwrap();
 }
+
+#[tokio::test]
+async fn sysctls_are_set_in_the_pods_own_namespaces_and_refused_elsewhere() {
+    let stack = Stack::start().await.unwrap();
+    let _network = write_network(&stack, "sysctl", 14, &[]);
+    let host_value = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
+    let mut config = pod_config("tuned", "uid-tuned");
+    config.linux = Some(LinuxPodSandboxConfig {
+        sysctls: [
+            ("net.ipv4.ip_unprivileged_port_start".to_string(), "0".to_string()),
+            ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    });
+    let id = run(&stack, config).await.unwrap();
+    let ns = pod_dir(&stack, &id).join("ns");
+    let port_start = in_namespace("net", &ns.join("net"), &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]);
+    assert_eq!(port_start.trim(), "0");
+    assert_eq!(in_namespace("ipc", &ns.join("ipc"), &["cat", "/proc/sys/kernel/shm_rmid_forced"]).trim(), "1");
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap(), host_value);
+    remove(&stack, &id).await.unwrap();
+
+    // Not namespaced, or in a namespace the pod shares with the host: refused, naming it.
+    let mut node_wide = pod_config("bad", "uid-bad");
+    node_wide.linux = Some(LinuxPodSandboxConfig {
+        sysctls: [("kernel.pid_max".into(), "100000".into())].into(),
+        ..Default::default()
+    });
+    let err = run(&stack, node_wide).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("kernel.pid_max"), "{}", err.message());
+
+    let mut host_net = pod_config("bad", "uid-bad");
+    host_net.linux = Some(LinuxPodSandboxConfig {
+        sysctls: [("net.ipv4.ip_forward".into(), "1".into())].into(),
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = run(&stack, host_net).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("net.ipv4.ip_forward"), "{}", err.message());
+    assert!(list(&stack, None).await.is_empty());
+}

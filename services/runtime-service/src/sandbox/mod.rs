@@ -40,6 +40,8 @@ pub enum SandboxError {
     UnknownHandler(String),
     #[error("failed to reserve sandbox name `{name}`: name is reserved for `{existing}`")]
     NameReserved { name: String, existing: String },
+    #[error("sysctl `{key}`: {reason}")]
+    Sysctl { key: String, reason: &'static str },
     #[error("pod sandbox `{0}` not found")]
     NotFound(String),
     #[error("pod sandbox id prefix `{0}` matches more than one pod")]
@@ -59,7 +61,9 @@ pub enum SandboxError {
 impl GrpcError for SandboxError {
     fn code(&self) -> Code {
         match self {
-            SandboxError::MissingField(_) | SandboxError::UnknownHandler(_) => Code::InvalidArgument,
+            SandboxError::MissingField(_) | SandboxError::UnknownHandler(_) | SandboxError::Sysctl { .. } => {
+                Code::InvalidArgument
+            }
             SandboxError::NameReserved { .. } => Code::AlreadyExists,
             SandboxError::NotFound(_) => Code::NotFound,
             SandboxError::Ambiguous(_) => Code::InvalidArgument,

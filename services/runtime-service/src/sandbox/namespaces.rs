@@ -3,7 +3,8 @@
 //!
 //! They are made in a short-lived child: this same binary started with [`HELPER_ARG`], which
 //! (single-threaded, before any runtime starts) unshares the namespaces, sets the pod's
-//! hostname in the new UTS namespace, bind-mounts each onto its file and exits. The service
+//! hostname in the new UTS namespace, writes the pod's sysctls (each checked by [`sysctl_kind`]
+//! to belong to one of the new namespaces), bind-mounts each onto its file and exits. The service
 //! itself never calls `unshare`/`setns`. The pins hold the namespaces alive with no process;
 //! [`unpin`] unmounts them (lazily, so a process still inside keeps its namespace).
 
@@ -48,6 +49,35 @@ impl Kind {
     }
 }
 
+/// The namespace a sysctl belongs to (as runc decides it), or why the pod cannot set it.
+pub fn sysctl_kind(key: &str) -> Result<Kind, &'static str> {
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let key = key.replace('/', ".");
+    if key.starts_with("net.") {
+        Ok(Kind::Net)
+    } else if IPC.contains(&key.as_str()) || key.starts_with("fs.mqueue.") {
+        Ok(Kind::Ipc)
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        Ok(Kind::Uts)
+    } else {
+        Err("not namespaced: it would change the whole node")
+    }
+}
+
+/// `key` as a path under `/proc/sys`.
+fn sysctl_path(key: &str) -> PathBuf {
+    Path::new("/proc/sys").join(key.replace('.', "/"))
+}
+
 /// Where the pin of `kind` is in the namespace directory `dir`.
 pub fn pin_path(dir: &Path, kind: Kind) -> PathBuf {
     dir.join(kind.name())
@@ -55,7 +85,15 @@ pub fn pin_path(dir: &Path, kind: Kind) -> PathBuf {
 
 /// Makes and pins namespaces of `kinds` under `dir` (created), with `hostname` in a new UTS
 /// namespace, by running the helper.
-pub async fn pin(pod: &str, dir: &Path, kinds: &[Kind], hostname: &str) -> Result<(), SandboxError> {
+/// `sysctls` (`key`, `value`) are set in the new namespaces; each must be checked by
+/// [`sysctl_kind`] to belong to one of `kinds`.
+pub async fn pin(
+    pod: &str,
+    dir: &Path,
+    kinds: &[Kind],
+    hostname: &str,
+    sysctls: &[(String, String)],
+) -> Result<(), SandboxError> {
     if kinds.is_empty() {
         return Ok(());
     }
@@ -68,6 +106,7 @@ pub async fn pin(pod: &str, dir: &Path, kinds: &[Kind], hostname: &str) -> Resul
         .arg(dir)
         .arg(hostname)
         .arg(kinds.join(","))
+        .args(sysctls.iter().map(|(k, v)| format!("{k}={v}")))
         .env_clear()
         .kill_on_drop(true)
         .output()
@@ -103,7 +142,7 @@ pub fn unpin(pod: &str, dir: &Path) -> Result<(), SandboxError> {
     }
 }
 
-/// The helper's body: `HELPER_ARG <dir> <hostname> <kind,kind...>`. Runs in a fresh,
+/// The helper's body: `HELPER_ARG <dir> <hostname> <kind,kind...> [key=value...]`. Runs in a fresh,
 /// single-threaded process.
 pub fn helper_main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(2).collect();
@@ -117,8 +156,8 @@ pub fn helper_main() -> ExitCode {
 }
 
 fn helper(args: &[String]) -> Result<(), String> {
-    let [dir, hostname, kinds] = args else {
-        return Err(format!("usage: {HELPER_ARG} DIR HOSTNAME KINDS"));
+    let [dir, hostname, kinds, sysctls @ ..] = args else {
+        return Err(format!("usage: {HELPER_ARG} DIR HOSTNAME KINDS [KEY=VALUE...]"));
     };
     let dir = Path::new(dir);
     let kinds: Vec<Kind> = kinds
@@ -130,6 +169,14 @@ fn helper(args: &[String]) -> Result<(), String> {
     if kinds.contains(&Kind::Uts) && !hostname.is_empty() {
         nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname `{hostname}`: {e}"))?;
     }
+    for sysctl in sysctls {
+        let (key, value) = sysctl.split_once('=').ok_or_else(|| format!("sysctl `{sysctl}` is not KEY=VALUE"))?;
+        let kind = sysctl_kind(key).map_err(|reason| format!("sysctl `{key}`: {reason}"))?;
+        if !kinds.contains(&kind) {
+            return Err(format!("sysctl `{key}`: the pod shares the host's {} namespace", kind.name()));
+        }
+        std::fs::write(sysctl_path(key), value).map_err(|e| format!("setting sysctl `{key}` to `{value}`: {e}"))?;
+    }
     for kind in &kinds {
         let target = pin_path(dir, *kind);
         std::fs::File::create(&target).map_err(|e| format!("creating {}: {e}", target.display()))?;
@@ -138,4 +185,21 @@ fn helper(args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("bind-mounting {source} onto {}: {e}", target.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctls_belong_to_the_namespace_runc_gives_them() {
+        assert_eq!(sysctl_kind("net.ipv4.ip_forward"), Ok(Kind::Net));
+        assert_eq!(sysctl_kind("net/ipv4/ping_group_range"), Ok(Kind::Net));
+        assert_eq!(sysctl_kind("kernel.shm_rmid_forced"), Ok(Kind::Ipc));
+        assert_eq!(sysctl_kind("fs.mqueue.msg_max"), Ok(Kind::Ipc));
+        assert_eq!(sysctl_kind("kernel.domainname"), Ok(Kind::Uts));
+        assert!(sysctl_kind("kernel.pid_max").is_err());
+        assert!(sysctl_kind("vm.swappiness").is_err());
+        assert_eq!(sysctl_path("net.ipv4.ip_forward"), Path::new("/proc/sys/net/ipv4/ip_forward"));
+    }
 }

@@ -143,6 +143,37 @@ fn namespace_options(config: &PodSandboxConfig) -> NamespaceOption {
         .unwrap_or_default()
 }
 
+/// The pod's sysctls, each checked to belong to a namespace the pod gets of its own.
+pub fn check_sysctls(config: &PodSandboxConfig, kinds: &[Kind]) -> Result<Vec<(String, String)>, SandboxError> {
+    let mut sysctls: Vec<(String, String)> =
+        config.linux.as_ref().map(|l| l.sysctls.clone().into_iter().collect()).unwrap_or_default();
+    sysctls.sort();
+    for (key, _) in &sysctls {
+        let kind = namespaces::sysctl_kind(key).map_err(|reason| SandboxError::Sysctl { key: key.clone(), reason })?;
+        if !kinds.contains(&kind) {
+            let reason = match kind {
+                Kind::Net | Kind::Uts => "the pod uses the host's network",
+                Kind::Ipc => "the pod uses the host's IPC namespace",
+            };
+            return Err(SandboxError::Sysctl { key: key.clone(), reason });
+        }
+    }
+    Ok(sysctls)
+}
+
+/// The namespaces crisp makes for a pod: a pod on the host's network keeps the host's UTS
+/// namespace too, as containerd does.
+fn own_namespaces(host_network: bool, host_ipc: bool) -> Vec<Kind> {
+    let mut kinds = vec![];
+    if !host_network {
+        kinds.extend([Kind::Net, Kind::Uts]);
+    }
+    if !host_ipc {
+        kinds.push(Kind::Ipc);
+    }
+    kinds
+}
+
 pub async fn run(
     containerd: &Containerd,
     config: &Config,
@@ -155,6 +186,7 @@ pub async fn run(
     let options = namespace_options(pod_config);
     let host_network = options.network == NamespaceMode::Node as i32;
     let host_ipc = options.ipc == NamespaceMode::Node as i32;
+    check_sysctls(pod_config, &own_namespaces(host_network, host_ipc))?;
 
     let mut sandbox = Sandbox {
         id: id.clone(),
@@ -210,16 +242,10 @@ async fn make(
         tokio::fs::create_dir_all(&sandbox.dir).await.map_err(SandboxError::io(&id, "creating", &sandbox.dir))?;
         rollback.dir = Some(sandbox.dir.clone());
 
-        let mut kinds = vec![];
-        if !host_network {
-            // A pod on the host's network keeps the host's UTS namespace too, as containerd does.
-            kinds.extend([Kind::Net, Kind::Uts]);
-        }
-        if !host_ipc {
-            kinds.push(Kind::Ipc);
-        }
+        let kinds = own_namespaces(host_network, host_ipc);
+        let sysctls = check_sysctls(pod_config, &kinds)?;
         let ns = ns_dir(&sandbox.dir);
-        namespaces::pin(&id, &ns, &kinds, &sandbox.hostname).await?;
+        namespaces::pin(&id, &ns, &kinds, &sandbox.hostname, &sysctls).await?;
 
         let hostname = if host_network {
             nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
@@ -306,6 +332,26 @@ mod tests {
         let err = validate(&request("web", "u1", "default", "kata")).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.to_string().contains("kata"), "{err}");
+    }
+
+    #[test]
+    fn sysctls_are_refused_where_the_pod_shares_the_hosts_namespace() {
+        use crisp_proto::cri::LinuxPodSandboxConfig;
+        let with = |key: &str| PodSandboxConfig {
+            linux: Some(LinuxPodSandboxConfig {
+                sysctls: [(key.to_string(), "1".to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let own = own_namespaces(false, false);
+        assert_eq!(check_sysctls(&with("net.ipv4.ip_forward"), &own).unwrap().len(), 1);
+        let err = check_sysctls(&with("net.ipv4.ip_forward"), &own_namespaces(true, false)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.to_string().contains("net.ipv4.ip_forward") && err.to_string().contains("host's network"), "{err}");
+        assert!(check_sysctls(&with("kernel.shmmax"), &own_namespaces(false, true)).is_err());
+        let err = check_sysctls(&with("kernel.pid_max"), &own).unwrap_err();
+        assert!(err.to_string().contains("not namespaced"), "{err}");
     }
 
     #[test]
