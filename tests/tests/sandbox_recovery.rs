@@ -9,38 +9,132 @@ use crisp_testkit::{Stack, StackOptions};
 use sandbox_support::*;
 use std::os::unix::fs::PermissionsExt;
 
-#[tokio::test]
-async fn a_failing_cni_plugin_is_rolled_back_with_nothing_left() {
-    let bin = tempfile::tempdir().unwrap();
-    let plugin = bin.path().join("crisp-test-fail");
-    std::fs::write(
-        &plugin,
-        "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n  echo '{\"cniVersion\":\"1.0.0\",\"code\":100,\"msg\":\"refused by the test plugin\"}'\n  exit 1\nfi\nexit 0\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let stack = Stack::start_with(StackOptions {
-        extra_config: format!("[runtime]\ncni_bin_dirs = [\"{}\", \"/usr/lib/cni\"]\n", bin.path().display()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let network = write_network(&stack, "fail", 21, &[r#"{"type":"crisp-test-fail"}"#]);
+/// A CNI plugin `crisp-test-plugin` that succeeds, unless a flag file beside it says to fail
+/// ADD (`fail-add`), fail DEL (`fail-del`) or hang in ADD (`hang-add`).
+struct TestPlugin {
+    dir: tempfile::TempDir,
+}
 
-    let err = run(&stack, pod_config("web", "uid-web")).await.unwrap_err();
-    assert!(err.message().contains("crisp-test-fail"), "{}", err.message());
-    assert!(err.message().contains("refused by the test plugin"), "{}", err.message());
+impl TestPlugin {
+    fn new() -> TestPlugin {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = dir.path().join("crisp-test-plugin");
+        std::fs::write(
+            &plugin,
+            r#"#!/bin/sh
+here=$(dirname "$0")
+cat >/dev/null
+if [ "$CNI_COMMAND" = ADD ] && [ -e "$here/hang-add" ]; then exec sleep 60; fi
+if [ -e "$here/fail-$(echo "$CNI_COMMAND" | tr A-Z a-z)" ]; then
+  echo '{"cniVersion":"1.0.0","code":100,"msg":"refused by the test plugin"}'
+  exit 1
+fi
+if [ "$CNI_COMMAND" = ADD ]; then echo '{"cniVersion":"1.0.0","ips":[]}'; fi
+exit 0
+"#,
+        )
+        .unwrap();
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        TestPlugin { dir }
+    }
 
-    // The bridge plugin had allocated an IP before the failing one ran: DEL released it.
+    fn set(&self, flag: &str, on: bool) {
+        let path = self.dir.path().join(flag);
+        if on {
+            std::fs::write(path, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    async fn stack(&self) -> Stack {
+        Stack::start_with(StackOptions {
+            extra_config: format!("[runtime]\ncni_bin_dirs = [\"{}\", \"/usr/lib/cni\"]\n", self.dir.path().display()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    }
+}
+
+fn nothing_left(stack: &Stack, network: &TestNetwork) {
     assert!(network.store.is_dir(), "host-local ran");
     assert!(allocated_ips(&network.store).is_empty(), "{:?}", allocated_ips(&network.store));
     assert!(mounts_under(stack.dir()).iter().all(|m| !m.contains("/pods/")), "{:?}", mounts_under(stack.dir()));
     let pods = stack.dir().join("run").join("pods");
     assert_eq!(std::fs::read_dir(&pods).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+#[tokio::test]
+async fn a_failing_cni_plugin_is_rolled_back_with_nothing_left() {
+    let plugin = TestPlugin::new();
+    plugin.set("fail-add", true);
+    let stack = plugin.stack().await;
+    let network = write_network(&stack, "fail", 21, &[r#"{"type":"crisp-test-plugin"}"#]);
+
+    let err = run(&stack, pod_config("web", "uid-web")).await.unwrap_err();
+    assert!(err.message().contains("crisp-test-plugin"), "{}", err.message());
+    assert!(err.message().contains("refused by the test plugin"), "{}", err.message());
+
+    // The bridge plugin had allocated an IP before the failing one ran: DEL released it.
+    nothing_left(&stack, &network);
     assert!(list(&stack, None).await.is_empty());
 
-    // With the network fixed, the same pod runs (its name was not left reserved).
-    let _fixed = write_network(&stack, "fail", 21, &[]);
+    // With the plugin fixed, the same pod runs (its name was not left reserved).
+    plugin.set("fail-add", false);
+    let id = run(&stack, pod_config("web", "uid-web")).await.unwrap();
+    remove(&stack, &id).await.unwrap();
+    nothing_left(&stack, &network);
+}
+
+#[tokio::test]
+async fn a_failed_teardown_is_retried_by_the_next_stop_and_remove() {
+    let plugin = TestPlugin::new();
+    let stack = plugin.stack().await;
+    let network = write_network(&stack, "retry", 23, &[r#"{"type":"crisp-test-plugin"}"#]);
+    let id = run(&stack, pod_config("web", "uid-web")).await.unwrap();
+
+    plugin.set("fail-del", true);
+    let err = stop(&stack, &id).await.unwrap_err();
+    assert!(err.message().contains("refused by the test plugin") && err.message().contains(&id), "{}", err.message());
+    assert_eq!(status(&stack, &id).await.unwrap().status.unwrap().state, PodSandboxState::SandboxNotready as i32);
+    let err = remove(&stack, &id).await.unwrap_err();
+    assert!(err.message().contains("refused by the test plugin"), "{}", err.message());
+    assert!(status(&stack, &id).await.is_ok(), "a pod whose teardown failed is kept");
+
+    plugin.set("fail-del", false);
+    stop(&stack, &id).await.unwrap();
+    remove(&stack, &id).await.unwrap();
+    nothing_left(&stack, &network);
+}
+
+#[tokio::test]
+async fn a_run_cut_short_by_the_callers_deadline_is_undone() {
+    let plugin = TestPlugin::new();
+    plugin.set("hang-add", true);
+    let stack = plugin.stack().await;
+    let network = write_network(&stack, "deadline", 24, &[r#"{"type":"crisp-test-plugin"}"#]);
+
+    let mut request = tonic::Request::new(RunPodSandboxRequest {
+        config: Some(pod_config("web", "uid-web")),
+        runtime_handler: String::new(),
+    });
+    request.set_timeout(std::time::Duration::from_secs(2));
+    let err = stack.runtime_client().run_pod_sandbox(request).await.unwrap_err();
+    // The client's own timer or the proxy's answer, whichever is first.
+    assert!(matches!(err.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{err:?}");
+
+    // The undo runs in the background: give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline
+        && (!allocated_ips(&network.store).is_empty()
+            || stack.dir().join("run/pods").read_dir().is_ok_and(|mut d| d.next().is_some()))
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    nothing_left(&stack, &network);
+    assert!(list(&stack, None).await.is_empty());
+    plugin.set("hang-add", false);
     let id = run(&stack, pod_config("web", "uid-web")).await.unwrap();
     remove(&stack, &id).await.unwrap();
 }
