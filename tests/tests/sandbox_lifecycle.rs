@@ -242,3 +242,77 @@ async fn sysctls_are_set_in_the_pods_own_namespaces_and_refused_elsewhere() {
     assert!(err.message().contains("net.ipv4.ip_forward"), "{}", err.message());
     assert!(list(&stack, None).await.is_empty());
 }
+
+/// `busybox nc` in the pod's network namespace answering one connection on `port` with `text`.
+fn listen_in_pod(stack: &Stack, id: &str, port: u16, text: &str) -> std::process::Child {
+    std::process::Command::new("nsenter")
+        .arg(format!("--net={}", pod_dir(stack, id).join("ns/net").display()))
+        .args(["busybox", "nc", "-l", "-p", &port.to_string(), "-e", "echo", text])
+        .spawn()
+        .unwrap()
+}
+
+/// What `address` answers on a fresh TCP connection from the host, retried until the listener is up.
+async fn answer_from(address: &str) -> String {
+    let address: std::net::SocketAddr = address.parse().unwrap();
+    for _ in 0..50 {
+        if let Ok(mut conn) = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)) {
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut answer = String::new();
+            let _ = conn.read_to_string(&mut answer);
+            if !answer.is_empty() {
+                return answer.trim().to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    String::new()
+}
+
+#[tokio::test]
+async fn pods_reach_each_other_and_a_host_port_reaches_a_pod() {
+    let stack = Stack::start().await.unwrap();
+    let _network = write_network(&stack, "ports", 15, &[r#"{"type":"portmap","capabilities":{"portMappings":true}}"#]);
+    let mut web = pod_config("web", "uid-web");
+    web.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: 31815,
+        host_ip: String::new(),
+    }];
+    let web_id = run(&stack, web).await.unwrap();
+    let client_id = run(&stack, pod_config("client", "uid-client")).await.unwrap();
+    let web_ip = status(&stack, &web_id).await.unwrap().status.unwrap().network.unwrap().ip;
+
+    // Pod to pod, by IP.
+    let mut listener = listen_in_pod(&stack, &web_id, 8080, "hello, pod");
+    let client_net = pod_dir(&stack, &client_id).join("ns/net");
+    let mut answer = String::new();
+    for _ in 0..50 {
+        answer = in_namespace(
+            "net",
+            &client_net,
+            &["busybox", "sh", "-c", &format!("sleep 1 | busybox nc {web_ip} 8080 || true")],
+        );
+        if !answer.is_empty() {
+            break;
+        }
+    }
+    let _ = listener.wait();
+    assert_eq!(answer.trim(), "hello, pod");
+
+    // The host port (portmap's DNAT), through the node's address on the pod network.
+    let mut listener = listen_in_pod(&stack, &web_id, 8080, "hello, host port");
+    assert_eq!(answer_from("10.201.15.1:31815").await, "hello, host port");
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let nat = std::process::Command::new("iptables-save").args(["-t", "nat"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&nat.stdout).contains(&web_id), "portmap's rules name the pod");
+
+    // Stop removes portmap's rules.
+    stop(&stack, &web_id).await.unwrap();
+    let nat = std::process::Command::new("iptables-save").args(["-t", "nat"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&nat.stdout).contains(&web_id), "no rule left for the pod");
+    remove(&stack, &web_id).await.unwrap();
+    remove(&stack, &client_id).await.unwrap();
+}
