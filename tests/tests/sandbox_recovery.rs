@@ -167,3 +167,29 @@ async fn pods_survive_a_restart_of_the_runtime_service() {
     assert!(allocated_ips(&network.store).is_empty());
     assert!(mounts_under(stack.dir()).iter().all(|m| !m.contains("/pods/")));
 }
+
+#[tokio::test]
+async fn after_a_reboot_a_pod_is_notready_and_its_removal_still_frees_its_ip() {
+    let stack = Stack::start().await.unwrap();
+    let network = write_network(&stack, "reboot", 25, &[]);
+    let id = run(&stack, pod_config("web", "uid-web")).await.unwrap();
+    assert_eq!(allocated_ips(&network.store).len(), 1);
+
+    // What a reboot does to `runtime.state_dir` (a tmpfs): mounts and files gone, the
+    // namespaces with them. containerd's records and `runtime.root_dir` stay.
+    let dir = pod_dir(&stack, &id);
+    for mount in mounts_under(&dir) {
+        let status = std::process::Command::new("umount").arg("-l").arg(&mount).status().unwrap();
+        assert!(status.success(), "umount {mount}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let pod = status(&stack, &id).await.unwrap().status.unwrap();
+    assert_eq!(pod.state, PodSandboxState::SandboxNotready as i32);
+    assert!(pod.network.is_none());
+    stop(&stack, &id).await.unwrap();
+    remove(&stack, &id).await.unwrap();
+    assert!(allocated_ips(&network.store).is_empty(), "DEL ran from the CNI state kept in runtime.root_dir");
+    assert!(!stack.dir().join("lib/pods").join(&id).exists());
+    assert!(list(&stack, None).await.is_empty());
+}

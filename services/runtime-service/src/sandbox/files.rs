@@ -78,9 +78,10 @@ pub fn prepare(
     Ok(shm)
 }
 
-/// Unmounts the pod's `/dev/shm` and namespace pins and removes its directory; what is
-/// already gone is fine. Blocking: run on a blocking thread.
-pub fn teardown(pod: &str, dir: &Path) -> Result<(), SandboxError> {
+/// Unmounts the pod's `/dev/shm` and namespace pins and removes its directory (and its
+/// CNI state directory `network_dir`); what is already gone is fine. Blocking: run on a
+/// blocking thread.
+pub fn teardown(pod: &str, dir: &Path, network_dir: Option<&Path>) -> Result<(), SandboxError> {
     let shm = shm_dir(dir);
     if shm.exists() {
         match nix::mount::umount2(&shm, MntFlags::MNT_DETACH) {
@@ -89,11 +90,14 @@ pub fn teardown(pod: &str, dir: &Path) -> Result<(), SandboxError> {
         }
     }
     namespaces::unpin(pod, &ns_dir(dir))?;
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(SandboxError::io(pod, "removing", dir)(err)),
+    for dir in std::iter::once(dir).chain(network_dir) {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(SandboxError::io(pod, "removing", dir)(err)),
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]

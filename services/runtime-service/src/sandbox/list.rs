@@ -70,11 +70,13 @@ mod tests {
                 pid_mode: 0,
                 ipc_mode: 0,
                 dir: Default::default(),
+                network_dir: Default::default(),
                 netns: None,
                 shm: Default::default(),
                 ips: vec![],
             },
             state,
+            recorded_state: state,
             network_attached: false,
         }
     }

@@ -1,7 +1,8 @@
 //! A pod's CNI attachment. ADD runs the node's network (the first configuration in
 //! `runtime.cni_conf_dir`) with the pod's runtime config (port mappings, cgroup path, the
 //! pod's annotations), after the `loopback` plugin brought `lo` up. What DEL needs later is
-//! saved in the pod's directory before ADD runs — the configuration file used, the
+//! saved in the pod's network directory (under `runtime.root_dir`, so it outlives a reboot)
+//! before ADD runs — the configuration file used, the
 //! attachment, and then ADD's result — so teardown uses the same network even if the node's
 //! configuration changed, and survives a restart of the service.
 

@@ -64,8 +64,11 @@ pub struct Sandbox {
     pub network_mode: i32,
     pub pid_mode: i32,
     pub ipc_mode: i32,
-    /// The pod's directory under `runtime.state_dir`.
+    /// The pod's directory under `runtime.state_dir` (namespace pins, files, `/dev/shm`).
     pub dir: PathBuf,
+    /// The pod's directory under `runtime.root_dir`: its CNI state, which outlives a reboot so
+    /// that DEL still frees the pod's IP afterwards.
+    pub network_dir: PathBuf,
     /// The pinned network namespace; none with host networking.
     pub netns: Option<PathBuf>,
     /// The pod's `/dev/shm` source.
@@ -78,7 +81,10 @@ pub struct Sandbox {
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub sandbox: Sandbox,
+    /// The state the CRI sees: NOTREADY also when the pod's namespaces or files are gone.
     pub state: State,
+    /// The state the record holds.
+    pub recorded_state: State,
     /// CNI DEL still owed (the network was attached and not yet torn down).
     pub network_attached: bool,
 }
@@ -139,12 +145,16 @@ fn read(container: Container) -> Result<Stored, SandboxError> {
     let bad = |reason: String| SandboxError::Record { pod: container.id.clone(), reason };
     let extension = container.extensions.get(EXTENSION).ok_or_else(|| bad(format!("no extension {EXTENSION}")))?;
     let sandbox: Sandbox = serde_json::from_slice(&extension.value).map_err(|e| bad(e.to_string()))?;
-    let state = match container.labels.get(STATE).map(String::as_str) {
+    // A pod whose namespaces or files are gone (the node rebooted: `runtime.state_dir` is
+    // cleared) is no longer ready, whatever its record says.
+    let intact = sandbox.dir.join("hostname").exists() && sandbox.netns.as_ref().is_none_or(|ns| ns.exists());
+    let recorded_state = match container.labels.get(STATE).map(String::as_str) {
         Some("ready") => State::Ready,
         _ => State::NotReady,
     };
+    let state = if intact { recorded_state } else { State::NotReady };
     let network_attached = container.labels.get(NETWORK).is_some_and(|v| v == "attached");
-    Ok(Stored { sandbox, state, network_attached })
+    Ok(Stored { sandbox, state, recorded_state, network_attached })
 }
 
 /// Every pod crisp keeps in this containerd namespace. A record that cannot be read is

@@ -3,7 +3,7 @@
 //! the sandbox has already been removed."
 //!
 //! Stops the pod if needed (CNI DEL when still owed), unmounts its `/dev/shm` and namespace
-//! pins, removes its directory, and deletes its record last: a step that fails leaves the
+//! pins, removes its directories, and deletes its record last: a step that fails leaves the
 //! record, so a retry finds the pod and finishes.
 
 use super::record;
@@ -17,8 +17,9 @@ pub async fn remove(containerd: &Containerd, config: &Config, id: &str) -> Resul
         return Ok(());
     };
     stop::stop_pod(containerd, config, &stored).await?;
-    let (pod, dir) = (stored.sandbox.id.clone(), stored.sandbox.dir.clone());
-    tokio::task::spawn_blocking(move || files::teardown(&pod, &dir))
+    let (pod, dir, network_dir) =
+        (stored.sandbox.id.clone(), stored.sandbox.dir.clone(), stored.sandbox.network_dir.clone());
+    tokio::task::spawn_blocking(move || files::teardown(&pod, &dir, Some(&network_dir)))
         .await
         .map_err(|e| SandboxError::Record { pod: stored.sandbox.id.clone(), reason: format!("teardown: {e}") })??;
     record::delete(containerd, &stored.sandbox.id).await?;

@@ -3,7 +3,7 @@
 //!
 //! Steps, each undone by [`Rollback`] when a later one fails (or the call is dropped): the
 //! name is reserved (a duplicate of a live reservation or record names the existing pod);
-//! the pod's directory; its namespaces (none of a kind the pod shares with the host); its
+//! the pod's directories; its namespaces (none of a kind the pod shares with the host); its
 //! files; loopback and the CNI network (not with host networking); the containerd record,
 //! last, which makes the pod exist.
 
@@ -51,11 +51,14 @@ impl Reservations {
     }
 }
 
-/// What a failed run undoes, in reverse order: CNI DEL, then the directory with its mounts.
+/// Where a pod's CNI state is kept and the plugin directories, for DEL.
+type NetworkUndo = (PathBuf, Vec<PathBuf>);
+
+/// What a failed run undoes, in reverse order: CNI DEL, then the directories with their mounts.
 struct Rollback {
     pod: String,
     dir: Option<PathBuf>,
-    network: Option<Vec<PathBuf>>,
+    network: Option<NetworkUndo>,
 }
 
 impl Rollback {
@@ -70,16 +73,17 @@ impl Rollback {
     }
 }
 
-async fn undo(pod: String, dir: Option<PathBuf>, network: Option<Vec<PathBuf>>) {
+async fn undo(pod: String, dir: Option<PathBuf>, network: Option<NetworkUndo>) {
     let Some(dir) = dir else { return };
-    if let Some(bin_dirs) = network
-        && let Err(err) = network::detach(&pod, &dir, &bin_dirs).await
+    let network_dir = network.as_ref().map(|(network_dir, _)| network_dir.clone());
+    if let Some((network_dir, bin_dirs)) = network
+        && let Err(err) = network::detach(&pod, &network_dir, &bin_dirs).await
     {
         tracing::warn!(pod, error = %crisp_errors::message_chain(&err), "rolling back: CNI DEL failed");
     }
     let teardown = tokio::task::spawn_blocking({
         let pod = pod.clone();
-        move || files::teardown(&pod, &dir)
+        move || files::teardown(&pod, &dir, network_dir.as_deref())
     });
     match teardown.await {
         Ok(Ok(())) => {}
@@ -205,6 +209,7 @@ pub async fn run(
         pid_mode: options.pid,
         ipc_mode: options.ipc,
         dir: config.runtime.state_dir.join("pods").join(&id),
+        network_dir: config.runtime.root_dir.join("pods").join(&id),
         netns: None,
         shm: PathBuf::new(),
         ips: vec![],
@@ -261,10 +266,15 @@ async fn make(
 
         if !host_network {
             let netns = namespaces::pin_path(&ns, Kind::Net);
-            rollback.network = Some(config.runtime.cni_bin_dirs.clone());
+            tokio::fs::create_dir_all(&sandbox.network_dir).await.map_err(SandboxError::io(
+                &id,
+                "creating",
+                &sandbox.network_dir,
+            ))?;
+            rollback.network = Some((sandbox.network_dir.clone(), config.runtime.cni_bin_dirs.clone()));
             sandbox.ips = network::attach(
                 &id,
-                &sandbox.dir,
+                &sandbox.network_dir,
                 &netns,
                 pod_config,
                 &config.runtime.cni_conf_dir,

@@ -21,11 +21,11 @@ pub async fn stop(containerd: &Containerd, config: &Config, id: &str) -> Result<
 
 pub async fn stop_pod(containerd: &Containerd, config: &Config, stored: &Stored) -> Result<(), SandboxError> {
     let id = &stored.sandbox.id;
-    if stored.state == State::Ready {
+    if stored.recorded_state == State::Ready {
         record::set_state(containerd, id, State::NotReady).await?;
     }
     if stored.network_attached {
-        network::detach(id, &stored.sandbox.dir, &config.runtime.cni_bin_dirs).await?;
+        network::detach(id, &stored.sandbox.network_dir, &config.runtime.cni_bin_dirs).await?;
         record::set_network_detached(containerd, id).await?;
     }
     Ok(())
