@@ -7,7 +7,8 @@
 //! `prevResult`, and the runtime configuration keys the plugin declares in `capabilities`
 //! as `runtimeConfig`. ADD runs the plugins in order and answers the last result; DEL runs
 //! them in reverse, each given the ADD's result, and goes on past a failing plugin so that
-//! every plugin frees what it holds (the first failure is answered).
+//! every plugin frees what it holds (the first failure is answered). CHECK runs them in order,
+//! each given ADD's result.
 
 use crate::{CniError, NetworkConfig, find_plugin};
 use serde::Deserialize;
@@ -37,6 +38,7 @@ pub struct Attachment {
 pub enum Command {
     Add,
     Del,
+    Check,
 }
 
 impl Command {
@@ -44,6 +46,7 @@ impl Command {
         match self {
             Command::Add => "ADD",
             Command::Del => "DEL",
+            Command::Check => "CHECK",
         }
     }
 }
@@ -103,6 +106,15 @@ impl NetworkConfig {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// CHECK: whether the pod's attachment is still as ADD left it (`result` is ADD's).
+    pub async fn check(&self, bin_dirs: &[PathBuf], attachment: &Attachment, result: &Value) -> Result<(), CniError> {
+        for plugin in &self.plugins {
+            let config = self.plugin_stdin(&plugin.raw, attachment, Some(result));
+            run(bin_dirs, &self.name, &plugin.plugin_type, Command::Check, attachment, &config).await?;
+        }
+        Ok(())
     }
 
     /// The JSON a plugin reads on stdin.
@@ -177,7 +189,7 @@ async fn run(
     if !output.status.success() {
         return Err(failed(describe_failure(&output.stdout, &output.stderr, output.status)));
     }
-    if command == Command::Del || output.stdout.iter().all(u8::is_ascii_whitespace) {
+    if command != Command::Add || output.stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
     serde_json::from_slice(&output.stdout).map_err(|e| failed(format!("unreadable result: {e}")))

@@ -99,9 +99,9 @@ pub async fn pin(
     }
     let failed = |reason: String| SandboxError::Namespaces { pod: pod.to_string(), reason };
     tokio::fs::create_dir_all(dir).await.map_err(SandboxError::io(pod, "creating", dir))?;
-    let exe = std::env::current_exe().map_err(|e| failed(format!("cannot find the runtime binary: {e}")))?;
     let kinds: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
-    let output = tokio::process::Command::new(exe)
+    // This very binary, even if an upgrade replaced the file since it started.
+    let output = tokio::process::Command::new("/proc/self/exe")
         .arg(HELPER_ARG)
         .arg(dir)
         .arg(hostname)
