@@ -316,3 +316,41 @@ async fn pods_reach_each_other_and_a_host_port_reaches_a_pod() {
     remove(&stack, &web_id).await.unwrap();
     remove(&stack, &client_id).await.unwrap();
 }
+
+#[tokio::test]
+async fn pods_started_at_once_get_their_own_ips_and_one_name_is_one_pod() {
+    let stack = Stack::start().await.unwrap();
+    let network = write_network(&stack, "many", 16, &[]);
+
+    let runs = (0..10).map(|i| {
+        let stack = &stack;
+        async move { run(stack, pod_config(&format!("pod-{i}"), &format!("uid-{i}"))).await }
+    });
+    let ids: Vec<String> = futures::future::join_all(runs).await.into_iter().map(Result::unwrap).collect();
+    let mut ips = vec![];
+    for id in &ids {
+        ips.push(status(&stack, id).await.unwrap().status.unwrap().network.unwrap().ip);
+    }
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 10, "{ips:?}");
+    assert_eq!(allocated_ips(&network.store).len(), 10);
+
+    // The same name five times at once: one pod, four refusals naming it.
+    let same = (0..5).map(|_| run(&stack, pod_config("twin", "uid-twin")));
+    let outcomes = futures::future::join_all(same).await;
+    let made: Vec<&String> = outcomes.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(made.len(), 1, "{outcomes:?}");
+    for err in outcomes.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(err.code(), Code::AlreadyExists);
+        assert!(err.message().contains(made[0].as_str()), "{}", err.message());
+    }
+
+    let removals = ids.iter().chain(made).map(|id| remove(&stack, id));
+    for outcome in futures::future::join_all(removals).await {
+        outcome.unwrap();
+    }
+    assert!(allocated_ips(&network.store).is_empty());
+    assert!(list(&stack, None).await.is_empty());
+    assert!(mounts_under(stack.dir()).iter().all(|m| !m.contains("/pods/")));
+}
