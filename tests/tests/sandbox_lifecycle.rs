@@ -354,3 +354,31 @@ async fn pods_started_at_once_get_their_own_ips_and_one_name_is_one_pod() {
     assert!(list(&stack, None).await.is_empty());
     assert!(mounts_under(stack.dir()).iter().all(|m| !m.contains("/pods/")));
 }
+
+#[tokio::test]
+async fn the_pod_cidr_from_update_runtime_config_is_the_pods_ip_range() {
+    let stack = Stack::start().await.unwrap();
+    // A bridge network that takes its range from the runtime (the `ipRanges` capability).
+    let network = write_network(&stack, "cidr", 17, &[]);
+    std::fs::write(
+        stack.dir().join("cni/10-test.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"test-cidr","plugins":[{{"type":"bridge","bridge":"crisp-cidr","isGateway":true,"capabilities":{{"ipRanges":true}},"ipam":{{"type":"host-local","dataDir":"{}"}}}}]}}"#,
+            network.store.parent().unwrap().display()
+        ),
+    )
+    .unwrap();
+    let update = |cidr: &str| UpdateRuntimeConfigRequest {
+        runtime_config: Some(RuntimeConfig { network_config: Some(NetworkConfig { pod_cidr: cidr.into() }) }),
+    };
+    let err = stack.runtime_client().update_runtime_config(update("10.201.17.0/33")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("10.201.17.0/33"), "{}", err.message());
+
+    stack.runtime_client().update_runtime_config(update("10.201.17.0/24")).await.unwrap();
+    let id = run(&stack, pod_config("web", "uid-web")).await.unwrap();
+    let ip = status(&stack, &id).await.unwrap().status.unwrap().network.unwrap().ip;
+    assert!(ip.starts_with("10.201.17."), "{ip}");
+    remove(&stack, &id).await.unwrap();
+    assert!(allocated_ips(&network.store).is_empty());
+}

@@ -1,5 +1,6 @@
 //! `crisp-runtime`: the CRI RuntimeService on containerd.
 
+mod pod_cidr;
 mod sandbox;
 mod service;
 mod status;

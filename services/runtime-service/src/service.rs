@@ -2,7 +2,7 @@
 //! Exec, Attach and PortForward are the streaming server's; the proxy never routes them here.
 //! Every RPC not built here answers `UNIMPLEMENTED` through the generated default methods.
 
-use crate::{sandbox, status, version};
+use crate::{pod_cidr, sandbox, status, version};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
 use crisp_proto::cri::runtime_service_server::RuntimeService;
@@ -44,6 +44,15 @@ impl RuntimeService for Runtime {
         Ok(Response::new(RuntimeConfigResponse {
             linux: Some(LinuxRuntimeConfiguration { cgroup_driver: CgroupDriver::Cgroupfs as i32 }),
         }))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request.into_inner().runtime_config.and_then(|c| c.network_config).unwrap_or_default().pod_cidr;
+        pod_cidr::update(&self.config.runtime.root_dir, &cidr).await.map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 
     async fn run_pod_sandbox(

@@ -1,6 +1,6 @@
 //! A pod's CNI attachment. ADD runs the node's network (the first configuration in
 //! `runtime.cni_conf_dir`) with the pod's runtime config (port mappings, cgroup path, the
-//! pod's annotations), after the `loopback` plugin brought `lo` up. What DEL needs later is
+//! pod's annotations, the node's pod CIDR as `ipRanges`), after the `loopback` plugin brought `lo` up. What DEL needs later is
 //! saved in the pod's network directory (under `runtime.root_dir`, so it outlives a reboot)
 //! before ADD runs — the configuration file used, the
 //! attachment, and then ADD's result — so teardown uses the same network even if the node's
@@ -39,8 +39,12 @@ impl Saved {
     }
 }
 
-fn runtime_config(config: &PodSandboxConfig) -> Map<String, Value> {
+fn runtime_config(config: &PodSandboxConfig, pod_cidrs: &[String]) -> Map<String, Value> {
     let mut runtime = Map::new();
+    if !pod_cidrs.is_empty() {
+        let ranges: Vec<Value> = pod_cidrs.iter().map(|cidr| serde_json::json!([{ "subnet": cidr }])).collect();
+        runtime.insert("ipRanges".into(), Value::Array(ranges));
+    }
     let ports: Vec<Value> = config
         .port_mappings
         .iter()
@@ -74,12 +78,14 @@ fn save(pod: &str, dir: &Path, saved: &Saved) -> Result<(), SandboxError> {
     std::fs::write(&path, bytes).map_err(SandboxError::io(pod, "writing", &path))
 }
 
-/// Brings `lo` up and attaches the pod to the node's network; the pod's IPs.
+/// Brings `lo` up and attaches the pod to the node's network; the pod's IPs. `pod_cidrs`
+/// (UpdateRuntimeConfig's) become the `ipRanges` runtime config.
 pub async fn attach(
     pod: &str,
     dir: &Path,
     netns: &Path,
     config: &PodSandboxConfig,
+    pod_cidrs: &[String],
     conf_dir: &Path,
     bin_dirs: &[PathBuf],
 ) -> Result<Vec<String>, SandboxError> {
@@ -100,7 +106,7 @@ pub async fn attach(
             ("K8S_POD_INFRA_CONTAINER_ID".into(), pod.to_string()),
             ("K8S_POD_UID".into(), metadata.uid),
         ],
-        runtime_config: runtime_config(config),
+        runtime_config: runtime_config(config, pod_cidrs),
         result: None,
     };
     save(pod, dir, &saved)?;
@@ -157,12 +163,14 @@ mod tests {
             linux: Some(LinuxPodSandboxConfig { cgroup_parent: "/kubepods/pod1".into(), ..Default::default() }),
             ..Default::default()
         };
-        let runtime = runtime_config(&config);
+        let runtime = runtime_config(&config, &["10.244.1.0/24".to_string()]);
         assert_eq!(
             runtime["portMappings"],
             serde_json::json!([{"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": ""}])
         );
         assert_eq!(runtime["cgroupPath"], "/kubepods/pod1");
+        assert_eq!(runtime["ipRanges"], serde_json::json!([[{"subnet": "10.244.1.0/24"}]]));
+        assert!(!runtime_config(&PodSandboxConfig::default(), &[]).contains_key("ipRanges"));
         assert!(!runtime.contains_key("io.kubernetes.cri.pod-annotations"));
     }
 }

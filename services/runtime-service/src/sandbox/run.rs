@@ -277,6 +277,7 @@ async fn make(
                 &sandbox.network_dir,
                 &netns,
                 pod_config,
+                &crate::pod_cidr::current(&config.runtime.root_dir),
                 &config.runtime.cni_conf_dir,
                 &config.runtime.cni_bin_dirs,
             )
