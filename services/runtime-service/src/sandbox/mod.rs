@@ -54,6 +54,8 @@ pub enum SandboxError {
     Network { pod: String, source: crisp_cni::CniError },
     #[error("pod `{pod}`: {source}")]
     Containerd { pod: String, source: ContainerdError },
+    #[error("pod `{pod}`: {what}: {source}")]
+    Task { pod: String, what: &'static str, source: tokio::task::JoinError },
     #[error("pod `{pod}`: its containerd record is unreadable: {reason}")]
     Record { pod: String, reason: String },
 }
@@ -73,6 +75,7 @@ impl GrpcError for SandboxError {
                 ..
             } => Code::FailedPrecondition,
             SandboxError::Io { .. }
+            | SandboxError::Task { .. }
             | SandboxError::Namespaces { .. }
             | SandboxError::Network { .. }
             | SandboxError::Record { .. } => Code::Internal,

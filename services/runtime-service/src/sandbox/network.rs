@@ -7,7 +7,9 @@
 //! configuration changed, and survives a restart of the service.
 
 use super::SandboxError;
+use super::record::Sandbox;
 use crisp_cni::{Attachment, NetworkConfig};
+use crisp_config::RuntimeConfig;
 use crisp_proto::cri::{PodSandboxConfig, Protocol};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -81,14 +83,14 @@ fn save(pod: &str, dir: &Path, saved: &Saved) -> Result<(), SandboxError> {
 /// Brings `lo` up and attaches the pod to the node's network; the pod's IPs. `pod_cidrs`
 /// (UpdateRuntimeConfig's) become the `ipRanges` runtime config.
 pub async fn attach(
-    pod: &str,
-    dir: &Path,
+    sandbox: &Sandbox,
     netns: &Path,
     config: &PodSandboxConfig,
     pod_cidrs: &[String],
-    conf_dir: &Path,
-    bin_dirs: &[PathBuf],
+    runtime: &RuntimeConfig,
 ) -> Result<Vec<String>, SandboxError> {
+    let (pod, dir) = (sandbox.id.as_str(), sandbox.network_dir.as_path());
+    let (conf_dir, bin_dirs) = (&runtime.cni_conf_dir, &runtime.cni_bin_dirs);
     let network_error = |source| SandboxError::Network { pod: pod.to_string(), source };
     let network = NetworkConfig::load(conf_dir).map_err(network_error)?;
     let copy =

@@ -90,6 +90,16 @@ pub struct Stored {
 }
 
 impl Sandbox {
+    /// The pod uses the node's network (and UTS) namespace: no CNI, no pin.
+    pub fn host_network(&self) -> bool {
+        self.network_mode == crisp_proto::cri::NamespaceMode::Node as i32
+    }
+
+    /// The pod uses the node's IPC namespace and `/dev/shm`.
+    pub fn host_ipc(&self) -> bool {
+        self.ipc_mode == crisp_proto::cri::NamespaceMode::Node as i32
+    }
+
     /// The name containerd's CRI plugin reserves: `name_namespace_uid_attempt`.
     pub fn full_name(&self) -> String {
         format!("{}_{}_{}_{}", self.name, self.namespace, self.uid, self.attempt)

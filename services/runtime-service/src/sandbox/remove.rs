@@ -21,7 +21,7 @@ pub async fn remove(containerd: &Containerd, config: &Config, id: &str) -> Resul
         (stored.sandbox.id.clone(), stored.sandbox.dir.clone(), stored.sandbox.network_dir.clone());
     tokio::task::spawn_blocking(move || files::teardown(&pod, &dir, Some(&network_dir)))
         .await
-        .map_err(|e| SandboxError::Record { pod: stored.sandbox.id.clone(), reason: format!("teardown: {e}") })??;
+        .map_err(|e| SandboxError::Task { pod: stored.sandbox.id.clone(), what: "tearing it down", source: e })??;
     record::delete(containerd, &stored.sandbox.id).await?;
     tracing::info!(pod = %stored.sandbox.id, "pod sandbox removed");
     Ok(())

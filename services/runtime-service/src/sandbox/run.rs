@@ -13,7 +13,7 @@ use super::record::{self, Sandbox};
 use super::{SandboxError, network};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
-use crisp_proto::cri::{NamespaceMode, NamespaceOption, PodSandboxConfig, RunPodSandboxRequest};
+use crisp_proto::cri::{NamespaceOption, PodSandboxConfig, RunPodSandboxRequest};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -188,9 +188,6 @@ pub async fn run(
     let metadata = pod_config.metadata.clone().unwrap_or_default();
     let id = new_id()?;
     let options = namespace_options(pod_config);
-    let host_network = options.network == NamespaceMode::Node as i32;
-    let host_ipc = options.ipc == NamespaceMode::Node as i32;
-    check_sysctls(pod_config, &own_namespaces(host_network, host_ipc))?;
 
     let mut sandbox = Sandbox {
         id: id.clone(),
@@ -214,6 +211,7 @@ pub async fn run(
         shm: PathBuf::new(),
         ips: vec![],
     };
+    check_sysctls(pod_config, &own_namespaces(sandbox.host_network(), sandbox.host_ipc()))?;
 
     // The name: one pod per name_namespace_uid_attempt, in flight or recorded.
     let full_name = sandbox.full_name();
@@ -223,26 +221,21 @@ pub async fn run(
         return Err(SandboxError::NameReserved { name: full_name, existing: existing.sandbox.id });
     }
 
-    let rollback = Rollback { pod: id.clone(), dir: None, network: None };
-    match make(containerd, config, pod_config, &mut sandbox, host_network, host_ipc, rollback).await {
-        Ok(()) => {
-            tracing::info!(pod = %id, name = %full_name, ips = ?sandbox.ips, "pod sandbox ready");
-            Ok(id)
-        }
-        Err(err) => Err(err),
-    }
+    make(containerd, config, pod_config, &mut sandbox).await?;
+    tracing::info!(pod = %id, name = %full_name, ips = ?sandbox.ips, "pod sandbox ready");
+    Ok(id)
 }
 
+/// Makes the pod's parts in order and records it; on failure undoes what was made.
 async fn make(
     containerd: &Containerd,
     config: &Config,
     pod_config: &PodSandboxConfig,
     sandbox: &mut Sandbox,
-    host_network: bool,
-    host_ipc: bool,
-    mut rollback: Rollback,
 ) -> Result<(), SandboxError> {
     let id = sandbox.id.clone();
+    let (host_network, host_ipc) = (sandbox.host_network(), sandbox.host_ipc());
+    let mut rollback = Rollback { pod: id.clone(), dir: None, network: None };
     let result = async {
         tokio::fs::create_dir_all(&sandbox.dir).await.map_err(SandboxError::io(&id, "creating", &sandbox.dir))?;
         rollback.dir = Some(sandbox.dir.clone());
@@ -262,7 +255,7 @@ async fn make(
         sandbox.shm =
             tokio::task::spawn_blocking(move || files::prepare(&pod, &dir, &hostname, dns.as_ref(), host_ipc))
                 .await
-                .map_err(|e| SandboxError::Record { pod: id.clone(), reason: format!("preparing files: {e}") })??;
+                .map_err(|e| SandboxError::Task { pod: id.clone(), what: "preparing its files", source: e })??;
 
         if !host_network {
             let netns = namespaces::pin_path(&ns, Kind::Net);
@@ -272,16 +265,8 @@ async fn make(
                 &sandbox.network_dir,
             ))?;
             rollback.network = Some((sandbox.network_dir.clone(), config.runtime.cni_bin_dirs.clone()));
-            sandbox.ips = network::attach(
-                &id,
-                &sandbox.network_dir,
-                &netns,
-                pod_config,
-                &crate::pod_cidr::current(&config.runtime.root_dir),
-                &config.runtime.cni_conf_dir,
-                &config.runtime.cni_bin_dirs,
-            )
-            .await?;
+            let pod_cidrs = crate::pod_cidr::current(&config.runtime.root_dir);
+            sandbox.ips = network::attach(sandbox, &netns, pod_config, &pod_cidrs, &config.runtime).await?;
             sandbox.netns = Some(netns);
         }
 
