@@ -193,3 +193,41 @@ async fn after_a_reboot_a_pod_is_notready_and_its_removal_still_frees_its_ip() {
     assert!(!stack.dir().join("lib/pods").join(&id).exists());
     assert!(list(&stack, None).await.is_empty());
 }
+
+#[tokio::test]
+async fn what_a_run_killed_half_way_left_is_undone_when_the_service_starts_again() {
+    let plugin = TestPlugin::new();
+    plugin.set("hang-add", true);
+    let mut stack = plugin.stack().await;
+    let network = write_network(&stack, "crash", 26, &[r#"{"type":"crisp-test-plugin"}"#]);
+
+    // A RunPodSandbox stuck in its last CNI plugin, after the bridge took an IP...
+    let mut client = stack.runtime_client();
+    let pending = tokio::spawn(async move {
+        client
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod_config("web", "uid-web")),
+                runtime_handler: String::new(),
+            })
+            .await
+    });
+    let started = std::time::Instant::now();
+    while allocated_ips(&network.store).is_empty() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the bridge plugin never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!mounts_under(&stack.dir().join("run/pods")).is_empty());
+
+    // ... when the runtime service is killed.
+    stack.kill_service("runtime").unwrap();
+    assert!(pending.await.unwrap().is_err());
+    assert_eq!(allocated_ips(&network.store).len(), 1, "the crash left the IP held");
+
+    plugin.set("hang-add", false);
+    stack.start_service("runtime").await.unwrap();
+    nothing_left(&stack, &network);
+    assert!(!stack.dir().join("lib/pods").read_dir().is_ok_and(|mut d| d.next().is_some()));
+    assert!(stack.service_log("runtime").unwrap().contains("removed what a pod made half way left"));
+    let id = run(&stack, pod_config("web", "uid-web")).await.unwrap();
+    remove(&stack, &id).await.unwrap();
+}

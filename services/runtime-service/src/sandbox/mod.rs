@@ -3,10 +3,12 @@
 //!
 //! A pod is its namespaces (net, ipc, uts; made by a short-lived helper process and pinned
 //! by bind mounts under `<runtime.state_dir>/pods/<id>/ns/`), its files (hostname, hosts,
-//! resolv.conf, a `/dev/shm` tmpfs) in that same directory, its CNI attachment, and a
-//! containerd container record (no task) holding everything else ([`record`]). No process
-//! runs per pod. Nothing is kept in memory across calls except names being reserved by a
-//! RunPodSandbox in flight: a restarted service finds every pod in containerd.
+//! resolv.conf, a `/dev/shm` tmpfs) in that same directory, its CNI attachment (state under
+//! `<runtime.root_dir>/pods/<id>/`), and a containerd container record (no task) holding
+//! everything else ([`record`]). No process runs per pod. Nothing is kept in memory across
+//! calls except names being reserved by a RunPodSandbox in flight: a restarted service finds
+//! every pod in containerd, and [`sweep`]s away what a RunPodSandbox it was killed in the
+//! middle of left.
 //!
 //! One operation per file; [`SandboxError`] is this module's one error type, mapped to a
 //! `tonic::Status` by `crisp_errors::to_status`.
@@ -20,6 +22,7 @@ mod remove;
 mod run;
 mod status;
 mod stop;
+mod sweep;
 
 pub use list::list;
 pub use namespaces::{HELPER_ARG, helper_main};
@@ -27,6 +30,7 @@ pub use remove::remove;
 pub use run::{Reservations, run};
 pub use status::status;
 pub use stop::stop;
+pub use sweep::sweep;
 
 use crisp_containerd::ContainerdError;
 use crisp_errors::GrpcError;

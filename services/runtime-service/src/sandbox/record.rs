@@ -167,18 +167,27 @@ fn read(container: Container) -> Result<Stored, SandboxError> {
     Ok(Stored { sandbox, state, recorded_state, network_attached })
 }
 
-/// Every pod crisp keeps in this containerd namespace. A record that cannot be read is
-/// skipped with a warning (it is not crisp's, or not this version's).
-pub async fn list_all(containerd: &Containerd) -> Result<Vec<Stored>, SandboxError> {
-    let containers = containerd
+async fn list_records(containerd: &Containerd) -> Result<Vec<Container>, SandboxError> {
+    Ok(containerd
         .containers()
         .list(ListContainersRequest { filters: vec![format!("labels.\"{KIND}\"=={KIND_SANDBOX}")] })
         .await
         .map_err(|s| ContainerdError::call("listing pod records", s))
         .map_err(containerd_error("*"))?
         .into_inner()
-        .containers;
-    Ok(containers
+        .containers)
+}
+
+/// The ids of every pod record, readable or not.
+pub async fn ids(containerd: &Containerd) -> Result<std::collections::HashSet<String>, SandboxError> {
+    Ok(list_records(containerd).await?.into_iter().map(|c| c.id).collect())
+}
+
+/// Every pod crisp keeps in this containerd namespace. A record that cannot be read is
+/// skipped with a warning (it is not crisp's, or not this version's).
+pub async fn list_all(containerd: &Containerd) -> Result<Vec<Stored>, SandboxError> {
+    Ok(list_records(containerd)
+        .await?
         .into_iter()
         .filter_map(|c| {
             let id = c.id.clone();
