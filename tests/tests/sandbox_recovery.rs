@@ -231,3 +231,29 @@ async fn what_a_run_killed_half_way_left_is_undone_when_the_service_starts_again
     let id = run(&stack, pod_config("web", "uid-web")).await.unwrap();
     remove(&stack, &id).await.unwrap();
 }
+
+#[tokio::test]
+async fn without_the_loopback_plugin_the_network_is_not_ready_and_no_pod_runs() {
+    let bin = tempfile::tempdir().unwrap();
+    for plugin in ["bridge", "host-local"] {
+        std::os::unix::fs::symlink(format!("/usr/lib/cni/{plugin}"), bin.path().join(plugin)).unwrap();
+    }
+    let stack = Stack::start_with(StackOptions {
+        extra_config: format!("[runtime]\ncni_bin_dirs = [\"{}\"]\n", bin.path().display()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let network = write_network(&stack, "nolo", 27, &[]);
+
+    let status = stack.runtime_client().status(StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let ready = status.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    assert!(!ready.status);
+    assert!(ready.message.contains("loopback"), "{}", ready.message);
+
+    let err = run(&stack, pod_config("web", "uid-web")).await.unwrap_err();
+    assert!(err.message().contains("loopback"), "{}", err.message());
+    assert!(allocated_ips(&network.store).is_empty());
+    assert!(mounts_under(stack.dir()).iter().all(|m| !m.contains("/pods/")));
+    assert!(list(&stack, None).await.is_empty());
+}
