@@ -75,11 +75,15 @@ impl Rollback {
 
 async fn undo(pod: String, dir: Option<PathBuf>, network: Option<NetworkUndo>) {
     let Some(dir) = dir else { return };
-    let network_dir = network.as_ref().map(|(network_dir, _)| network_dir.clone());
-    if let Some((network_dir, bin_dirs)) = network
-        && let Err(err) = network::detach(&pod, &network_dir, &bin_dirs).await
-    {
-        tracing::warn!(pod, error = %crisp_errors::message_chain(&err), "rolling back: CNI DEL failed");
+    // A DEL that fails keeps the CNI state: the next start's sweep tries again.
+    let mut network_dir = None;
+    if let Some((dir, bin_dirs)) = network {
+        match network::detach(&pod, &dir, &bin_dirs).await {
+            Ok(()) => network_dir = Some(dir),
+            Err(err) => {
+                tracing::warn!(pod, error = %crisp_errors::message_chain(&err), "rolling back: CNI DEL failed")
+            }
+        }
     }
     let teardown = tokio::task::spawn_blocking({
         let pod = pod.clone();
