@@ -248,3 +248,86 @@ pub async fn delete(containerd: &Containerd, id: &str) -> Result<(), SandboxErro
         Err(status) => Err(containerd_error(id)(ContainerdError::call("deleting the pod's record", status))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox(dir: PathBuf) -> Sandbox {
+        Sandbox {
+            id: "abc".into(),
+            name: "web".into(),
+            uid: "u1".into(),
+            namespace: "default".into(),
+            attempt: 2,
+            created_at: 1,
+            labels: HashMap::from([("app".to_string(), "web".to_string())]),
+            annotations: HashMap::new(),
+            runtime_handler: String::new(),
+            hostname: "web".into(),
+            log_directory: String::new(),
+            cgroup_parent: String::new(),
+            network_mode: crisp_proto::cri::NamespaceMode::Node as i32,
+            pid_mode: 1,
+            ipc_mode: 0,
+            network_dir: dir.join("net"),
+            dir,
+            netns: None,
+            shm: PathBuf::new(),
+            ips: vec![],
+        }
+    }
+
+    fn container(sandbox: &Sandbox, state: &str, network: &str) -> Container {
+        Container {
+            id: sandbox.id.clone(),
+            labels: HashMap::from([(STATE.to_string(), state.to_string()), (NETWORK.to_string(), network.to_string())]),
+            extensions: HashMap::from([(
+                EXTENSION.to_string(),
+                prost_types::Any { type_url: EXTENSION_TYPE.into(), value: serde_json::to_vec(sandbox).unwrap() },
+            )]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_with_its_state_and_owed_teardown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hostname"), "web\n").unwrap();
+        let pod = sandbox(dir.path().to_path_buf());
+        assert_eq!(pod.full_name(), "web_default_u1_2");
+        assert!(pod.host_network() && !pod.host_ipc());
+
+        let stored = read(container(&pod, "ready", "attached")).unwrap();
+        assert_eq!(stored.state, State::Ready);
+        assert!(stored.network_attached);
+        assert_eq!(stored.sandbox.labels["app"], "web");
+        let stored = read(container(&pod, "notready", "detached")).unwrap();
+        assert_eq!(stored.state, State::NotReady);
+        assert!(!stored.network_attached);
+    }
+
+    #[test]
+    fn a_pod_whose_files_are_gone_is_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = sandbox(dir.path().join("gone"));
+        let stored = read(container(&pod, "ready", "attached")).unwrap();
+        assert_eq!(stored.state, State::NotReady);
+        assert_eq!(stored.recorded_state, State::Ready);
+    }
+
+    #[test]
+    fn a_record_without_the_extension_is_unreadable_and_ids_resolve_by_unique_prefix() {
+        assert!(read(Container { id: "x".into(), ..Default::default() }).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let stored = |id: &str| {
+            let mut pod = sandbox(dir.path().to_path_buf());
+            pod.id = id.into();
+            read(container(&pod, "ready", "detached")).unwrap()
+        };
+        let all = vec![stored("abc1"), stored("abd2")];
+        assert_eq!(resolve(all.clone(), "abc").unwrap().unwrap().sandbox.id, "abc1");
+        assert!(matches!(resolve(all.clone(), "ab"), Err(SandboxError::Ambiguous(_))));
+        assert!(resolve(all, "zz").unwrap().is_none());
+    }
+}
