@@ -100,4 +100,21 @@ impl RuntimeService for Runtime {
         let items = sandbox::list(&self.containerd, request.into_inner().filter).await.map_err(status_of)?;
         Ok(Response::new(ListPodSandboxResponse { items }))
     }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        let stats = sandbox::stats(&self.containerd, &id).await.map_err(status_of)?;
+        Ok(Response::new(PodSandboxStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        let stats = sandbox::list_stats(&self.containerd, request.into_inner().filter).await.map_err(status_of)?;
+        Ok(Response::new(ListPodSandboxStatsResponse { stats }))
+    }
 }

@@ -1,5 +1,5 @@
 //! Pod sandboxes: RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus,
-//! ListPodSandbox.
+//! ListPodSandbox, PodSandboxStats, ListPodSandboxStats.
 //!
 //! A pod is its namespaces (net, ipc, uts; made by a short-lived helper process and pinned
 //! by bind mounts under `<runtime.state_dir>/pods/<id>/ns/`), its files (hostname, hosts,
@@ -20,6 +20,7 @@ mod network;
 mod record;
 mod remove;
 mod run;
+mod stats;
 mod status;
 mod stop;
 mod sweep;
@@ -28,6 +29,7 @@ pub use list::list;
 pub use namespaces::{HELPER_ARG, helper_main};
 pub use remove::remove;
 pub use run::{Reservations, run};
+pub use stats::{list_stats, stats};
 pub use status::status;
 pub use stop::stop;
 pub use sweep::sweep;

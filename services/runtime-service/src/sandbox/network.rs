@@ -125,6 +125,22 @@ pub async fn attach(
     Ok(ips)
 }
 
+/// The host side of the pod's link: the interface of ADD's result that is not in the pod
+/// (no `sandbox`) and is not a bridge (the veth peer); none without a saved result.
+pub fn host_link(dir: &Path) -> Option<String> {
+    let saved: Saved = serde_json::from_slice(&std::fs::read(dir.join(SAVED)).ok()?).ok()?;
+    let interfaces = saved.result?.get("interfaces")?.as_array()?.clone();
+    interfaces
+        .iter()
+        .filter(|i| i.get("sandbox").and_then(Value::as_str).is_none_or(str::is_empty))
+        .filter_map(|i| i.get("name").and_then(Value::as_str))
+        .find(|name| {
+            let sys = Path::new("/sys/class/net").join(name);
+            sys.exists() && !sys.join("bridge").exists()
+        })
+        .map(str::to_string)
+}
+
 /// CNI DEL for the pod in `dir`, with what ADD saved; nothing saved is nothing to do.
 pub async fn detach(pod: &str, dir: &Path, bin_dirs: &[PathBuf]) -> Result<(), SandboxError> {
     let path = dir.join(SAVED);
