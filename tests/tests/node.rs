@@ -229,7 +229,7 @@ async fn rpcs_not_built_yet_answer_unimplemented_naming_themselves() {
     check(runtime.stream_pod_sandboxes(StreamPodSandboxesRequest::default()).await.unwrap_err(), "StreamPodSandboxes");
     check(images.stream_images(StreamImagesRequest::default()).await.unwrap_err(), "StreamImages");
     // Each service answers for its own RPCs: the runtime service, the streaming server.
-    check(runtime.run_pod_sandbox(RunPodSandboxRequest::default()).await.unwrap_err(), "RunPodSandbox");
+    check(runtime.create_container(CreateContainerRequest::default()).await.unwrap_err(), "CreateContainer");
     check(runtime.get_container_events(GetEventsRequest::default()).await.unwrap_err(), "GetContainerEvents");
     check(runtime.exec(ExecRequest::default()).await.unwrap_err(), "Exec");
 }

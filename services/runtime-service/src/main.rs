@@ -1,5 +1,8 @@
-//! `crisp-runtime`: the CRI RuntimeService on containerd.
+//! `crisp-runtime`: the CRI RuntimeService on containerd. Started with the namespace helper's
+//! argument (`sandbox::HELPER_ARG`), the same binary makes a pod's namespaces and exits.
 
+mod pod_cidr;
+mod sandbox;
 mod service;
 mod status;
 mod version;
@@ -10,6 +13,10 @@ use crisp_proto::cri::runtime_service_server::RuntimeServiceServer;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The namespace helper: this binary, run by the service to make a pod's namespaces.
+    if std::env::args().nth(1).as_deref() == Some(sandbox::HELPER_ARG) {
+        return sandbox::helper_main();
+    }
     crisp_grpc_server::run_service(
         "crisp-runtime",
         "crisp's CRI RuntimeService: pod sandboxes and containers on containerd",
@@ -19,6 +26,10 @@ fn main() -> ExitCode {
 
 async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {
     let containerd = Containerd::connect_ready(&config.containerd).await?;
+    // Before serving: undo what a RunPodSandbox cut short by a crash left.
+    if let Err(err) = sandbox::sweep(&containerd, &config).await {
+        tracing::warn!(error = %crisp_errors::message_chain(&err), "cannot look for leftover pods");
+    }
     let (listener, _socket) = crisp_grpc_server::UnixSocket::bind(&config.runtime.socket, 0o600).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RuntimeServiceServer<service::Runtime>>().await;

@@ -2,7 +2,7 @@
 //! Exec, Attach and PortForward are the streaming server's; the proxy never routes them here.
 //! Every RPC not built here answers `UNIMPLEMENTED` through the generated default methods.
 
-use crate::{status, version};
+use crate::{pod_cidr, sandbox, status, version};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
 use crisp_proto::cri::runtime_service_server::RuntimeService;
@@ -12,12 +12,17 @@ use tonic::{Request, Response, Status};
 pub struct Runtime {
     containerd: Containerd,
     config: Config,
+    reservations: sandbox::Reservations,
 }
 
 impl Runtime {
     pub fn new(containerd: Containerd, config: Config) -> Self {
-        Self { containerd, config }
+        Self { containerd, config, reservations: sandbox::Reservations::default() }
     }
+}
+
+fn status_of(err: sandbox::SandboxError) -> Status {
+    crisp_errors::to_status(&err)
 }
 
 #[tonic::async_trait]
@@ -29,5 +34,87 @@ impl RuntimeService for Runtime {
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let verbose = request.into_inner().verbose;
         Ok(Response::new(status::status(&self.containerd, &self.config, verbose).await))
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        // crisp manages cgroups with cgroupfs; SYSTEMD is the protobuf default, so say it.
+        Ok(Response::new(RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration { cgroup_driver: CgroupDriver::Cgroupfs as i32 }),
+        }))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request.into_inner().runtime_config.and_then(|c| c.network_config).unwrap_or_default().pod_cidr;
+        pod_cidr::update(&self.config.runtime.root_dir, &cidr).await.map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        let id = sandbox::run(&self.containerd, &self.config, &self.reservations, request.into_inner())
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        sandbox::stop(&self.containerd, &self.config, &id).await.map_err(status_of)?;
+        Ok(Response::new(StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        sandbox::remove(&self.containerd, &self.config, &id).await.map_err(status_of)?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        let request = request.into_inner();
+        let response =
+            sandbox::status(&self.containerd, &request.pod_sandbox_id, request.verbose).await.map_err(status_of)?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        let items = sandbox::list(&self.containerd, request.into_inner().filter).await.map_err(status_of)?;
+        Ok(Response::new(ListPodSandboxResponse { items }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        let stats = sandbox::stats(&self.containerd, &id).await.map_err(status_of)?;
+        Ok(Response::new(PodSandboxStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        let stats = sandbox::list_stats(&self.containerd, request.into_inner().filter).await.map_err(status_of)?;
+        Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
 }

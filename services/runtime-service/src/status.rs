@@ -1,8 +1,9 @@
 //! `Status`: whether the runtime and the pod network are ready, and why not.
 //!
 //! RuntimeReady is true when containerd answers. NetworkReady is true when the CNI
-//! configuration directory holds a valid network whose every plugin binary is found; the
-//! reason `NetworkPluginNotReady` is the one containerd's CRI plugin gives.
+//! configuration directory holds a valid network whose every plugin binary is found, and the
+//! `loopback` plugin every pod needs; the reason `NetworkPluginNotReady` is the one
+//! containerd's CRI plugin gives.
 
 use crisp_cni::NetworkConfig;
 use crisp_config::Config;
@@ -55,8 +56,14 @@ pub async fn status(containerd: &Containerd, config: &Config, verbose: bool) -> 
         )),
     };
 
+    // Every pod's `lo` is brought up by the `loopback` plugin, as containerd's CRI plugin does.
     let network = NetworkConfig::load(&config.runtime.cni_conf_dir)
-        .and_then(|net| net.check_plugins(&config.runtime.cni_bin_dirs).map(|_| net));
+        .and_then(|net| net.check_plugins(&config.runtime.cni_bin_dirs).map(|_| net))
+        .and_then(|net| {
+            crisp_cni::single_plugin_network("cni-loopback", &net.cni_version, "loopback")
+                .check_plugins(&config.runtime.cni_bin_dirs)
+                .map(|_| net)
+        });
     let network = match network {
         Ok(net) => {
             if verbose {
@@ -85,10 +92,14 @@ pub async fn status(containerd: &Containerd, config: &Config, verbose: bool) -> 
             conditions: vec![condition(RUNTIME_READY, runtime), condition(NETWORK_READY, network)],
         }),
         info,
-        runtime_handlers: vec![RuntimeHandler {
-            name: String::new(),
-            features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
-        }],
+        // The default handler and its name; neither feature is built yet.
+        runtime_handlers: ["", "runc"]
+            .into_iter()
+            .map(|name| RuntimeHandler {
+                name: name.into(),
+                features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+            })
+            .collect(),
         features: None,
     }
 }

@@ -4,6 +4,11 @@
 //! order in the configuration directory with the extension `.conflist`, `.conf` or `.json`
 //! that parses; a single-plugin `.conf` is read as a list of one. [`NetworkConfig::load`]
 //! finds it, and [`NetworkConfig::check_plugins`] finds every plugin binary it names.
+//! [`exec`] runs a network's plugins (ADD, DEL) for a pod.
+
+pub mod exec;
+
+pub use exec::{Attachment, result_ips, single_plugin_network};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -18,6 +23,8 @@ pub enum CniError {
     Invalid { path: PathBuf, reason: String },
     #[error("CNI plugin `{plugin}` of network `{network}` is in none of {dirs:?}")]
     MissingPlugin { network: String, plugin: String, dirs: Vec<PathBuf> },
+    #[error("CNI plugin `{plugin}` of network `{network}` failed {command}: {reason}")]
+    Plugin { network: String, plugin: String, command: &'static str, reason: String },
 }
 
 /// One plugin of a network: its `type` (the binary's name) and its whole JSON configuration.

@@ -37,7 +37,29 @@ pub struct Stack {
     config: PathBuf,
     proxy_socket: PathBuf,
     proxy_image_socket: Option<PathBuf>,
+    /// After the services stop, before the directory goes: mounts the runtime service made in
+    /// it (pod namespace pins, `/dev/shm`) and a failed test left.
+    _mounts: UnmountUnder,
     dir: tempfile::TempDir,
+}
+
+/// Unmounts (lazily) every mount point under its directory when dropped.
+struct UnmountUnder(PathBuf);
+
+impl Drop for UnmountUnder {
+    fn drop(&mut self) {
+        let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+        let mut points: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .filter(|point| Path::new(point).starts_with(&self.0))
+            .collect();
+        // Deepest first.
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for point in points {
+            let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
 }
 
 impl Stack {
@@ -114,7 +136,15 @@ impl Stack {
         for (process, socket) in &mut services {
             process.wait_for_socket(socket, START_TIMEOUT).await?;
         }
-        Ok(Stack { services: Services(services), containerd, config, proxy_socket, proxy_image_socket, dir })
+        Ok(Stack {
+            services: Services(services),
+            containerd,
+            config,
+            proxy_socket,
+            proxy_image_socket,
+            _mounts: UnmountUnder(path.to_path_buf()),
+            dir,
+        })
     }
 
     /// The CRI socket, as the kubelet dials it.

@@ -1,0 +1,333 @@
+//! A pod sandbox as containerd keeps it: a container record (no task) with crisp's labels
+//! (`crisp.io/kind=sandbox`, the pod's state, whether its network is attached, the kubelet's
+//! metadata, the pod's labels under `crisp.io/label.`) and the rest of what the CRI answers
+//! about it as JSON in the extension `crisp.io/sandbox`. Everything a restarted service needs
+//! is here and in the pod's directory.
+
+use super::SandboxError;
+use crisp_containerd::containerd_client::services::v1::{
+    Container, CreateContainerRequest, DeleteContainerRequest, ListContainersRequest, UpdateContainerRequest,
+    container::Runtime,
+};
+use crisp_containerd::{Containerd, ContainerdError};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub const KIND: &str = "crisp.io/kind";
+pub const KIND_SANDBOX: &str = "sandbox";
+pub const STATE: &str = "crisp.io/sandbox.state";
+pub const NETWORK: &str = "crisp.io/sandbox.network";
+pub const POD_NAME: &str = "crisp.io/pod.name";
+pub const POD_NAMESPACE: &str = "crisp.io/pod.namespace";
+pub const POD_UID: &str = "crisp.io/pod.uid";
+pub const POD_ATTEMPT: &str = "crisp.io/pod.attempt";
+/// The pod's own labels, prefixed so they cannot collide with crisp's.
+pub const POD_LABEL_PREFIX: &str = "crisp.io/label.";
+const EXTENSION: &str = "crisp.io/sandbox";
+const EXTENSION_TYPE: &str = "crisp.io/sandbox/v1";
+const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+/// Whether the pod is ready (`ready`) or stopped (`notready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum State {
+    Ready,
+    NotReady,
+}
+
+impl State {
+    fn label(self) -> &'static str {
+        match self {
+            State::Ready => "ready",
+            State::NotReady => "notready",
+        }
+    }
+}
+
+/// What crisp keeps about a pod (the extension's JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sandbox {
+    pub id: String,
+    pub name: String,
+    pub uid: String,
+    pub namespace: String,
+    pub attempt: u32,
+    /// Unix nanoseconds.
+    pub created_at: i64,
+    pub labels: HashMap<String, String>,
+    pub annotations: HashMap<String, String>,
+    pub runtime_handler: String,
+    pub hostname: String,
+    pub log_directory: String,
+    pub cgroup_parent: String,
+    /// CRI `NamespaceMode`s as sent.
+    pub network_mode: i32,
+    pub pid_mode: i32,
+    pub ipc_mode: i32,
+    /// The pod's directory under `runtime.state_dir` (namespace pins, files, `/dev/shm`).
+    pub dir: PathBuf,
+    /// The pod's directory under `runtime.root_dir`: its CNI state, which outlives a reboot so
+    /// that DEL still frees the pod's IP afterwards.
+    pub network_dir: PathBuf,
+    /// The pinned network namespace; none with host networking.
+    pub netns: Option<PathBuf>,
+    /// The pod's `/dev/shm` source.
+    pub shm: PathBuf,
+    /// The pod's IPs, the first one primary.
+    pub ips: Vec<String>,
+}
+
+/// A record read back: the pod and its mutable labels.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub sandbox: Sandbox,
+    /// The state the CRI sees: NOTREADY also when the pod's namespaces or files are gone.
+    pub state: State,
+    /// The state the record holds.
+    pub recorded_state: State,
+    /// CNI DEL still owed (the network was attached and not yet torn down).
+    pub network_attached: bool,
+}
+
+impl Sandbox {
+    /// The pod uses the node's network (and UTS) namespace: no CNI, no pin.
+    pub fn host_network(&self) -> bool {
+        self.network_mode == crisp_proto::cri::NamespaceMode::Node as i32
+    }
+
+    /// The pod uses the node's IPC namespace and `/dev/shm`.
+    pub fn host_ipc(&self) -> bool {
+        self.ipc_mode == crisp_proto::cri::NamespaceMode::Node as i32
+    }
+
+    /// The name containerd's CRI plugin reserves: `name_namespace_uid_attempt`.
+    pub fn full_name(&self) -> String {
+        format!("{}_{}_{}_{}", self.name, self.namespace, self.uid, self.attempt)
+    }
+}
+
+fn containerd_error(pod: &str) -> impl FnOnce(ContainerdError) -> SandboxError {
+    let pod = pod.to_string();
+    move |source| SandboxError::Containerd { pod, source }
+}
+
+pub async fn create(
+    containerd: &Containerd,
+    runtime_type: &str,
+    sandbox: &Sandbox,
+    network_attached: bool,
+) -> Result<(), SandboxError> {
+    let mut labels = HashMap::from([
+        (KIND.to_string(), KIND_SANDBOX.to_string()),
+        (STATE.to_string(), State::Ready.label().to_string()),
+        (NETWORK.to_string(), if network_attached { "attached" } else { "detached" }.to_string()),
+        (POD_NAME.to_string(), crisp_containerd::labels::value(&sandbox.name)),
+        (POD_NAMESPACE.to_string(), crisp_containerd::labels::value(&sandbox.namespace)),
+        (POD_UID.to_string(), crisp_containerd::labels::value(&sandbox.uid)),
+        (POD_ATTEMPT.to_string(), sandbox.attempt.to_string()),
+    ]);
+    for (key, value) in &sandbox.labels {
+        labels.insert(format!("{POD_LABEL_PREFIX}{key}"), value.clone());
+    }
+    let json = serde_json::to_vec(sandbox)
+        .map_err(|e| SandboxError::Record { pod: sandbox.id.clone(), reason: e.to_string() })?;
+    let container = Container {
+        id: sandbox.id.clone(),
+        labels,
+        runtime: Some(Runtime { name: runtime_type.to_string(), options: None }),
+        spec: Some(prost_types::Any { type_url: SPEC_TYPE.into(), value: br#"{"ociVersion":"1.0.2"}"#.to_vec() }),
+        extensions: HashMap::from([(
+            EXTENSION.to_string(),
+            prost_types::Any { type_url: EXTENSION_TYPE.into(), value: json },
+        )]),
+        ..Default::default()
+    };
+    containerd
+        .containers()
+        .create(CreateContainerRequest { container: Some(container) })
+        .await
+        .map_err(|s| ContainerdError::call("creating the pod's record", s))
+        .map_err(containerd_error(&sandbox.id))?;
+    Ok(())
+}
+
+fn read(container: Container) -> Result<Stored, SandboxError> {
+    let bad = |reason: String| SandboxError::Record { pod: container.id.clone(), reason };
+    let extension = container.extensions.get(EXTENSION).ok_or_else(|| bad(format!("no extension {EXTENSION}")))?;
+    let sandbox: Sandbox = serde_json::from_slice(&extension.value).map_err(|e| bad(e.to_string()))?;
+    // A pod whose namespaces or files are gone (the node rebooted: `runtime.state_dir` is
+    // cleared) is no longer ready, whatever its record says.
+    let intact = sandbox.dir.join("hostname").exists() && sandbox.netns.as_ref().is_none_or(|ns| ns.exists());
+    let recorded_state = match container.labels.get(STATE).map(String::as_str) {
+        Some("ready") => State::Ready,
+        _ => State::NotReady,
+    };
+    let state = if intact { recorded_state } else { State::NotReady };
+    let network_attached = container.labels.get(NETWORK).is_some_and(|v| v == "attached");
+    Ok(Stored { sandbox, state, recorded_state, network_attached })
+}
+
+async fn list_records(containerd: &Containerd) -> Result<Vec<Container>, SandboxError> {
+    Ok(containerd
+        .containers()
+        .list(ListContainersRequest { filters: vec![format!("labels.\"{KIND}\"=={KIND_SANDBOX}")] })
+        .await
+        .map_err(|s| ContainerdError::call("listing pod records", s))
+        .map_err(containerd_error("*"))?
+        .into_inner()
+        .containers)
+}
+
+/// The ids of every pod record, readable or not.
+pub async fn ids(containerd: &Containerd) -> Result<std::collections::HashSet<String>, SandboxError> {
+    Ok(list_records(containerd).await?.into_iter().map(|c| c.id).collect())
+}
+
+/// Every pod crisp keeps in this containerd namespace. A record that cannot be read is
+/// skipped with a warning (it is not crisp's, or not this version's).
+pub async fn list_all(containerd: &Containerd) -> Result<Vec<Stored>, SandboxError> {
+    Ok(list_records(containerd)
+        .await?
+        .into_iter()
+        .filter_map(|c| {
+            let id = c.id.clone();
+            read(c).map_err(|err| tracing::warn!(id, error = %err, "skipping an unreadable pod record")).ok()
+        })
+        .collect())
+}
+
+/// The pod whose id is `id` or starts with it (as containerd's CRI plugin resolves ids).
+pub async fn find(containerd: &Containerd, id: &str) -> Result<Option<Stored>, SandboxError> {
+    if id.is_empty() {
+        return Err(SandboxError::MissingField("pod_sandbox_id"));
+    }
+    let all = list_all(containerd).await?;
+    resolve(all, id)
+}
+
+pub fn resolve(all: Vec<Stored>, id: &str) -> Result<Option<Stored>, SandboxError> {
+    if let Some(exact) = all.iter().find(|s| s.sandbox.id == id) {
+        return Ok(Some(exact.clone()));
+    }
+    let mut matching = all.into_iter().filter(|s| s.sandbox.id.starts_with(id));
+    match (matching.next(), matching.next()) {
+        (Some(one), None) => Ok(Some(one)),
+        (Some(_), Some(_)) => Err(SandboxError::Ambiguous(id.to_string())),
+        _ => Ok(None),
+    }
+}
+
+async fn set_label(containerd: &Containerd, id: &str, key: &str, value: &str) -> Result<(), SandboxError> {
+    let container =
+        Container { id: id.to_string(), labels: HashMap::from([(key.into(), value.into())]), ..Default::default() };
+    containerd
+        .containers()
+        .update(UpdateContainerRequest {
+            container: Some(container),
+            update_mask: Some(prost_types::FieldMask { paths: vec![format!("labels.{key}")] }),
+        })
+        .await
+        .map_err(|s| ContainerdError::call("updating the pod's record", s))
+        .map_err(containerd_error(id))?;
+    Ok(())
+}
+
+pub async fn set_state(containerd: &Containerd, id: &str, state: State) -> Result<(), SandboxError> {
+    set_label(containerd, id, STATE, state.label()).await
+}
+
+pub async fn set_network_detached(containerd: &Containerd, id: &str) -> Result<(), SandboxError> {
+    set_label(containerd, id, NETWORK, "detached").await
+}
+
+/// Deletes the record; one already gone is fine.
+pub async fn delete(containerd: &Containerd, id: &str) -> Result<(), SandboxError> {
+    match containerd.containers().delete(DeleteContainerRequest { id: id.to_string() }).await {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
+        Err(status) => Err(containerd_error(id)(ContainerdError::call("deleting the pod's record", status))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox(dir: PathBuf) -> Sandbox {
+        Sandbox {
+            id: "abc".into(),
+            name: "web".into(),
+            uid: "u1".into(),
+            namespace: "default".into(),
+            attempt: 2,
+            created_at: 1,
+            labels: HashMap::from([("app".to_string(), "web".to_string())]),
+            annotations: HashMap::new(),
+            runtime_handler: String::new(),
+            hostname: "web".into(),
+            log_directory: String::new(),
+            cgroup_parent: String::new(),
+            network_mode: crisp_proto::cri::NamespaceMode::Node as i32,
+            pid_mode: 1,
+            ipc_mode: 0,
+            network_dir: dir.join("net"),
+            dir,
+            netns: None,
+            shm: PathBuf::new(),
+            ips: vec![],
+        }
+    }
+
+    fn container(sandbox: &Sandbox, state: &str, network: &str) -> Container {
+        Container {
+            id: sandbox.id.clone(),
+            labels: HashMap::from([(STATE.to_string(), state.to_string()), (NETWORK.to_string(), network.to_string())]),
+            extensions: HashMap::from([(
+                EXTENSION.to_string(),
+                prost_types::Any { type_url: EXTENSION_TYPE.into(), value: serde_json::to_vec(sandbox).unwrap() },
+            )]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_with_its_state_and_owed_teardown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hostname"), "web\n").unwrap();
+        let pod = sandbox(dir.path().to_path_buf());
+        assert_eq!(pod.full_name(), "web_default_u1_2");
+        assert!(pod.host_network() && !pod.host_ipc());
+
+        let stored = read(container(&pod, "ready", "attached")).unwrap();
+        assert_eq!(stored.state, State::Ready);
+        assert!(stored.network_attached);
+        assert_eq!(stored.sandbox.labels["app"], "web");
+        let stored = read(container(&pod, "notready", "detached")).unwrap();
+        assert_eq!(stored.state, State::NotReady);
+        assert!(!stored.network_attached);
+    }
+
+    #[test]
+    fn a_pod_whose_files_are_gone_is_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = sandbox(dir.path().join("gone"));
+        let stored = read(container(&pod, "ready", "attached")).unwrap();
+        assert_eq!(stored.state, State::NotReady);
+        assert_eq!(stored.recorded_state, State::Ready);
+    }
+
+    #[test]
+    fn a_record_without_the_extension_is_unreadable_and_ids_resolve_by_unique_prefix() {
+        assert!(read(Container { id: "x".into(), ..Default::default() }).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let stored = |id: &str| {
+            let mut pod = sandbox(dir.path().to_path_buf());
+            pod.id = id.into();
+            read(container(&pod, "ready", "detached")).unwrap()
+        };
+        let all = vec![stored("abc1"), stored("abd2")];
+        assert_eq!(resolve(all.clone(), "abc").unwrap().unwrap().sandbox.id, "abc1");
+        assert!(matches!(resolve(all.clone(), "ab"), Err(SandboxError::Ambiguous(_))));
+        assert!(resolve(all, "zz").unwrap().is_none());
+    }
+}

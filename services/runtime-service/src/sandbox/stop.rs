@@ -1,0 +1,32 @@
+//! StopPodSandbox: "stops any running process that is part of the sandbox and reclaims
+//! network resources (e.g. IP addresses) allocated to the sandbox ... idempotent, and must
+//! not return an error if all relevant resources have already been reclaimed."
+//!
+//! The pod becomes NOTREADY, then its network is detached (CNI DEL). A DEL that fails leaves
+//! the record marked attached and answers the error, so the next stop (or remove) tries
+//! again. An unknown id succeeds. Pods have no processes yet (containers come later).
+
+use super::record::{self, State, Stored};
+use super::{SandboxError, network};
+use crisp_config::Config;
+use crisp_containerd::Containerd;
+
+pub async fn stop(containerd: &Containerd, config: &Config, id: &str) -> Result<(), SandboxError> {
+    let Some(stored) = record::find(containerd, id).await? else {
+        tracing::debug!(id, "StopPodSandbox of an unknown pod: nothing to do");
+        return Ok(());
+    };
+    stop_pod(containerd, config, &stored).await
+}
+
+pub async fn stop_pod(containerd: &Containerd, config: &Config, stored: &Stored) -> Result<(), SandboxError> {
+    let id = &stored.sandbox.id;
+    if stored.recorded_state == State::Ready {
+        record::set_state(containerd, id, State::NotReady).await?;
+    }
+    if stored.network_attached {
+        network::detach(id, &stored.sandbox.network_dir, &config.runtime.cni_bin_dirs).await?;
+        record::set_network_detached(containerd, id).await?;
+    }
+    Ok(())
+}
