@@ -61,6 +61,21 @@ pub mod crisp {
     pub const PULL_OWNER: &str = "crisp.io/pull-owner";
     /// On a lease: what it is for (for a pull, the image reference).
     pub const PURPOSE: &str = "crisp.io/purpose";
+
+    /// On a container record: what crisp keeps in it ([`KIND_SANDBOX`] for a pod sandbox).
+    pub const KIND: &str = "crisp.io/kind";
+    pub const KIND_SANDBOX: &str = "sandbox";
+    /// On a pod sandbox: `ready` or `notready`.
+    pub const SANDBOX_STATE: &str = "crisp.io/sandbox.state";
+    /// On a pod sandbox: whether its CNI network is `attached` or `detached`.
+    pub const SANDBOX_NETWORK: &str = "crisp.io/sandbox.network";
+    /// On a pod sandbox: the kubelet's metadata.
+    pub const POD_NAME: &str = "crisp.io/pod.name";
+    pub const POD_NAMESPACE: &str = "crisp.io/pod.namespace";
+    pub const POD_UID: &str = "crisp.io/pod.uid";
+    pub const POD_ATTEMPT: &str = "crisp.io/pod.attempt";
+    /// On a pod sandbox: the pod's own labels, under this prefix so they cannot collide with crisp's.
+    pub const POD_LABEL_PREFIX: &str = "crisp.io/label.";
 }
 
 /// The longest label value crisp writes (containerd refuses labels over 4 KiB in all).

@@ -9,21 +9,15 @@ use crisp_containerd::containerd_client::services::v1::{
     Container, CreateContainerRequest, DeleteContainerRequest, ListContainersRequest, UpdateContainerRequest,
     container::Runtime,
 };
+use crisp_containerd::labels::crisp::{
+    KIND, KIND_SANDBOX, POD_ATTEMPT, POD_LABEL_PREFIX, POD_NAME, POD_NAMESPACE, POD_UID, SANDBOX_NETWORK as NETWORK,
+    SANDBOX_STATE as STATE,
+};
 use crisp_containerd::{Containerd, ContainerdError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-pub const KIND: &str = "crisp.io/kind";
-pub const KIND_SANDBOX: &str = "sandbox";
-pub const STATE: &str = "crisp.io/sandbox.state";
-pub const NETWORK: &str = "crisp.io/sandbox.network";
-pub const POD_NAME: &str = "crisp.io/pod.name";
-pub const POD_NAMESPACE: &str = "crisp.io/pod.namespace";
-pub const POD_UID: &str = "crisp.io/pod.uid";
-pub const POD_ATTEMPT: &str = "crisp.io/pod.attempt";
-/// The pod's own labels, prefixed so they cannot collide with crisp's.
-pub const POD_LABEL_PREFIX: &str = "crisp.io/label.";
 const EXTENSION: &str = "crisp.io/sandbox";
 const EXTENSION_TYPE: &str = "crisp.io/sandbox/v1";
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
