@@ -45,6 +45,10 @@ pub struct RpcTraceService<S> {
     forward: bool,
 }
 
+/// The W3C trace context header (the only one the trace-context propagator needs to find a
+/// parent; `tracestate` is read only beside it).
+const TRACEPARENT: &str = "traceparent";
+
 fn split_path(path: &str) -> (&str, &str) {
     let path = path.trim_start_matches('/');
     path.split_once('/').unwrap_or((path, ""))
@@ -102,7 +106,12 @@ where
             rpc.method = method,
             rpc.grpc.status_code = tracing::field::Empty,
         );
-        crate::propagation::continue_trace(&span, request.headers());
+        // Without a `traceparent` there is no trace to continue: the span keeps the parent
+        // tracing gives it (none, where a server's call starts), as an empty extracted context
+        // would give it, without the propagator's work on every call.
+        if request.headers().contains_key(TRACEPARENT) {
+            crate::propagation::continue_trace(&span, request.headers());
+        }
         if self.forward {
             crate::propagation::inject_headers(&span, request.headers_mut());
         }
