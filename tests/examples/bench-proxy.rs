@@ -9,6 +9,12 @@
 //!
 //! bench-proxy [--calls N (per call and way; default 5000)]
 //!
+//! At the end the proxy is stopped with SIGTERM and waited for, so that a profiler wrapped
+//! around it writes its results: with `CRISP_BIN_DIR` naming a directory of the release
+//! binaries whose `crisp-proxy` is a script running the real one under
+//! `valgrind --tool=callgrind`, two runs with different `--calls` give the proxy's instructions
+//! per call (the difference of the totals over the difference of the calls).
+//!
 //! The calls: `ListImages` (image service, an empty store: one containerd call) and `Version`
 //! (runtime service). Each way has its own connection, opened and warmed before timing.
 
@@ -132,7 +138,28 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         per_call(list_cpu),
         per_call(total - list_cpu)
     );
+    drop((images, runtimes));
+    stop(proxy_pid).await;
     Ok(())
+}
+
+/// Stops the proxy with SIGTERM and waits (up to a minute) until it has exited, so that a
+/// profiler wrapped around it (a `crisp-proxy` script in `CRISP_BIN_DIR` running it under
+/// `valgrind --tool=callgrind`, say) writes its results; the test kit's own stop is SIGKILL.
+async fn stop(pid: u32) {
+    let Some(process) = rustix::process::Pid::from_raw(pid as i32) else { return };
+    if rustix::process::kill_process(process, rustix::process::Signal::TERM).is_err() {
+        return;
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        // Gone, or a zombie waiting for the test kit to reap it.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) if stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')) => {}
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Times `calls` calls each way after a warm-up, rotating ways call by call so that all see

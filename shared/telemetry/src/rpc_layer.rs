@@ -45,6 +45,10 @@ pub struct RpcTraceService<S> {
     forward: bool,
 }
 
+/// The W3C trace context header (the only one the trace-context propagator needs to find a
+/// parent; `tracestate` is read only beside it).
+const TRACEPARENT: &str = "traceparent";
+
 fn split_path(path: &str) -> (&str, &str) {
     let path = path.trim_start_matches('/');
     path.split_once('/').unwrap_or((path, ""))
@@ -88,18 +92,26 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let (service, method) = split_path(request.uri().path());
+        // The fields are recorded as `&str`, not formatted (`%`): no string is built per call
+        // unless a layer that keeps them (the OpenTelemetry one, the logs) copies it.
+        let path = request.uri().path();
+        let (service, method) = split_path(path);
         let span = tracing::info_span!(
             "rpc",
-            otel.name = %request.uri().path().trim_start_matches('/'),
+            otel.name = path.trim_start_matches('/'),
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
+            rpc.service = service,
+            rpc.method = method,
             rpc.grpc.status_code = tracing::field::Empty,
         );
-        crate::propagation::continue_trace(&span, request.headers());
+        // Without a `traceparent` there is no trace to continue: the span keeps the parent
+        // tracing gives it (none, where a server's call starts), as an empty extracted context
+        // would give it, without the propagator's work on every call.
+        if request.headers().contains_key(TRACEPARENT) {
+            crate::propagation::continue_trace(&span, request.headers());
+        }
         if self.forward {
             crate::propagation::inject_headers(&span, request.headers_mut());
         }
