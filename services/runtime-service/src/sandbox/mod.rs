@@ -24,6 +24,7 @@ mod stats;
 mod status;
 mod stop;
 mod sweep;
+mod validate;
 
 pub use list::list;
 pub use namespaces::{HELPER_ARG, helper_main};
@@ -42,6 +43,8 @@ use tonic::Code;
 pub enum SandboxError {
     #[error("pod sandbox config: `{0}` is required")]
     MissingField(&'static str),
+    #[error("pod sandbox config: `{field}` {reason}")]
+    Invalid { field: String, reason: String },
     #[error("runtime handler `{0}` is not known (crisp has \"\" and \"runc\")")]
     UnknownHandler(String),
     #[error("failed to reserve sandbox name `{name}`: name is reserved for `{existing}`")]
@@ -69,9 +72,10 @@ pub enum SandboxError {
 impl GrpcError for SandboxError {
     fn code(&self) -> Code {
         match self {
-            SandboxError::MissingField(_) | SandboxError::UnknownHandler(_) | SandboxError::Sysctl { .. } => {
-                Code::InvalidArgument
-            }
+            SandboxError::MissingField(_)
+            | SandboxError::Invalid { .. }
+            | SandboxError::UnknownHandler(_)
+            | SandboxError::Sysctl { .. } => Code::InvalidArgument,
             SandboxError::NameReserved { .. } => Code::AlreadyExists,
             SandboxError::NotFound(_) => Code::NotFound,
             SandboxError::Ambiguous(_) => Code::InvalidArgument,

@@ -139,6 +139,7 @@ pub fn validate(request: &RunPodSandboxRequest) -> Result<&PodSandboxConfig, San
     if !known_handler(&request.runtime_handler) {
         return Err(SandboxError::UnknownHandler(request.runtime_handler.clone()));
     }
+    super::validate::config(config)?;
     Ok(config)
 }
 
