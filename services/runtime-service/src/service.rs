@@ -101,6 +101,14 @@ impl RuntimeService for Runtime {
         Ok(Response::new(ListPodSandboxResponse { items }))
     }
 
+    async fn update_pod_sandbox_resources(
+        &self,
+        request: Request<UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
+        sandbox::update_resources(&self.containerd, request.into_inner()).await.map_err(status_of)?;
+        Ok(Response::new(UpdatePodSandboxResourcesResponse {}))
+    }
+
     async fn pod_sandbox_stats(
         &self,
         request: Request<PodSandboxStatsRequest>,

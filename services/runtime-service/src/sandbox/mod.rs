@@ -19,6 +19,7 @@ mod namespaces;
 mod network;
 mod record;
 mod remove;
+mod resources;
 mod run;
 mod stats;
 mod status;
@@ -29,6 +30,7 @@ mod validate;
 pub use list::list;
 pub use namespaces::{HELPER_ARG, helper_main};
 pub use remove::remove;
+pub use resources::update as update_resources;
 pub use run::{Reservations, run};
 pub use stats::{list_stats, stats};
 pub use status::status;
@@ -65,6 +67,8 @@ pub enum SandboxError {
     Containerd { pod: String, source: ContainerdError },
     #[error("pod `{pod}`: {what}: {source}")]
     Task { pod: String, what: &'static str, source: tokio::task::JoinError },
+    #[error("pod `{pod}`: its cgroup {path}{}", source.as_ref().map(|e| format!(": {e}")).unwrap_or_else(|| " is not there".into()))]
+    Cgroup { pod: String, path: String, source: Option<std::io::Error> },
     #[error("pod `{pod}`: its containerd record is unreadable: {reason}")]
     Record { pod: String, reason: String },
 }
@@ -78,6 +82,7 @@ impl GrpcError for SandboxError {
             | SandboxError::Sysctl { .. } => Code::InvalidArgument,
             SandboxError::NameReserved { .. } => Code::AlreadyExists,
             SandboxError::NotFound(_) => Code::NotFound,
+            SandboxError::Cgroup { .. } => Code::FailedPrecondition,
             SandboxError::Ambiguous(_) => Code::InvalidArgument,
             SandboxError::Containerd { source, .. } => source.code(),
             SandboxError::Network {

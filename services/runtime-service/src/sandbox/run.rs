@@ -215,6 +215,8 @@ pub async fn run(
         netns: None,
         shm: PathBuf::new(),
         ips: vec![],
+        overhead: pod_config.linux.as_ref().and_then(|l| l.overhead.as_ref()).map(Into::into),
+        resources: pod_config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(Into::into),
     };
     check_sysctls(pod_config, &own_namespaces(sandbox.host_network(), sandbox.host_ipc()))?;
 
