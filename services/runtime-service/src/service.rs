@@ -13,11 +13,17 @@ pub struct Runtime {
     containerd: Containerd,
     config: Config,
     reservations: sandbox::Reservations,
+    cpu_samples: sandbox::CpuSamples,
 }
 
 impl Runtime {
     pub fn new(containerd: Containerd, config: Config) -> Self {
-        Self { containerd, config, reservations: sandbox::Reservations::default() }
+        Self {
+            containerd,
+            config,
+            reservations: sandbox::Reservations::default(),
+            cpu_samples: sandbox::CpuSamples::default(),
+        }
     }
 }
 
@@ -114,7 +120,7 @@ impl RuntimeService for Runtime {
         request: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
-        let stats = sandbox::stats(&self.containerd, &id).await.map_err(status_of)?;
+        let stats = sandbox::stats(&self.containerd, &self.cpu_samples, &id).await.map_err(status_of)?;
         Ok(Response::new(PodSandboxStatsResponse { stats: Some(stats) }))
     }
 
@@ -122,7 +128,9 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        let stats = sandbox::list_stats(&self.containerd, request.into_inner().filter).await.map_err(status_of)?;
+        let stats = sandbox::list_stats(&self.containerd, &self.cpu_samples, request.into_inner().filter)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
 }

@@ -32,7 +32,7 @@ pub use namespaces::{HELPER_ARG, helper_main};
 pub use remove::remove;
 pub use resources::update as update_resources;
 pub use run::{Reservations, run};
-pub use stats::{list_stats, stats};
+pub use stats::{CpuSamples, list_stats, stats};
 pub use status::status;
 pub use stop::stop;
 pub use sweep::sweep;
