@@ -175,10 +175,12 @@ fn pod_stats(stored: &Stored, samples: &CpuSamples) -> PodSandboxStats {
         linux: Some(LinuxPodSandboxStats {
             cpu: cgroup.as_ref().map(|c| {
                 let mut cpu = c.cpu(timestamp);
+                // The rate's clock is read right after the counter, not at the call's start.
+                let sampled_at = now();
                 cpu.usage_nano_cores = cpu
                     .usage_core_nano_seconds
                     .as_ref()
-                    .and_then(|usage| samples.rate(&s.id, timestamp, usage.value))
+                    .and_then(|usage| samples.rate(&s.id, sampled_at, usage.value))
                     .and_then(value);
                 cpu
             }),
