@@ -1,12 +1,13 @@
 //! Pod sandboxes: RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus,
-//! ListPodSandbox, PodSandboxStats, ListPodSandboxStats.
+//! ListPodSandbox, PodSandboxStats, ListPodSandboxStats, UpdatePodSandboxResources.
 //!
 //! A pod is its namespaces (net, ipc, uts; made by a short-lived helper process and pinned
 //! by bind mounts under `<runtime.state_dir>/pods/<id>/ns/`), its files (hostname, hosts,
 //! resolv.conf, a `/dev/shm` tmpfs) in that same directory, its CNI attachment (state under
 //! `<runtime.root_dir>/pods/<id>/`), and a containerd container record (no task) holding
 //! everything else ([`record`]). No process runs per pod. Nothing is kept in memory across
-//! calls except names being reserved by a RunPodSandbox in flight: a restarted service finds
+//! calls except names being reserved by a RunPodSandbox in flight and each pod's last CPU sample
+//! (for `usage_nano_cores`): a restarted service finds
 //! every pod in containerd, and [`sweep`]s away what a RunPodSandbox it was killed in the
 //! middle of left.
 //!
