@@ -89,8 +89,11 @@ async fn pod_stats_come_from_its_cgroup_and_its_link_and_move() {
     assert_eq!(stats.attributes.as_ref().unwrap().id, id);
     assert_eq!(stats.attributes.as_ref().unwrap().labels["app"], "web");
     let linux = stats.linux.unwrap();
-    let cpu_before = counter(&linux.cpu.unwrap().usage_core_nano_seconds);
+    let cpu = linux.cpu.unwrap();
+    let cpu_before = counter(&cpu.usage_core_nano_seconds);
     assert!(cpu_before > 0);
+    // A rate needs two samples: the pod's first call has none.
+    assert_eq!(cpu.usage_nano_cores, None);
     assert!(counter(&linux.memory.unwrap().working_set_bytes) > 0);
     assert_eq!(counter(&linux.process.unwrap().process_count), 1);
     let eth0 = linux.network.unwrap().default_interface.unwrap();
@@ -112,7 +115,12 @@ async fn pod_stats_come_from_its_cgroup_and_its_link_and_move() {
     assert_eq!(listed.len(), 1);
     let linux = listed[0].linux.clone().unwrap();
     assert!(counter(&linux.network.unwrap().default_interface.unwrap().rx_bytes) > rx_before);
-    assert!(counter(&linux.cpu.unwrap().usage_core_nano_seconds) >= cpu_before);
+    let cpu = linux.cpu.unwrap();
+    assert!(counter(&cpu.usage_core_nano_seconds) >= cpu_before);
+    // The second one has the rate since the first, at most the machine's cores.
+    let nano_cores = cpu.usage_nano_cores.expect("a rate from the second sample").value;
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    assert!(nano_cores <= cores * 1_000_000_000, "{nano_cores}");
 
     // A pod without a cgroup parent has network stats only; labels filter.
     let all = runtime.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None }).await.unwrap().into_inner();

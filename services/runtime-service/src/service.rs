@@ -13,11 +13,17 @@ pub struct Runtime {
     containerd: Containerd,
     config: Config,
     reservations: sandbox::Reservations,
+    cpu_samples: sandbox::CpuSamples,
 }
 
 impl Runtime {
     pub fn new(containerd: Containerd, config: Config) -> Self {
-        Self { containerd, config, reservations: sandbox::Reservations::default() }
+        Self {
+            containerd,
+            config,
+            reservations: sandbox::Reservations::default(),
+            cpu_samples: sandbox::CpuSamples::default(),
+        }
     }
 }
 
@@ -101,12 +107,20 @@ impl RuntimeService for Runtime {
         Ok(Response::new(ListPodSandboxResponse { items }))
     }
 
+    async fn update_pod_sandbox_resources(
+        &self,
+        request: Request<UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
+        sandbox::update_resources(&self.containerd, request.into_inner()).await.map_err(status_of)?;
+        Ok(Response::new(UpdatePodSandboxResourcesResponse {}))
+    }
+
     async fn pod_sandbox_stats(
         &self,
         request: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
-        let stats = sandbox::stats(&self.containerd, &id).await.map_err(status_of)?;
+        let stats = sandbox::stats(&self.containerd, &self.cpu_samples, &id).await.map_err(status_of)?;
         Ok(Response::new(PodSandboxStatsResponse { stats: Some(stats) }))
     }
 
@@ -114,7 +128,9 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        let stats = sandbox::list_stats(&self.containerd, request.into_inner().filter).await.map_err(status_of)?;
+        let stats = sandbox::list_stats(&self.containerd, &self.cpu_samples, request.into_inner().filter)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
 }

@@ -5,7 +5,6 @@
 //! `loopback` plugin every pod needs; the reason `NetworkPluginNotReady` is the one
 //! containerd's CRI plugin gives.
 
-use crisp_cni::NetworkConfig;
 use crisp_config::Config;
 use crisp_containerd::Containerd;
 use crisp_proto::cri::{RuntimeCondition, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusResponse};
@@ -57,7 +56,7 @@ pub async fn status(containerd: &Containerd, config: &Config, verbose: bool) -> 
     };
 
     // Every pod's `lo` is brought up by the `loopback` plugin, as containerd's CRI plugin does.
-    let network = NetworkConfig::load(&config.runtime.cni_conf_dir)
+    let network = crisp_cni::watch::current(&config.runtime.cni_conf_dir)
         .and_then(|net| net.check_plugins(&config.runtime.cni_bin_dirs).map(|_| net))
         .and_then(|net| {
             crisp_cni::single_plugin_network("cni-loopback", &net.cni_version, "loopback")

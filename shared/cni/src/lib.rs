@@ -4,9 +4,11 @@
 //! order in the configuration directory with the extension `.conflist`, `.conf` or `.json`
 //! that parses; a single-plugin `.conf` is read as a list of one. [`NetworkConfig::load`]
 //! finds it, and [`NetworkConfig::check_plugins`] finds every plugin binary it names.
+//! [`watch::current`] is the loaded network, kept current by watching the directory.
 //! [`exec`] runs a network's plugins (ADD, DEL) for a pod.
 
 pub mod exec;
+pub mod watch;
 
 pub use exec::{Attachment, result_ips, single_plugin_network};
 

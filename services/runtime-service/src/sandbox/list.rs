@@ -74,6 +74,8 @@ mod tests {
                 netns: None,
                 shm: Default::default(),
                 ips: vec![],
+                overhead: None,
+                resources: None,
             },
             state,
             recorded_state: state,

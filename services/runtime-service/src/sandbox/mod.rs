@@ -1,12 +1,13 @@
 //! Pod sandboxes: RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus,
-//! ListPodSandbox, PodSandboxStats, ListPodSandboxStats.
+//! ListPodSandbox, PodSandboxStats, ListPodSandboxStats, UpdatePodSandboxResources.
 //!
 //! A pod is its namespaces (net, ipc, uts; made by a short-lived helper process and pinned
 //! by bind mounts under `<runtime.state_dir>/pods/<id>/ns/`), its files (hostname, hosts,
 //! resolv.conf, a `/dev/shm` tmpfs) in that same directory, its CNI attachment (state under
 //! `<runtime.root_dir>/pods/<id>/`), and a containerd container record (no task) holding
 //! everything else ([`record`]). No process runs per pod. Nothing is kept in memory across
-//! calls except names being reserved by a RunPodSandbox in flight: a restarted service finds
+//! calls except names being reserved by a RunPodSandbox in flight and each pod's last CPU sample
+//! (for `usage_nano_cores`): a restarted service finds
 //! every pod in containerd, and [`sweep`]s away what a RunPodSandbox it was killed in the
 //! middle of left.
 //!
@@ -19,17 +20,20 @@ mod namespaces;
 mod network;
 mod record;
 mod remove;
+mod resources;
 mod run;
 mod stats;
 mod status;
 mod stop;
 mod sweep;
+mod validate;
 
 pub use list::list;
 pub use namespaces::{HELPER_ARG, helper_main};
 pub use remove::remove;
+pub use resources::update as update_resources;
 pub use run::{Reservations, run};
-pub use stats::{list_stats, stats};
+pub use stats::{CpuSamples, list_stats, stats};
 pub use status::status;
 pub use stop::stop;
 pub use sweep::sweep;
@@ -42,6 +46,8 @@ use tonic::Code;
 pub enum SandboxError {
     #[error("pod sandbox config: `{0}` is required")]
     MissingField(&'static str),
+    #[error("pod sandbox config: `{field}` {reason}")]
+    Invalid { field: String, reason: String },
     #[error("runtime handler `{0}` is not known (crisp has \"\" and \"runc\")")]
     UnknownHandler(String),
     #[error("failed to reserve sandbox name `{name}`: name is reserved for `{existing}`")]
@@ -62,6 +68,8 @@ pub enum SandboxError {
     Containerd { pod: String, source: ContainerdError },
     #[error("pod `{pod}`: {what}: {source}")]
     Task { pod: String, what: &'static str, source: tokio::task::JoinError },
+    #[error("pod `{pod}`: its cgroup {path}{}", source.as_ref().map(|e| format!(": {e}")).unwrap_or_else(|| " is not there".into()))]
+    Cgroup { pod: String, path: String, source: Option<std::io::Error> },
     #[error("pod `{pod}`: its containerd record is unreadable: {reason}")]
     Record { pod: String, reason: String },
 }
@@ -69,11 +77,13 @@ pub enum SandboxError {
 impl GrpcError for SandboxError {
     fn code(&self) -> Code {
         match self {
-            SandboxError::MissingField(_) | SandboxError::UnknownHandler(_) | SandboxError::Sysctl { .. } => {
-                Code::InvalidArgument
-            }
+            SandboxError::MissingField(_)
+            | SandboxError::Invalid { .. }
+            | SandboxError::UnknownHandler(_)
+            | SandboxError::Sysctl { .. } => Code::InvalidArgument,
             SandboxError::NameReserved { .. } => Code::AlreadyExists,
             SandboxError::NotFound(_) => Code::NotFound,
+            SandboxError::Cgroup { .. } => Code::FailedPrecondition,
             SandboxError::Ambiguous(_) => Code::InvalidArgument,
             SandboxError::Containerd { source, .. } => source.code(),
             SandboxError::Network {

@@ -92,7 +92,7 @@ pub async fn attach(
     let (pod, dir) = (sandbox.id.as_str(), sandbox.network_dir.as_path());
     let (conf_dir, bin_dirs) = (&runtime.cni_conf_dir, &runtime.cni_bin_dirs);
     let network_error = |source| SandboxError::Network { pod: pod.to_string(), source };
-    let network = NetworkConfig::load(conf_dir).map_err(network_error)?;
+    let network = crisp_cni::watch::current(conf_dir).map_err(network_error)?;
     let copy =
         dir.join(format!("network.{}", network.source.extension().and_then(|e| e.to_str()).unwrap_or("conflist")));
     std::fs::copy(&network.source, &copy).map_err(SandboxError::io(pod, "copying the CNI configuration to", &copy))?;

@@ -69,6 +69,12 @@ pub struct Sandbox {
     pub shm: PathBuf,
     /// The pod's IPs, the first one primary.
     pub ips: Vec<String>,
+    /// The pod's overhead and the sum of its containers' resources, from its config or the
+    /// last UpdatePodSandboxResources.
+    #[serde(default)]
+    pub overhead: Option<super::resources::Resources>,
+    #[serde(default)]
+    pub resources: Option<super::resources::Resources>,
 }
 
 /// A record read back: the pod and its mutable labels.
@@ -105,6 +111,27 @@ fn containerd_error(pod: &str) -> impl FnOnce(ContainerdError) -> SandboxError {
     move |source| SandboxError::Containerd { pod, source }
 }
 
+fn extension(sandbox: &Sandbox) -> Result<HashMap<String, prost_types::Any>, SandboxError> {
+    let json = serde_json::to_vec(sandbox)
+        .map_err(|e| SandboxError::Record { pod: sandbox.id.clone(), reason: e.to_string() })?;
+    Ok(HashMap::from([(EXTENSION.to_string(), prost_types::Any { type_url: EXTENSION_TYPE.into(), value: json })]))
+}
+
+/// Replaces the pod's extension with `sandbox`.
+pub async fn update(containerd: &Containerd, sandbox: &Sandbox) -> Result<(), SandboxError> {
+    let container = Container { id: sandbox.id.clone(), extensions: extension(sandbox)?, ..Default::default() };
+    containerd
+        .containers()
+        .update(UpdateContainerRequest {
+            container: Some(container),
+            update_mask: Some(prost_types::FieldMask { paths: vec![format!("extensions.{EXTENSION}")] }),
+        })
+        .await
+        .map_err(|s| ContainerdError::call("updating the pod's record", s))
+        .map_err(containerd_error(&sandbox.id))?;
+    Ok(())
+}
+
 pub async fn create(
     containerd: &Containerd,
     runtime_type: &str,
@@ -123,17 +150,12 @@ pub async fn create(
     for (key, value) in &sandbox.labels {
         labels.insert(format!("{POD_LABEL_PREFIX}{key}"), value.clone());
     }
-    let json = serde_json::to_vec(sandbox)
-        .map_err(|e| SandboxError::Record { pod: sandbox.id.clone(), reason: e.to_string() })?;
     let container = Container {
         id: sandbox.id.clone(),
         labels,
         runtime: Some(Runtime { name: runtime_type.to_string(), options: None }),
         spec: Some(prost_types::Any { type_url: SPEC_TYPE.into(), value: br#"{"ociVersion":"1.0.2"}"#.to_vec() }),
-        extensions: HashMap::from([(
-            EXTENSION.to_string(),
-            prost_types::Any { type_url: EXTENSION_TYPE.into(), value: json },
-        )]),
+        extensions: extension(sandbox)?,
         ..Default::default()
     };
     containerd
@@ -269,6 +291,8 @@ mod tests {
             netns: None,
             shm: PathBuf::new(),
             ips: vec![],
+            overhead: None,
+            resources: None,
         }
     }
 

@@ -139,6 +139,7 @@ pub fn validate(request: &RunPodSandboxRequest) -> Result<&PodSandboxConfig, San
     if !known_handler(&request.runtime_handler) {
         return Err(SandboxError::UnknownHandler(request.runtime_handler.clone()));
     }
+    super::validate::config(config)?;
     Ok(config)
 }
 
@@ -214,6 +215,8 @@ pub async fn run(
         netns: None,
         shm: PathBuf::new(),
         ips: vec![],
+        overhead: pod_config.linux.as_ref().and_then(|l| l.overhead.as_ref()).map(Into::into),
+        resources: pod_config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(Into::into),
     };
     check_sysctls(pod_config, &own_namespaces(sandbox.host_network(), sandbox.host_ipc()))?;
 

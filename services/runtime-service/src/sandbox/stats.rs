@@ -6,6 +6,9 @@
 //! - Network comes from the host side of the pod's link (the interface of ADD's result that is
 //!   not in the pod and not a bridge: the veth peer), its counters swapped to the pod's view,
 //!   reported as the pod's `eth0`. Read from `/sys/class/net`, with no process entering the pod.
+//! - `usage_nano_cores` is the CPU rate between this call's cumulative usage and the last one
+//!   read for the same pod (as containerd and cAdvisor compute it): the last sample per pod is
+//!   kept in memory ([`CpuSamples`]), so a pod's first call after a start reports none.
 
 use super::record::{self, Stored};
 use super::status::metadata;
@@ -17,6 +20,29 @@ use crisp_proto::cri::{
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The last cumulative CPU sample read per pod: (timestamp ns, usage ns).
+#[derive(Default, Clone)]
+pub struct CpuSamples(Arc<Mutex<HashMap<String, (i64, u64)>>>);
+
+impl CpuSamples {
+    /// Records `usage` at `timestamp` for `pod` and answers the rate since the last sample,
+    /// in nanocores; none for the first sample, one no later, or a counter that went back.
+    fn rate(&self, pod: &str, timestamp: i64, usage: u64) -> Option<u64> {
+        let mut samples = self.0.lock().ok()?;
+        let last = samples.insert(pod.to_string(), (timestamp, usage))?;
+        let (elapsed, used) = (timestamp.checked_sub(last.0)?, usage.checked_sub(last.1)?);
+        (elapsed > 0).then(|| (used as u128 * 1_000_000_000 / elapsed as u128) as u64)
+    }
+
+    /// Forgets the pods not in `live`.
+    fn retain(&self, live: &std::collections::HashSet<&str>) {
+        if let Ok(mut samples) = self.0.lock() {
+            samples.retain(|pod, _| live.contains(pod.as_str()));
+        }
+    }
+}
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -130,7 +156,7 @@ fn interface_usage(host_link: &str) -> Option<NetworkInterfaceUsage> {
     })
 }
 
-fn pod_stats(stored: &Stored) -> PodSandboxStats {
+fn pod_stats(stored: &Stored, samples: &CpuSamples) -> PodSandboxStats {
     let s = &stored.sandbox;
     let timestamp = now();
     let cgroup = Cgroup::find(Path::new(CGROUP_ROOT), &s.cgroup_parent);
@@ -147,7 +173,17 @@ fn pod_stats(stored: &Stored) -> PodSandboxStats {
             annotations: s.annotations.clone(),
         }),
         linux: Some(LinuxPodSandboxStats {
-            cpu: cgroup.as_ref().map(|c| c.cpu(timestamp)),
+            cpu: cgroup.as_ref().map(|c| {
+                let mut cpu = c.cpu(timestamp);
+                // The rate's clock is read right after the counter, not at the call's start.
+                let sampled_at = now();
+                cpu.usage_nano_cores = cpu
+                    .usage_core_nano_seconds
+                    .as_ref()
+                    .and_then(|usage| samples.rate(&s.id, sampled_at, usage.value))
+                    .and_then(value);
+                cpu
+            }),
             memory: cgroup.as_ref().map(|c| c.memory(timestamp)),
             process: cgroup.as_ref().map(|c| c.processes(timestamp)),
             network,
@@ -157,19 +193,21 @@ fn pod_stats(stored: &Stored) -> PodSandboxStats {
     }
 }
 
-pub async fn stats(containerd: &Containerd, id: &str) -> Result<PodSandboxStats, SandboxError> {
+pub async fn stats(containerd: &Containerd, samples: &CpuSamples, id: &str) -> Result<PodSandboxStats, SandboxError> {
     let stored = record::find(containerd, id).await?.ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
-    Ok(pod_stats(&stored))
+    Ok(pod_stats(&stored, samples))
 }
 
 pub async fn list_stats(
     containerd: &Containerd,
+    samples: &CpuSamples,
     filter: Option<PodSandboxStatsFilter>,
 ) -> Result<Vec<PodSandboxStats>, SandboxError> {
     let all = record::list_all(containerd).await?;
+    samples.retain(&all.iter().map(|s| s.sandbox.id.as_str()).collect());
     let filter =
         filter.map(|f| crisp_proto::cri::PodSandboxFilter { id: f.id, state: None, label_selector: f.label_selector });
-    Ok(super::list::filtered(all, filter.as_ref()).iter().map(pod_stats).collect())
+    Ok(super::list::filtered(all, filter.as_ref()).iter().map(|s| pod_stats(s, samples)).collect())
 }
 
 #[cfg(test)]
@@ -202,6 +240,21 @@ mod tests {
         assert_eq!(memory.page_faults, value(7));
         assert_eq!(memory.major_page_faults, value(1));
         assert_eq!(cgroup.processes(1).process_count, value(3));
+    }
+
+    #[test]
+    fn usage_nano_cores_is_the_rate_between_two_samples_of_the_same_pod() {
+        let samples = CpuSamples::default();
+        assert_eq!(samples.rate("a", 1_000_000_000, 500), None);
+        // Half a core: 0.5s of CPU over one second.
+        assert_eq!(samples.rate("a", 2_000_000_000, 500_000_500), Some(500_000_000));
+        assert_eq!(samples.rate("b", 2_000_000_000, 7), None);
+        // No time passed, or a counter that went back (the cgroup was made anew): none.
+        assert_eq!(samples.rate("a", 2_000_000_000, 600_000_000), None);
+        assert_eq!(samples.rate("a", 3_000_000_000, 10), None);
+        samples.retain(&["b"].into());
+        assert_eq!(samples.rate("a", 4_000_000_000, 20), None);
+        assert_eq!(samples.rate("b", 3_000_000_000, 250_000_007), Some(250_000_000));
     }
 
     #[test]
