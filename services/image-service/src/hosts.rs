@@ -2,6 +2,10 @@
 //! (or `<dir>/_default/hosts.toml`) lists mirrors tried in order before the `server`, each with
 //! its scheme (`http://` for plain HTTP), `skip_verify`, `ca` and `override_path`.
 //!
+//! A mirror receives no PullImage credentials unless its entry says
+//! `forward_credentials = true` (crisp's own key; containerd ignores it): a mirror is often run
+//! by someone else than the registry the kubelet's credentials are for.
+//!
 //! Without a file, a registry is reached at `https://<host>` (`docker.io` at
 //! `https://registry-1.docker.io`), and a loopback registry (`localhost`, `127.*`, `[::1]`) over
 //! plain HTTP, as containerd does for localhost.
@@ -38,6 +42,9 @@ pub struct RegistryHost {
     pub mirror: bool,
     /// Extra headers sent with every request to this host (`[host."…".header]`).
     pub headers: Vec<(String, String)>,
+    /// A mirror that may receive the credentials given for the registry it mirrors
+    /// (`forward_credentials = true`).
+    pub forward_credentials: bool,
 }
 
 impl RegistryHost {
@@ -70,6 +77,8 @@ struct HostEntry {
     override_path: Option<bool>,
     #[serde(default)]
     header: Option<toml::map::Map<String, toml::Value>>,
+    #[serde(default)]
+    forward_credentials: Option<bool>,
 }
 
 /// `name = "value"` or `name = ["v1", "v2"]` pairs, checked to be valid HTTP headers.
@@ -146,6 +155,7 @@ fn default_host(registry: &str) -> RegistryHost {
         resolve: true,
         mirror: false,
         headers: vec![],
+        forward_credentials: false,
     }
 }
 
@@ -172,6 +182,7 @@ fn parse_hosts(path: &Path, text: &str, registry: &str) -> Result<Vec<RegistryHo
         host.headers = headers(path, entry.header.as_ref())?;
         host.resolve = entry.capabilities.as_ref().is_none_or(|caps| caps.iter().any(|c| c == "resolve"));
         host.mirror = true;
+        host.forward_credentials = entry.forward_credentials.unwrap_or(false);
         let pull = entry.capabilities.as_ref().is_none_or(|caps| caps.iter().any(|c| c == "pull"));
         if pull {
             hosts.push(host);
@@ -225,6 +236,7 @@ fn parse_url(path: &Path, url: &str, override_path: bool) -> Result<RegistryHost
         resolve: true,
         mirror: false,
         headers: vec![],
+        forward_credentials: false,
     })
 }
 
@@ -240,6 +252,7 @@ server = "https://registry.k8s.io"
   capabilities = ["pull", "resolve"]
 [host."https://mirror.example/base"]
   capabilities = ["pull"]
+  forward_credentials = true
   skip_verify = true
   ca = "ca.crt"
   [host."https://mirror.example/base".header]
@@ -250,7 +263,8 @@ server = "https://registry.k8s.io"
             parse_hosts(Path::new("/etc/crisp/certs.d/registry.k8s.io/hosts.toml"), text, "registry.k8s.io").unwrap();
         assert_eq!(hosts.len(), 3);
         assert_eq!(hosts[0].base(), "http://127.0.0.1:5001/v2");
-        assert!(hosts[0].resolve && hosts[0].mirror);
+        assert!(hosts[0].resolve && hosts[0].mirror && !hosts[0].forward_credentials);
+        assert!(hosts[1].forward_credentials);
         assert_eq!(hosts[1].base(), "https://mirror.example/base/v2");
         assert!(!hosts[1].resolve && hosts[1].skip_verify);
         assert_eq!(hosts[1].ca, vec![PathBuf::from("/etc/crisp/certs.d/registry.k8s.io/ca.crt")]);
