@@ -188,3 +188,37 @@ async fn logs_of_pulls_with_credentials_hold_no_secret() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_registry_that_requires_a_client_certificate_gets_the_one_hosts_toml_names() -> anyhow::Result<()> {
+    let registry = Registry::start_tls_client_auth().await?;
+    let image = busybox(Format::Oci)?;
+    let name = registry.push("secure/app", "v1", &image).await?;
+    let ca = registry.ca_path().expect("a TLS registry").to_path_buf();
+    let (cert, key) = registry.client_cert().expect("a client-auth registry");
+    let combined = tempfile::tempdir()?;
+    let both = combined.path().join("client-and-key.pem");
+    std::fs::write(&both, [std::fs::read(cert)?, b"\n".to_vec(), std::fs::read(key)?].concat())?;
+
+    let hosts = tempfile::tempdir()?;
+    let dir = hosts.path().join(registry.host());
+    std::fs::create_dir_all(&dir)?;
+    let server = format!("server = \"https://{}\"\nca = \"{}\"\n", registry.host(), ca.display());
+    let stack = stack_reading(hosts.path()).await?;
+    let mut client = stack.image_client();
+
+    // Without a client certificate the TLS handshake is refused.
+    std::fs::write(dir.join("hosts.toml"), &server)?;
+    let err = pull(&mut client, &name).await.expect_err("no client certificate");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    // A [cert, key] pair.
+    let pair = format!("{server}client = [[\"{}\", \"{}\"]]\n", cert.display(), key.display());
+    std::fs::write(dir.join("hosts.toml"), pair)?;
+    assert_eq!(pull(&mut client, &name).await?, image.id());
+    // One file holding both, relative to the hosts.toml's directory.
+    remove(&mut client, &name).await?;
+    std::fs::copy(&both, dir.join("client.pem"))?;
+    std::fs::write(dir.join("hosts.toml"), format!("{server}client = \"client.pem\"\n"))?;
+    assert_eq!(pull(&mut client, &name).await?, image.id());
+    Ok(())
+}

@@ -88,8 +88,8 @@ fn status_code(status: StatusCode) -> tonic::Code {
     }
 }
 
-/// A TLS setting: `skip_verify` and the `ca` files.
-type TlsKey = (bool, Vec<PathBuf>);
+/// A TLS setting: `skip_verify`, the `ca` files and the client certificate (cert, key).
+type TlsKey = (bool, Vec<PathBuf>, Option<(PathBuf, Option<PathBuf>)>);
 
 /// HTTP clients shared by every pull, one per TLS setting.
 #[derive(Default, Clone)]
@@ -99,7 +99,9 @@ pub struct Clients {
 
 impl Clients {
     fn client_for(&self, host: &RegistryHost) -> Result<reqwest::Client, RegistryError> {
-        let key = (host.skip_verify, host.ca.clone());
+        // As with Go's crypto/tls given several, the first client certificate is the one offered.
+        let client = host.client.first().cloned();
+        let key = (host.skip_verify, host.ca.clone(), client.clone());
         let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
@@ -118,6 +120,16 @@ impl Clients {
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
+        }
+        if let Some((cert, key)) = &client {
+            let mut pem = std::fs::read(cert).map_err(|e| tls(format!("reading client {}: {e}", cert.display())))?;
+            if let Some(key) = key {
+                pem.push(b'\n');
+                pem.extend(std::fs::read(key).map_err(|e| tls(format!("reading client key {}: {e}", key.display())))?);
+            }
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| tls(format!("client certificate {}: {e}", cert.display())))?;
+            builder = builder.identity(identity);
         }
         let client = builder.build().map_err(|e| tls(e.to_string()))?;
         clients.insert(key, client.clone());
@@ -517,6 +529,7 @@ mod tests {
             path: "/v2".into(),
             skip_verify: false,
             ca: vec![],
+            client: vec![],
             resolve: true,
             mirror,
             headers: vec![],
