@@ -209,8 +209,11 @@ async fn a_registry_that_requires_a_client_certificate_gets_the_one_hosts_toml_n
 
     // Without a client certificate the TLS handshake is refused.
     std::fs::write(dir.join("hosts.toml"), &server)?;
-    let err = pull(&mut client, &name).await.expect_err("no client certificate");
+    // (Within a minute: not the stall watchdog's UNAVAILABLE minutes later.)
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(60), pull(&mut client, &name)).await;
+    let err = refused.expect("a refused handshake answers at once").expect_err("no client certificate");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("unreachable"), "{err:?}");
     // A [cert, key] pair.
     let pair = format!("{server}client = [[\"{}\", \"{}\"]]\n", cert.display(), key.display());
     std::fs::write(dir.join("hosts.toml"), pair)?;
