@@ -1,6 +1,12 @@
 //! Registry host configuration in containerd's `config_path` layout: `<dir>/<host>/hosts.toml`
 //! (or `<dir>/_default/hosts.toml`) lists mirrors tried in order before the `server`, each with
-//! its scheme (`http://` for plain HTTP), `skip_verify`, `ca` and `override_path`.
+//! its scheme (`http://` for plain HTTP), `skip_verify`, `ca`, `client` (TLS client
+//! certificates, as containerd reads them: `"cert.pem"` holding the key too, or a list of such
+//! files and `["cert", "key"]` pairs; the first is presented) and `override_path`.
+//!
+//! A mirror receives no PullImage credentials unless its entry says
+//! `forward_credentials = true` (crisp's own key; containerd ignores it): a mirror is often run
+//! by someone else than the registry the kubelet's credentials are for.
 //!
 //! Without a file, a registry is reached at `https://<host>` (`docker.io` at
 //! `https://registry-1.docker.io`), and a loopback registry (`localhost`, `127.*`, `[::1]`) over
@@ -17,6 +23,8 @@ pub enum HostsError {
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("{path}: host `{host}` is not a valid URL or host")]
     BadHost { path: PathBuf, host: String },
+    #[error("{path}: `client` must be a file, or a list of files and [cert, key] pairs")]
+    BadClient { path: PathBuf },
     #[error("{path}: header `{name}` is not a valid HTTP header name and value")]
     BadHeader { path: PathBuf, name: String },
 }
@@ -32,12 +40,17 @@ pub struct RegistryHost {
     pub path: String,
     pub skip_verify: bool,
     pub ca: Vec<PathBuf>,
+    /// TLS client certificates: (certificate, key); no key: the certificate's file holds it.
+    pub client: Vec<(PathBuf, Option<PathBuf>)>,
     /// Whether this host may resolve tags (a `pull`-only mirror is only asked for digests).
     pub resolve: bool,
     /// A mirror (not the registry itself): requests carry `?ns=<registry>`.
     pub mirror: bool,
     /// Extra headers sent with every request to this host (`[host."…".header]`).
     pub headers: Vec<(String, String)>,
+    /// A mirror that may receive the credentials given for the registry it mirrors
+    /// (`forward_credentials = true`).
+    pub forward_credentials: bool,
 }
 
 impl RegistryHost {
@@ -67,9 +80,13 @@ struct HostEntry {
     #[serde(default)]
     ca: Option<StringOrList>,
     #[serde(default)]
+    client: Option<toml::Value>,
+    #[serde(default)]
     override_path: Option<bool>,
     #[serde(default)]
     header: Option<toml::map::Map<String, toml::Value>>,
+    #[serde(default)]
+    forward_credentials: Option<bool>,
 }
 
 /// `name = "value"` or `name = ["v1", "v2"]` pairs, checked to be valid HTTP headers.
@@ -113,6 +130,35 @@ impl StringOrList {
     }
 }
 
+/// `client = "c.pem"`, `client = ["c.pem", ["cert.pem", "key.pem"]]`: (cert, key) pairs,
+/// relative paths from the file's directory.
+fn client_pairs(
+    path: &Path,
+    base: &Path,
+    value: Option<&toml::Value>,
+) -> Result<Vec<(PathBuf, Option<PathBuf>)>, HostsError> {
+    let bad = || HostsError::BadClient { path: path.to_path_buf() };
+    let file = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { base.join(p) };
+    let items = match value {
+        None => return Ok(vec![]),
+        Some(toml::Value::String(one)) => return Ok(vec![(file(one), None)]),
+        Some(toml::Value::Array(items)) => items,
+        Some(_) => return Err(bad()),
+    };
+    items
+        .iter()
+        .map(|item| match item {
+            toml::Value::String(one) => Ok((file(one), None)),
+            toml::Value::Array(pair) => match pair.as_slice() {
+                [toml::Value::String(cert)] => Ok((file(cert), None)),
+                [toml::Value::String(cert), toml::Value::String(key)] => Ok((file(cert), Some(file(key)))),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
 /// The hosts to try for `registry` (a reference's domain), in order: mirrors, then the server.
 pub fn hosts_for(config_path: Option<&Path>, registry: &str) -> Result<Vec<RegistryHost>, HostsError> {
     if let Some(dir) = config_path {
@@ -143,9 +189,11 @@ fn default_host(registry: &str) -> RegistryHost {
         path: "/v2".into(),
         skip_verify: false,
         ca: vec![],
+        client: vec![],
         resolve: true,
         mirror: false,
         headers: vec![],
+        forward_credentials: false,
     }
 }
 
@@ -169,9 +217,11 @@ fn parse_hosts(path: &Path, text: &str, registry: &str) -> Result<Vec<RegistryHo
         let mut host = parse_url(path, name, entry.override_path.unwrap_or(false))?;
         host.skip_verify = entry.skip_verify.unwrap_or(false);
         host.ca = entry.ca.as_ref().map(|ca| ca.paths(base)).unwrap_or_default();
+        host.client = client_pairs(path, base, entry.client.as_ref())?;
         host.headers = headers(path, entry.header.as_ref())?;
         host.resolve = entry.capabilities.as_ref().is_none_or(|caps| caps.iter().any(|c| c == "resolve"));
         host.mirror = true;
+        host.forward_credentials = entry.forward_credentials.unwrap_or(false);
         let pull = entry.capabilities.as_ref().is_none_or(|caps| caps.iter().any(|c| c == "pull"));
         if pull {
             hosts.push(host);
@@ -187,6 +237,9 @@ fn parse_hosts(path: &Path, text: &str, registry: &str) -> Result<Vec<RegistryHo
     }
     if let Some(ca) = &settings.ca {
         server.ca = ca.paths(base);
+    }
+    if settings.client.is_some() {
+        server.client = client_pairs(path, base, settings.client.as_ref())?;
     }
     server.headers = headers(path, settings.header.as_ref())?;
     if let Some(caps) = &settings.capabilities {
@@ -222,9 +275,11 @@ fn parse_url(path: &Path, url: &str, override_path: bool) -> Result<RegistryHost
         path: api_path,
         skip_verify: false,
         ca: vec![],
+        client: vec![],
         resolve: true,
         mirror: false,
         headers: vec![],
+        forward_credentials: false,
     })
 }
 
@@ -240,8 +295,10 @@ server = "https://registry.k8s.io"
   capabilities = ["pull", "resolve"]
 [host."https://mirror.example/base"]
   capabilities = ["pull"]
+  forward_credentials = true
   skip_verify = true
   ca = "ca.crt"
+  client = ["both.pem", ["/etc/c.pem", "c.key"]]
   [host."https://mirror.example/base".header]
     x-one = "1"
     x-two = ["a", "b"]
@@ -250,10 +307,19 @@ server = "https://registry.k8s.io"
             parse_hosts(Path::new("/etc/crisp/certs.d/registry.k8s.io/hosts.toml"), text, "registry.k8s.io").unwrap();
         assert_eq!(hosts.len(), 3);
         assert_eq!(hosts[0].base(), "http://127.0.0.1:5001/v2");
-        assert!(hosts[0].resolve && hosts[0].mirror);
+        assert!(hosts[0].resolve && hosts[0].mirror && !hosts[0].forward_credentials);
+        assert!(hosts[1].forward_credentials);
         assert_eq!(hosts[1].base(), "https://mirror.example/base/v2");
         assert!(!hosts[1].resolve && hosts[1].skip_verify);
         assert_eq!(hosts[1].ca, vec![PathBuf::from("/etc/crisp/certs.d/registry.k8s.io/ca.crt")]);
+        assert_eq!(
+            hosts[1].client,
+            vec![
+                (PathBuf::from("/etc/crisp/certs.d/registry.k8s.io/both.pem"), None),
+                (PathBuf::from("/etc/c.pem"), Some(PathBuf::from("/etc/crisp/certs.d/registry.k8s.io/c.key")))
+            ]
+        );
+        assert!(hosts[0].client.is_empty());
         assert_eq!(
             hosts[1].headers,
             vec![("x-one".into(), "1".into()), ("x-two".into(), "a".into()), ("x-two".into(), "b".into())]
@@ -269,6 +335,7 @@ server = "https://registry.example/api"
 capabilities = ["resolve"]
 skip_verify = true
 ca = ["a.crt", "/etc/ssl/b.crt"]
+client = "me.pem"
 override_path = true
 [header]
   x-server = "yes"

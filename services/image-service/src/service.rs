@@ -1,8 +1,9 @@
 //! The `runtime.v1.ImageService` server: each RPC hands off to the module of its concern.
 
 use crate::error::ImageError;
+use crate::fsinfo::{self, FsInfo};
+use crate::images;
 use crate::pull::Puller;
-use crate::{fsinfo, images};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
 use crisp_image_model::ImageStore;
@@ -12,10 +13,9 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 pub struct Images {
-    containerd: Containerd,
     store: ImageStore,
     puller: Puller,
-    snapshotter: String,
+    fs_info: FsInfo,
 }
 
 impl Images {
@@ -26,7 +26,8 @@ impl Images {
         // kubelet within minutes; its lease keeps what it fetched for that retry until then.
         let delay = config.image.pull_progress_timeout.saturating_mul(2);
         puller.clean_stale_leases_later(delay.clamp(Duration::from_secs(60), Duration::from_secs(600)));
-        Self { containerd, store, puller, snapshotter: config.image.snapshotter.clone() }
+        let fs_info = FsInfo::start(containerd, config.image.snapshotter.clone(), fsinfo::REFRESH_PERIOD);
+        Self { store, puller, fs_info }
     }
 }
 
@@ -68,6 +69,7 @@ impl ImageService for Images {
         let request = request.into_inner();
         let name = image_name(request.image.as_ref())?;
         let id = self.puller.pull(name, request.auth.as_ref(), deadline).await?;
+        self.fs_info.changed();
         Ok(Response::new(PullImageResponse { image_ref: id.to_string() }))
     }
 
@@ -78,6 +80,7 @@ impl ImageService for Images {
         let request = request.into_inner();
         let name = image_name(request.image.as_ref())?;
         images::remove(&self.store, name).await.map_err(|e| e.about(name))?;
+        self.fs_info.changed();
         Ok(Response::new(RemoveImageResponse {}))
     }
 
@@ -85,7 +88,7 @@ impl ImageService for Images {
         &self,
         _request: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
-        let image_filesystems = fsinfo::image_fs_info(&self.containerd, &self.snapshotter).await?;
+        let image_filesystems = self.fs_info.get().await?;
         Ok(Response::new(ImageFsInfoResponse { image_filesystems, container_filesystems: vec![] }))
     }
 }

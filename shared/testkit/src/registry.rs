@@ -22,6 +22,8 @@ pub struct Registry {
     addr: SocketAddr,
     /// The self-signed certificate (PEM) when the registry serves HTTPS.
     tls_cert: Option<PathBuf>,
+    /// The client certificate and key (PEM) the registry requires, when it does.
+    client_cert: Option<(PathBuf, PathBuf)>,
     dir: tempfile::TempDir,
     credentials: Option<(String, String)>,
     http: reqwest::Client,
@@ -39,12 +41,26 @@ impl Registry {
         Registry::start_inner(None, true).await
     }
 
+    /// An HTTPS registry (as [`Registry::start_tls`]) that also requires a client certificate
+    /// signed by its CA; [`Registry::client_cert`] is one.
+    pub async fn start_tls_client_auth() -> anyhow::Result<Registry> {
+        Registry::start_with(None, true, true).await
+    }
+
     /// A registry that requires `user`/`password` (htpasswd, bcrypt) for everything.
     pub async fn start_with_auth(user: &str, password: &str) -> anyhow::Result<Registry> {
         Registry::start_inner(Some((user.to_string(), password.to_string())), false).await
     }
 
     async fn start_inner(credentials: Option<(String, String)>, tls: bool) -> anyhow::Result<Registry> {
+        Registry::start_with(credentials, tls, false).await
+    }
+
+    async fn start_with(
+        credentials: Option<(String, String)>,
+        tls: bool,
+        client_auth: bool,
+    ) -> anyhow::Result<Registry> {
         if !Path::new(REGISTRY_BIN).is_file() {
             bail!("{REGISTRY_BIN} is missing: apt-get install docker-registry");
         }
@@ -64,9 +80,14 @@ impl Registry {
             config.push_str(&format!("auth:\n  htpasswd:\n    realm: crisp-test\n    path: {}\n", htpasswd.display()));
         }
         let mut tls_cert = None;
+        let mut client_cert = None;
         if tls {
             let (ca, cert, key) = make_certificate(dir.path())?;
             config.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
+            if client_auth {
+                client_cert = Some(make_client_certificate(dir.path())?);
+                config.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+            }
             tls_cert = Some(ca);
         }
         let config_path = dir.path().join("config.yml");
@@ -84,8 +105,13 @@ impl Registry {
         if let Some(cert) = &tls_cert {
             http = http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(cert)?)?);
         }
+        if let Some((cert, key)) = &client_cert {
+            let mut pem = std::fs::read(cert)?;
+            pem.extend(std::fs::read(key)?);
+            http = http.identity(reqwest::Identity::from_pem(&pem)?);
+        }
         let http = http.build()?;
-        let registry = Registry { child, addr, tls_cert, dir, credentials, http };
+        let registry = Registry { child, addr, tls_cert, client_cert, dir, credentials, http };
         registry.wait_ready().await?;
         Ok(registry)
     }
@@ -113,6 +139,11 @@ impl Registry {
     /// The certificate to trust for a TLS registry.
     pub fn ca_path(&self) -> Option<&Path> {
         self.tls_cert.as_deref()
+    }
+
+    /// The client certificate and its key (PEM files) a client-auth registry accepts.
+    pub fn client_cert(&self) -> Option<(&Path, &Path)> {
+        self.client_cert.as_ref().map(|(cert, key)| (cert.as_path(), key.as_path()))
     }
 
     /// `127.0.0.1:<port>`: the host part of image names served here.
@@ -299,6 +330,36 @@ fn make_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
         }
     }
     Ok((dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem")))
+}
+
+/// A client certificate signed by the CA [`make_certificate`] made in `dir`: (cert, key).
+fn make_client_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let path = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n")?;
+    let steps: [Vec<String>; 2] = [
+        ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=crisp client"]
+            .into_iter()
+            .map(String::from)
+            .chain(["-keyout".into(), path("client.key"), "-out".into(), path("client.csr")])
+            .collect(),
+        ["x509", "-req", "-CAcreateserial", "-days", "2"]
+            .into_iter()
+            .map(String::from)
+            .chain(["-in".into(), path("client.csr"), "-CA".into(), path("ca.pem"), "-CAkey".into(), path("ca.key")])
+            .chain(["-extfile".into(), path("client.ext"), "-out".into(), path("client.pem")])
+            .collect(),
+    ];
+    for args in steps {
+        let output = Command::new("openssl")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running openssl (apt-get install openssl)")?;
+        if !output.status.success() {
+            bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        }
+    }
+    Ok((dir.join("client.pem"), dir.join("client.key")))
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -1,9 +1,10 @@
 //! A scripted HTTP/1.1 server on loopback: each request (method, path) gets the answer a
 //! test's function gives, on a connection closed after it. For registries and token servers
-//! that misbehave in ways `docker-registry` does not.
+//! that misbehave in ways `docker-registry` does not. Every request's head is recorded
+//! (`requests`), so a test can see which headers a host received.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One answer: status, headers, body (sent with its `Content-Length`).
@@ -24,22 +25,51 @@ impl Reply {
     }
 }
 
-type Handler = dyn Fn(&str, &str) -> Reply + Send + Sync;
+/// A request's head as the server received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// Header names lowercased, in the order received.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+type Handler = dyn Fn(&Recorded) -> Reply + Send + Sync;
 
 /// The server; it stops when dropped.
 pub struct FakeServer {
     addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Recorded>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl FakeServer {
     pub async fn start(handler: impl Fn(&str, &str) -> Reply + Send + Sync + 'static) -> anyhow::Result<FakeServer> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        FakeServer::start_on("127.0.0.1", move |request| handler(&request.method, &request.path)).await
+    }
+
+    /// A server on `ip` (any of 127.0.0.0/8: `127.0.0.2` is another host than `127.0.0.1`)
+    /// whose handler sees the request's headers too.
+    pub async fn start_on(
+        ip: &str,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> anyhow::Result<FakeServer> {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let handler: Arc<Handler> = Arc::new(handler);
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let record = requests.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let handler = handler.clone();
+                let record = record.clone();
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut buf = [0u8; 4096];
@@ -53,7 +83,16 @@ impl FakeServer {
                     let mut first = text.lines().next().unwrap_or_default().split(' ');
                     let (method, target) = (first.next().unwrap_or_default(), first.next().unwrap_or_default());
                     let path = target.split('?').next().unwrap_or_default();
-                    let reply = handler(method, path);
+                    let headers = text
+                        .lines()
+                        .skip(1)
+                        .take_while(|line| !line.is_empty())
+                        .filter_map(|line| line.split_once(':'))
+                        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+                        .collect();
+                    let request = Recorded { method: method.to_string(), path: path.to_string(), headers };
+                    record.lock().unwrap().push(request.clone());
+                    let reply = handler(&request);
                     let (status, length) = (reply.status, reply.body.len());
                     let mut out =
                         format!("HTTP/1.1 {status} Fake\r\nContent-Length: {length}\r\nConnection: close\r\n");
@@ -68,10 +107,15 @@ impl FakeServer {
                 });
             }
         });
-        Ok(FakeServer { addr, task })
+        Ok(FakeServer { addr, requests, task })
     }
 
-    /// `127.0.0.1:<port>`, as an image name's registry part.
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// `<ip>:<port>`, as an image name's registry part.
     pub fn host(&self) -> String {
         self.addr.to_string()
     }

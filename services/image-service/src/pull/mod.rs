@@ -123,7 +123,7 @@ fn credentials_key(credentials: Option<&Credentials>) -> String {
     use std::hash::{Hash, Hasher};
     let Some(c) = credentials else { return "anonymous".into() };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (&c.username, &c.password, &c.identity_token, &c.registry_token).hash(&mut hasher);
+    (&c.registry, &c.username, &c.password, &c.identity_token, &c.registry_token).hash(&mut hasher);
     format!("{:x}", hasher.finish())
 }
 

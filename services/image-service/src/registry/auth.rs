@@ -1,5 +1,10 @@
 //! Registry authentication: credentials from the CRI `AuthConfig`, `WWW-Authenticate`
 //! challenges (Bearer and Basic), and bearer-token requests to the realm.
+//!
+//! Credentials belong to one registry: the `AuthConfig`'s `server_address`, normalised by
+//! [`registry_name`] (`https://index.docker.io/v1/` is `docker.io`), or the image's own registry
+//! when it is empty. Which hosts of a pull may receive them is decided in [`super`]. Nothing
+//! here prints a secret: `Credentials`' `Debug` shows the username and the registry only.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -9,6 +14,8 @@ use std::collections::BTreeMap;
 /// What the caller gave to authenticate with.
 #[derive(Clone, Default)]
 pub struct Credentials {
+    /// The registry these are for (normalised `server_address`); None: the image's registry.
+    pub registry: Option<String>,
     pub username: String,
     pub password: String,
     pub identity_token: String,
@@ -17,7 +24,10 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("username", &self.username).finish_non_exhaustive()
+        f.debug_struct("Credentials")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }
 
@@ -30,6 +40,7 @@ impl Credentials {
     /// and password when those are empty.
     pub fn from_cri(auth: &AuthConfig) -> Result<Option<Credentials>, BadAuthField> {
         let mut creds = Credentials {
+            registry: registry_name(&auth.server_address),
             username: auth.username.clone(),
             password: auth.password.clone(),
             identity_token: auth.identity_token.clone(),
@@ -52,6 +63,23 @@ impl Credentials {
     pub fn basic(&self) -> Option<String> {
         (!self.username.is_empty() || !self.password.is_empty())
             .then(|| format!("Basic {}", STANDARD.encode(format!("{}:{}", self.username, self.password))))
+    }
+}
+
+/// The registry a `server_address` names, as image references name it: the scheme, any path
+/// and a trailing `/` dropped, lowercased; Docker Hub's API hosts (`index.docker.io`,
+/// `registry-1.docker.io`, `registry.hub.docker.com`) are `docker.io`. None when empty.
+pub fn registry_name(server_address: &str) -> Option<String> {
+    let text = server_address.trim();
+    let text = text.split_once("://").map_or(text, |(_, rest)| rest);
+    let host = text.split('/').next().unwrap_or_default().to_ascii_lowercase();
+    let host = host.strip_suffix(":443").map_or(host.clone(), str::to_string);
+    match host.as_str() {
+        "" => None,
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" | "docker.io" => {
+            Some("docker.io".into())
+        }
+        _ => Some(host),
     }
 }
 
@@ -118,6 +146,35 @@ mod tests {
         let b = parse_challenge(r#"Basic realm="Registry Realm""#).unwrap();
         assert_eq!(b.scheme, "basic");
         assert_eq!(b.params["realm"], "Registry Realm");
+    }
+
+    #[test]
+    fn server_addresses_name_registries_as_image_references_do() {
+        assert_eq!(registry_name("https://index.docker.io/v1/").as_deref(), Some("docker.io"));
+        assert_eq!(registry_name("registry-1.docker.io").as_deref(), Some("docker.io"));
+        assert_eq!(registry_name("docker.io").as_deref(), Some("docker.io"));
+        assert_eq!(registry_name("https://Quay.io").as_deref(), Some("quay.io"));
+        assert_eq!(registry_name("http://127.0.0.1:5000/").as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(registry_name("https://registry.example:443/v2/").as_deref(), Some("registry.example"));
+        assert_eq!(registry_name("registry.example:5000").as_deref(), Some("registry.example:5000"));
+        assert_eq!(registry_name("  "), None);
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let auth = AuthConfig {
+            username: "alice".into(),
+            password: "hunter2".into(),
+            identity_token: "idtok".into(),
+            registry_token: "regtok".into(),
+            server_address: "https://index.docker.io/v1/".into(),
+            ..Default::default()
+        };
+        let text = format!("{:?}", Credentials::from_cri(&auth).unwrap().unwrap());
+        assert!(text.contains("alice") && text.contains("docker.io"), "{text}");
+        for secret in ["hunter2", "idtok", "regtok"] {
+            assert!(!text.contains(secret), "{text}");
+        }
     }
 
     #[test]

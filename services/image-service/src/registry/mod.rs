@@ -1,10 +1,21 @@
 //! A registry v2 client for one pull: resolves a reference to a manifest, fetches manifests
 //! and blobs, trying each configured host (mirrors first) in order, answering auth challenges.
+//!
+//! Where credentials go: a pull's credentials are given for one registry (`server_address`,
+//! else the image's). A host of the pull receives them (preset registry token, answers to its
+//! Basic challenges, the credentials at its Bearer realm) only when it is that registry: its
+//! name is the credentials' registry, or it is the image registry's `server` and the
+//! credentials are for the image's registry; or it is a mirror whose `hosts.toml` entry says
+//! `forward_credentials = true`. Any other host is asked anonymously. A static `Authorization`
+//! header from `hosts.toml` is sent as configured and never replaced. Bearer tokens are kept
+//! per host and (realm, service, scope), so one host's token never reaches another. A redirect
+//! to another host (or port) carries no `Authorization`: reqwest drops it, as Go's net/http
+//! does for containerd.
 
 pub mod auth;
 
 use crate::hosts::RegistryHost;
-use auth::{Challenge, Credentials, parse_challenge};
+use auth::{Challenge, Credentials, parse_challenge, registry_name};
 use bytes::Bytes;
 use crisp_image_model::oci;
 use crisp_image_model::{Digest, Reference};
@@ -77,8 +88,8 @@ fn status_code(status: StatusCode) -> tonic::Code {
     }
 }
 
-/// A TLS setting: `skip_verify` and the `ca` files.
-type TlsKey = (bool, Vec<PathBuf>);
+/// A TLS setting: `skip_verify`, the `ca` files and the client certificate (cert, key).
+type TlsKey = (bool, Vec<PathBuf>, Option<(PathBuf, Option<PathBuf>)>);
 
 /// HTTP clients shared by every pull, one per TLS setting.
 #[derive(Default, Clone)]
@@ -88,7 +99,9 @@ pub struct Clients {
 
 impl Clients {
     fn client_for(&self, host: &RegistryHost) -> Result<reqwest::Client, RegistryError> {
-        let key = (host.skip_verify, host.ca.clone());
+        // As with Go's crypto/tls given several, the first client certificate is the one offered.
+        let client = host.client.first().cloned();
+        let key = (host.skip_verify, host.ca.clone(), client.clone());
         let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
@@ -108,6 +121,16 @@ impl Clients {
                 builder = builder.add_root_certificate(cert);
             }
         }
+        if let Some((cert, key)) = &client {
+            let mut pem = std::fs::read(cert).map_err(|e| tls(format!("reading client {}: {e}", cert.display())))?;
+            if let Some(key) = key {
+                pem.push(b'\n');
+                pem.extend(std::fs::read(key).map_err(|e| tls(format!("reading client key {}: {e}", key.display())))?);
+            }
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| tls(format!("client certificate {}: {e}", cert.display())))?;
+            builder = builder.identity(identity);
+        }
         let client = builder.build().map_err(|e| tls(e.to_string()))?;
         clients.insert(key, client.clone());
         Ok(client)
@@ -122,18 +145,34 @@ pub struct Fetched {
     pub bytes: Bytes,
 }
 
+/// A bearer token's key within one host: (realm, service, scope).
+type TokenKey = (String, String, String);
+
 struct Host {
     config: RegistryHost,
     client: reqwest::Client,
+    /// The pull's credentials when this host may receive them (see the module header).
+    credentials: Option<Credentials>,
+    /// `hosts.toml` gives this host a static `Authorization` header: it is sent as it is.
+    static_authorization: bool,
     /// The `Authorization` value that worked last on this host.
     authorization: Mutex<Option<HeaderValue>>,
+    /// Bearer tokens this host's challenges were answered with.
+    tokens: Mutex<HashMap<TokenKey, HeaderValue>>,
+}
+
+/// Whether `host` may receive credentials given for `registry` in a pull from `image_registry`.
+fn may_receive_credentials(host: &RegistryHost, registry: &str, image_registry: &str) -> bool {
+    if registry_name(&host.host).as_deref() == Some(registry) {
+        return true;
+    }
+    registry == image_registry && (!host.mirror || host.forward_credentials)
 }
 
 /// A registry session for one repository.
 pub struct Registry {
     reference: Reference,
     hosts: Vec<Host>,
-    credentials: Option<Credentials>,
 }
 
 impl Registry {
@@ -143,20 +182,41 @@ impl Registry {
         hosts: Vec<RegistryHost>,
         credentials: Option<Credentials>,
     ) -> Result<Registry, RegistryError> {
+        let image_registry = registry_name(&reference.domain).unwrap_or_else(|| reference.domain.clone());
         let hosts = hosts
             .into_iter()
             .map(|config| {
                 let client = clients.client_for(&config)?;
+                let credentials = credentials
+                    .as_ref()
+                    .filter(|c| {
+                        let registry = c.registry.as_deref().unwrap_or(&image_registry);
+                        may_receive_credentials(&config, registry, &image_registry)
+                    })
+                    .cloned();
+                let static_authorization =
+                    config.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case(header::AUTHORIZATION.as_str()));
                 let authorization = Mutex::new(
                     credentials
                         .as_ref()
-                        .filter(|c| !c.registry_token.is_empty())
-                        .and_then(|c| HeaderValue::from_str(&format!("Bearer {}", c.registry_token)).ok()),
+                        .filter(|c| !c.registry_token.is_empty() && !static_authorization)
+                        .and_then(|c| HeaderValue::from_str(&format!("Bearer {}", c.registry_token)).ok())
+                        .map(sensitive),
                 );
-                Ok(Host { config, client, authorization })
+                if credentials.is_none() && !config.mirror {
+                    tracing::debug!(host = %config.base(), "the pull's credentials are for another registry");
+                }
+                Ok(Host {
+                    config,
+                    client,
+                    credentials,
+                    static_authorization,
+                    authorization,
+                    tokens: Default::default(),
+                })
             })
             .collect::<Result<Vec<_>, RegistryError>>()?;
-        Ok(Registry { reference, hosts, credentials })
+        Ok(Registry { reference, hosts })
     }
 
     /// Fetches what the reference names (by digest if it has one, else by tag).
@@ -263,7 +323,7 @@ impl Registry {
                 request = request.header(header::RANGE, range);
             }
             let authorization = host.authorization.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if let Some(value) = authorization {
+            if let Some(value) = authorization.filter(|_| !host.static_authorization) {
                 request = request.header(header::AUTHORIZATION, value);
             }
             let response =
@@ -272,7 +332,7 @@ impl Registry {
             if status.is_success() {
                 return Ok(response);
             }
-            if status == StatusCode::UNAUTHORIZED && !answered_challenge {
+            if status == StatusCode::UNAUTHORIZED && !answered_challenge && !host.static_authorization {
                 let challenge = response
                     .headers()
                     .get(header::WWW_AUTHENTICATE)
@@ -300,27 +360,46 @@ impl Registry {
     /// answer with (anonymous access refused).
     async fn authorize(&self, host: &Host, challenge: &Challenge) -> Result<Option<HeaderValue>, RegistryError> {
         match challenge.scheme.as_str() {
-            "basic" => {
-                Ok(self.credentials.as_ref().and_then(|c| c.basic()).and_then(|v| HeaderValue::from_str(&v).ok()))
-            }
+            "basic" => Ok(host
+                .credentials
+                .as_ref()
+                .and_then(|c| c.basic())
+                .and_then(|v| HeaderValue::from_str(&v).ok())
+                .map(sensitive)),
             "bearer" => {
                 let Some(realm) = challenge.params.get("realm") else { return Ok(None) };
-                let token = self.bearer_token(host, realm, challenge).await?;
-                Ok(HeaderValue::from_str(&format!("Bearer {token}")).ok())
+                let service = challenge.params.get("service").cloned().unwrap_or_default();
+                let scope = challenge
+                    .params
+                    .get("scope")
+                    .cloned()
+                    .unwrap_or_else(|| format!("repository:{}:pull", self.reference.path));
+                let key = (realm.clone(), service, scope);
+                let sent = host.authorization.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let cached = host.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+                // A cached token the host just refused (expired) is fetched anew.
+                if let Some(cached) = cached
+                    && Some(&cached) != sent.as_ref()
+                {
+                    return Ok(Some(cached));
+                }
+                let token = self.bearer_token(host, &key).await?;
+                let value = HeaderValue::from_str(&format!("Bearer {token}")).ok().map(sensitive);
+                if let Some(value) = &value {
+                    host.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(key, value.clone());
+                }
+                Ok(value)
             }
             _ => Ok(None),
         }
     }
 
-    async fn bearer_token(&self, host: &Host, realm: &str, challenge: &Challenge) -> Result<String, RegistryError> {
+    /// A token from the realm for (realm, service, scope), asked with the host's credentials
+    /// when it may receive them, else anonymously.
+    async fn bearer_token(&self, host: &Host, (realm, service, scope): &TokenKey) -> Result<String, RegistryError> {
+        let (realm, service, scope) = (realm.as_str(), service, scope);
         let token_err = |detail: String| RegistryError::Token { realm: realm.to_string(), detail };
-        let service = challenge.params.get("service").cloned().unwrap_or_default();
-        let scope = challenge
-            .params
-            .get("scope")
-            .cloned()
-            .unwrap_or_else(|| format!("repository:{}:pull", self.reference.path));
-        let refresh = self.credentials.as_ref().filter(|c| !c.identity_token.is_empty());
+        let refresh = host.credentials.as_ref().filter(|c| !c.identity_token.is_empty());
         let request = if let Some(creds) = refresh {
             // OAuth2: exchange the identity (refresh) token.
             let form = [
@@ -333,8 +412,10 @@ impl Registry {
             host.client.post(realm).form(&form)
         } else {
             let mut request = host.client.get(realm).query(&[("service", service.as_str()), ("scope", scope.as_str())]);
-            if let Some(basic) = self.credentials.as_ref().and_then(|c| c.basic()) {
-                request = request.header(header::AUTHORIZATION, basic);
+            if let Some(basic) =
+                host.credentials.as_ref().and_then(|c| c.basic()).and_then(|v| HeaderValue::from_str(&v).ok())
+            {
+                request = request.header(header::AUTHORIZATION, sensitive(basic));
             }
             request
         };
@@ -361,6 +442,12 @@ impl Registry {
             .or(body.access_token)
             .ok_or_else(|| token_err("the answer holds no token".into()))
     }
+}
+
+/// A header value marked sensitive: hyper and reqwest never print it.
+fn sensitive(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 /// The `mediaType` field of a manifest or index, when it has one.
@@ -433,6 +520,32 @@ async fn error_detail(response: reqwest::Response) -> String {
 mod tests {
     use super::*;
     use tonic::Code;
+
+    #[test]
+    fn credentials_go_to_their_registry_and_opted_in_mirrors_only() {
+        let host = |host: &str, mirror: bool, forward: bool| RegistryHost {
+            scheme: "https".into(),
+            host: host.into(),
+            path: "/v2".into(),
+            skip_verify: false,
+            ca: vec![],
+            client: vec![],
+            resolve: true,
+            mirror,
+            headers: vec![],
+            forward_credentials: forward,
+        };
+        // Docker Hub's server, credentials for docker.io (server_address or the image's).
+        assert!(may_receive_credentials(&host("registry-1.docker.io", false, false), "docker.io", "docker.io"));
+        // A mirror on another host: only when it opts in, and only for the image's registry.
+        assert!(!may_receive_credentials(&host("mirror.local", true, false), "docker.io", "docker.io"));
+        assert!(may_receive_credentials(&host("mirror.local", true, true), "docker.io", "docker.io"));
+        assert!(!may_receive_credentials(&host("mirror.local", true, true), "quay.io", "docker.io"));
+        // Credentials naming the mirror itself are for it.
+        assert!(may_receive_credentials(&host("mirror.local", true, false), "mirror.local", "docker.io"));
+        // Credentials for another registry reach neither the server nor a mirror.
+        assert!(!may_receive_credentials(&host("quay.io", false, false), "docker.io", "quay.io"));
+    }
 
     #[test]
     fn only_refusals_are_auth_failures() {
