@@ -319,9 +319,15 @@ fn make_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
         .map(String::from)
         .collect(),
     ];
+    openssl(&steps)?;
+    Ok((dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem")))
+}
+
+/// Runs `openssl` once per step, in order; a failed step is an error with openssl's own words.
+fn openssl(steps: &[Vec<String>]) -> anyhow::Result<()> {
     for args in steps {
         let output = Command::new("openssl")
-            .args(&args)
+            .args(args)
             .stdin(Stdio::null())
             .output()
             .context("running openssl (apt-get install openssl)")?;
@@ -329,7 +335,7 @@ fn make_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
             bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
         }
     }
-    Ok((dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem")))
+    Ok(())
 }
 
 /// A client certificate signed by the CA [`make_certificate`] made in `dir`: (cert, key).
@@ -349,16 +355,7 @@ fn make_client_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
             .chain(["-extfile".into(), path("client.ext"), "-out".into(), path("client.pem")])
             .collect(),
     ];
-    for args in steps {
-        let output = Command::new("openssl")
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running openssl (apt-get install openssl)")?;
-        if !output.status.success() {
-            bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
-        }
-    }
+    openssl(&steps)?;
     Ok((dir.join("client.pem"), dir.join("client.key")))
 }
 
