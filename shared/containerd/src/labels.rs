@@ -75,8 +75,23 @@ pub mod crisp {
     pub const POD_UID: &str = "crisp.io/pod.uid";
     pub const POD_ATTEMPT: &str = "crisp.io/pod.attempt";
     /// On a pod sandbox: the pod's own labels, under this prefix so they cannot collide with crisp's.
+    /// A container's own labels are under the same prefix on its record.
     pub const POD_LABEL_PREFIX: &str = "crisp.io/label.";
+
+    /// On a container record: a CRI container ([`KIND`] = this).
+    pub const KIND_CONTAINER: &str = "container";
+    /// On a container: the id of the pod sandbox it belongs to.
+    pub const CONTAINER_SANDBOX: &str = "crisp.io/container.sandbox";
+    /// On a container: the kubelet's metadata (name and attempt).
+    pub const CONTAINER_NAME: &str = "crisp.io/container.name";
+    pub const CONTAINER_ATTEMPT: &str = "crisp.io/container.attempt";
+    /// On a container: `created`, `running` or `exited` (what the CRI reports as its state).
+    pub const CONTAINER_STATE: &str = "crisp.io/container.state";
 }
+
+/// The runc shim's grouping annotation: containers whose OCI spec carries the same value run
+/// under one shim process (containerd's CRI plugin sets it to the pod sandbox id).
+pub const RUNC_SHIM_GROUP: &str = "io.containerd.runc.v2.group";
 
 /// The longest label value crisp writes (containerd refuses labels over 4 KiB in all).
 pub const MAX_VALUE_CHARS: usize = 200;

@@ -30,6 +30,8 @@ mod validate;
 
 pub use list::list;
 pub use namespaces::{HELPER_ARG, helper_main};
+#[allow(unused_imports)]
+pub use record::{Sandbox, State, Stored, find as find_record};
 pub use remove::remove;
 pub use resources::update as update_resources;
 pub use run::{Reservations, run};
