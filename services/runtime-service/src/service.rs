@@ -2,11 +2,12 @@
 //! Exec, Attach and PortForward are the streaming server's; the proxy never routes them here.
 //! Every RPC not built here answers `UNIMPLEMENTED` through the generated default methods.
 
-use crate::{pod_cidr, sandbox, status, version};
+use crate::{container, events, pod_cidr, sandbox, status, version};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
 use crisp_proto::cri::runtime_service_server::RuntimeService;
 use crisp_proto::cri::*;
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 pub struct Runtime {
@@ -14,11 +15,19 @@ pub struct Runtime {
     config: Config,
     reservations: sandbox::Reservations,
     cpu_samples: sandbox::CpuSamples,
+    containers: container::Containers,
 }
 
 impl Runtime {
     pub fn new(containerd: Containerd, config: Config) -> Self {
+        let containers = container::Containers::new(
+            containerd.clone(),
+            std::sync::Arc::new(config.clone()),
+            events::Hub::default(),
+            container::spec::HostFeatures::default(),
+        );
         Self {
+            containers,
             containerd,
             config,
             reservations: sandbox::Reservations::default(),
@@ -27,7 +36,17 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    pub fn containers(&self) -> &container::Containers {
+        &self.containers
+    }
+}
+
 fn status_of(err: sandbox::SandboxError) -> Status {
+    crisp_errors::to_status(&err)
+}
+
+fn container_status(err: container::ContainerError) -> Status {
     crisp_errors::to_status(&err)
 }
 
@@ -68,6 +87,8 @@ impl RuntimeService for Runtime {
         let id = sandbox::run(&self.containerd, &self.config, &self.reservations, request.into_inner())
             .await
             .map_err(status_of)?;
+        self.containers.publish_pod(&id, ContainerEventType::ContainerCreatedEvent).await;
+        self.containers.publish_pod(&id, ContainerEventType::ContainerStartedEvent).await;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
     }
 
@@ -76,7 +97,9 @@ impl RuntimeService for Runtime {
         request: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
+        container::stop_pod_containers(&self.containers, &id).await.map_err(container_status)?;
         sandbox::stop(&self.containerd, &self.config, &id).await.map_err(status_of)?;
+        self.containers.publish_pod(&id, ContainerEventType::ContainerStoppedEvent).await;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
 
@@ -85,7 +108,9 @@ impl RuntimeService for Runtime {
         request: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
+        container::remove_pod_containers(&self.containers, &id).await.map_err(container_status)?;
         sandbox::remove(&self.containerd, &self.config, &id).await.map_err(status_of)?;
+        self.containers.publish_pod(&id, ContainerEventType::ContainerDeletedEvent).await;
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
@@ -132,5 +157,76 @@ impl RuntimeService for Runtime {
             .await
             .map_err(status_of)?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let container_id = container::create(&self.containers, request.into_inner()).await.map_err(container_status)?;
+        Ok(Response::new(CreateContainerResponse { container_id }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        container::start(&self.containers, &id).await.map_err(container_status)?;
+        Ok(Response::new(StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        container::stop(&self.containers, &request.container_id, request.timeout).await.map_err(container_status)?;
+        Ok(Response::new(StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        container::remove(&self.containers, &id).await.map_err(container_status)?;
+        Ok(Response::new(RemoveContainerResponse {}))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        let request = request.into_inner();
+        let response = container::status(&self.containers, &request.container_id, request.verbose)
+            .await
+            .map_err(container_status)?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let containers =
+            container::list(&self.containers, request.into_inner().filter).await.map_err(container_status)?;
+        Ok(Response::new(ListContainersResponse { containers }))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        request: Request<CheckpointContainerRequest>,
+    ) -> Result<Response<CheckpointContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        container::checkpoint(&self.containers, &id).await.map_err(container_status)?;
+        Ok(Response::new(CheckpointContainerResponse {}))
+    }
+
+    async fn get_container_events(
+        &self,
+        _request: Request<GetEventsRequest>,
+    ) -> Result<Response<BoxStream<ContainerEventResponse>>, Status> {
+        Ok(Response::new(self.containers.hub.subscribe()))
     }
 }
