@@ -52,8 +52,8 @@ impl Containerd {
     ) -> Result<impl Stream<Item = Result<TaskEvent, ContainerdError>> + Send + 'static, ContainerdError> {
         let namespace = self.namespace().to_string();
         let filters = vec![
-            format!("namespace=={namespace},topic=={TOPIC_TASK_EXIT}"),
-            format!("namespace=={namespace},topic=={TOPIC_TASK_OOM}"),
+            format!("namespace==\"{namespace}\",topic==\"{TOPIC_TASK_EXIT}\""),
+            format!("namespace==\"{namespace}\",topic==\"{TOPIC_TASK_OOM}\""),
         ];
         let stream = self
             .events()
