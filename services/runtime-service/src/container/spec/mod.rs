@@ -188,7 +188,7 @@ pub fn build(input: &SpecInput) -> Result<Built, SpecError> {
     let bounding = capabilities.bounding().as_ref().unwrap_or(&empty);
     let (masked, readonly) = security::masked_and_readonly_paths(sc, privileged);
     let mut linux = LinuxBuilder::default()
-        .namespaces(namespaces::build(input.sandbox, sc, input.pid_namespace)?)
+        .namespaces(namespaces::build(input.sandbox, sc, input.pid_namespace, input.host.cgroup_v2 && !privileged)?)
         .cgroups_path(resources::cgroups_path(&input.sandbox.cgroup_parent, input.id))
         .resources(resources::build(container_resources, rules, input.host)?)
         .devices(device_nodes)

@@ -4,7 +4,9 @@
 //! bind mounts and the image's volumes. A request mount replaces a default at the same path (a
 //! request mount of `/dev` replaces everything below it too); request mounts are ordered parents
 //! first. A bind source that is a symlink is resolved; one that is missing is returned to be
-//! created as a directory, as the kubelet expects.
+//! created as a directory, as the kubelet expects. A mount propagating from the host must sit on
+//! a shared or slave host mount, one propagating both ways on a shared one (else the request is
+//! refused, as containerd does). `rro` replaces `ro` where the request asks for it.
 
 use super::SpecError;
 use crisp_proto::cri::{Mount as CriMount, MountPropagation};
@@ -86,6 +88,68 @@ fn depth(path: &str) -> usize {
     clean(path).split('/').filter(|p| !p.is_empty()).count()
 }
 
+/// Checks that the host mount holding `source` passes mounts on: shared (`shared_only`), or
+/// shared or a slave, as `/proc/self/mountinfo` says; else mounts could not propagate.
+fn ensure_propagates(source: &Path, shared_only: bool) -> Result<(), String> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    // The nearest existing ancestor of a source still to be created.
+    let source = source.ancestors().find_map(|p| std::fs::canonicalize(p).ok()).unwrap_or_else(|| PathBuf::from("/"));
+    let (mount_point, tags) =
+        mount_of(&mountinfo, &source).ok_or_else(|| format!("no mount holds {}", source.display()))?;
+    let shared = tags.iter().any(|t| t.starts_with("shared:"));
+    let slave = tags.iter().any(|t| t.starts_with("master:"));
+    match (shared_only, shared, slave) {
+        (_, true, _) | (false, _, true) => Ok(()),
+        (true, ..) => Err(format!("{} is on mount {mount_point} which is not a shared mount", source.display())),
+        (false, ..) => {
+            Err(format!("{} is on mount {mount_point} which is neither shared nor a slave", source.display()))
+        }
+    }
+}
+
+/// The mount point holding `path` (the longest mount point that is its ancestor; the last one
+/// mounted there) and its propagation tags, from a `mountinfo` text.
+pub fn mount_of(mountinfo: &str, path: &Path) -> Option<(String, Vec<String>)> {
+    let mut best: Option<(String, Vec<String>)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.len() < 7 {
+            continue;
+        }
+        let mount_point = unescape(fields[4]);
+        if !path.starts_with(&mount_point) {
+            continue;
+        }
+        let tags: Vec<String> = fields[6..].iter().take_while(|f| **f != "-").map(|f| f.to_string()).collect();
+        if best.as_ref().is_none_or(|(b, _)| mount_point.len() >= b.len()) {
+            best = Some((mount_point, tags));
+        }
+    }
+    best
+}
+
+/// A mountinfo path with its octal escapes (`\040` for a space) decoded.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Some(code) =
+                std::str::from_utf8(&bytes[i + 1..i + 4]).ok().and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// One bind mount of the request (or a pod file) as the OCI runtime must do it.
 fn bind(index: usize, m: &CriMount, rro_supported: bool, out: &mut Mounts) -> Result<Mount, SpecError> {
     let field = |name: &str| format!("mounts[{index}].{name}");
@@ -118,17 +182,20 @@ fn bind(index: usize, m: &CriMount, rro_supported: bool, out: &mut Mounts) -> Re
     match propagation {
         MountPropagation::PropagationPrivate => options.push("rprivate".into()),
         MountPropagation::PropagationHostToContainer => {
+            ensure_propagates(&source, false)
+                .map_err(|reason| SpecError::Invalid { field: field("propagation"), reason })?;
             options.push("rslave".into());
             if out.rootfs_propagation.as_deref() != Some("rshared") {
                 out.rootfs_propagation = Some("rslave".into());
             }
         }
         MountPropagation::PropagationBidirectional => {
+            ensure_propagates(&source, true)
+                .map_err(|reason| SpecError::Invalid { field: field("propagation"), reason })?;
             options.push("rshared".into());
             out.rootfs_propagation = Some("rshared".into());
         }
     }
-    options.push(if m.readonly { "ro" } else { "rw" }.into());
     if m.recursive_read_only {
         let invalid = |reason: &str| SpecError::Invalid { field: field("recursive_read_only"), reason: reason.into() };
         if !m.readonly {
@@ -141,6 +208,8 @@ fn bind(index: usize, m: &CriMount, rro_supported: bool, out: &mut Mounts) -> Re
             return Err(invalid("is not supported by this node's OCI runtime"));
         }
         options.push("rro".into());
+    } else {
+        options.push(if m.readonly { "ro" } else { "rw" }.into());
     }
     MountBuilder::default()
         .destination(clean(&m.container_path))

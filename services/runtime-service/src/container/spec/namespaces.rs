@@ -1,7 +1,9 @@
 //! The container's namespaces: its own mount namespace; the pod's network, IPC and UTS
 //! namespaces joined through the pod's pins (`<pod dir>/ns/<kind>`), or the node's where the
 //! pod uses the host's; the pod's PID namespace where the pod shares one (POD mode and the
-//! pod's infra process given), the node's with NODE, else a PID namespace of its own.
+//! pod's infra process given), the node's with NODE, else a PID namespace of its own; on cgroup
+//! v2 a cgroup namespace of its own unless privileged (its `/sys/fs/cgroup` then shows only its
+//! own cgroup), as containerd does.
 
 use super::SpecError;
 use crate::sandbox::Sandbox;
@@ -27,8 +29,12 @@ pub fn build(
     sandbox: &Sandbox,
     sc: Option<&LinuxContainerSecurityContext>,
     pid_namespace: Option<&Path>,
+    own_cgroup_namespace: bool,
 ) -> Result<Vec<LinuxNamespace>, SpecError> {
     let mut namespaces = vec![namespace(LinuxNamespaceType::Mount, None)?];
+    if own_cgroup_namespace {
+        namespaces.push(namespace(LinuxNamespaceType::Cgroup, None)?);
+    }
     if !sandbox.host_network() {
         let netns = sandbox.netns.clone().unwrap_or_else(|| pod_pin(sandbox, "net"));
         namespaces.push(namespace(LinuxNamespaceType::Network, Some(&netns))?);

@@ -1,8 +1,9 @@
 //! The container's privileges: capabilities (the runtime's default set, then the request's
 //! `ALL`/named adds and drops, ambient ones too), a privileged container's every capability and
 //! unmasked `/proc` and `/sys` (allowed only in a privileged pod), masked and read-only paths
-//! (the request's, else the defaults), `no_new_privs` and the AppArmor profile where the node
-//! has AppArmor.
+//! (exactly the request's, as containerd's CRI plugin does: the kubelet sends the defaults below
+//! for `procMount: Default` and nothing for `Unmasked`), `no_new_privs` and the AppArmor profile
+//! where the node has AppArmor.
 
 use super::SpecError;
 use crisp_proto::cri::{LinuxContainerSecurityContext, PodSandboxConfig, security_profile::ProfileType};
@@ -71,7 +72,7 @@ pub const ALL_CAPABILITIES: [&str; 41] = [
     "CAP_CHECKPOINT_RESTORE",
 ];
 
-/// The paths a container cannot read unless it is privileged or asks for others.
+/// The paths the kubelet masks by default (`procMount: Default`).
 pub const DEFAULT_MASKED_PATHS: [&str; 11] = [
     "/proc/acpi",
     "/proc/asound",
@@ -86,7 +87,7 @@ pub const DEFAULT_MASKED_PATHS: [&str; 11] = [
     "/proc/scsi",
 ];
 
-/// The paths a container cannot write unless it is privileged or asks for others.
+/// The paths the kubelet makes read-only by default (`procMount: Default`).
 pub const DEFAULT_READONLY_PATHS: [&str; 5] =
     ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
@@ -171,22 +172,15 @@ pub fn capabilities(
     build(caps, ambient)
 }
 
-/// The masked and read-only paths: none for a privileged container, else the request's or the defaults.
+/// The masked and read-only paths: none for a privileged container, else the request's.
 pub fn masked_and_readonly_paths(
     sc: Option<&LinuxContainerSecurityContext>,
     privileged: bool,
 ) -> (Vec<String>, Vec<String>) {
-    if privileged {
-        return (vec![], vec![]);
+    match sc {
+        Some(sc) if !privileged => (sc.masked_paths.clone(), sc.readonly_paths.clone()),
+        _ => (vec![], vec![]),
     }
-    let or_default = |requested: Option<&Vec<String>>, defaults: &[&str]| match requested.filter(|r| !r.is_empty()) {
-        Some(paths) => paths.clone(),
-        None => defaults.iter().map(|p| p.to_string()).collect(),
-    };
-    (
-        or_default(sc.map(|s| &s.masked_paths), &DEFAULT_MASKED_PATHS),
-        or_default(sc.map(|s| &s.readonly_paths), &DEFAULT_READONLY_PATHS),
-    )
 }
 
 /// The AppArmor profile to confine the process with, where the node has AppArmor: a Localhost

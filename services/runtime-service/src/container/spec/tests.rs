@@ -398,29 +398,56 @@ fn a_request_mount_replaces_the_default_at_its_path() {
 }
 
 #[test]
-fn bind_mounts_carry_readonly_and_propagation() {
+fn bind_mounts_carry_readonly_and_private_propagation() {
     let mut f = Fixture::new();
     let host = f.dir.path().join("data");
     std::fs::create_dir(&host).unwrap();
     let path = host.to_string_lossy().to_string();
     f.config.mounts = vec![
         CriMount { container_path: "/a".into(), host_path: path.clone(), readonly: true, ..Default::default() },
-        CriMount {
-            container_path: "/b".into(),
-            host_path: path.clone(),
-            propagation: MountPropagation::PropagationHostToContainer as i32,
-            ..Default::default()
-        },
+        CriMount { container_path: "/b".into(), host_path: path, ..Default::default() },
     ];
     let built = f.ok();
     assert_eq!(options(mount(&built, "/a").unwrap()), ["rbind", "rprivate", "ro"]);
-    assert_eq!(options(mount(&built, "/b").unwrap()), ["rbind", "rslave", "rw"]);
-    assert_eq!(linux(&built).rootfs_propagation().as_deref(), Some("rslave"));
+    assert_eq!(options(mount(&built, "/b").unwrap()), ["rbind", "rprivate", "rw"]);
+    assert_eq!(linux(&built).rootfs_propagation(), &None);
+}
 
-    f.config.mounts[1].propagation = MountPropagation::PropagationBidirectional as i32;
-    let built = f.ok();
-    assert_eq!(options(mount(&built, "/b").unwrap()), ["rbind", "rshared", "rw"]);
-    assert_eq!(linux(&built).rootfs_propagation().as_deref(), Some("rshared"));
+#[test]
+fn propagating_mounts_need_a_host_mount_that_propagates() {
+    let mut f = Fixture::new();
+    let host = f.dir.path().join("data");
+    std::fs::create_dir(&host).unwrap();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let (_, tags) = mounts::mount_of(&info, &host.canonicalize().unwrap()).unwrap();
+    f.config.mounts = vec![CriMount {
+        container_path: "/b".into(),
+        host_path: host.to_string_lossy().into(),
+        propagation: MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    if tags.iter().any(|t| t.starts_with("shared:")) {
+        let built = f.ok();
+        assert_eq!(options(mount(&built, "/b").unwrap()), ["rbind", "rshared", "rw"]);
+        assert_eq!(linux(&built).rootfs_propagation().as_deref(), Some("rshared"));
+    } else {
+        assert_eq!(invalid_field(f.build()), "mounts[0].propagation");
+    }
+}
+
+#[test]
+fn the_mount_holding_a_path_is_found_with_its_propagation() {
+    let info = "\
+1 0 8:1 / / rw - ext4 /dev/sda rw
+2 1 0:5 / /mnt/shared\\040dir rw shared:7 - tmpfs t rw
+3 2 0:6 / /mnt/shared\\040dir/inner rw master:7 - tmpfs t rw
+";
+    let (point, tags) = mounts::mount_of(info, Path::new("/mnt/shared dir/x")).unwrap();
+    assert_eq!((point.as_str(), tags), ("/mnt/shared dir", vec!["shared:7".to_string()]));
+    let (point, tags) = mounts::mount_of(info, Path::new("/mnt/shared dir/inner/y")).unwrap();
+    assert_eq!((point.as_str(), tags), ("/mnt/shared dir/inner", vec!["master:7".to_string()]));
+    let (point, tags) = mounts::mount_of(info, Path::new("/etc")).unwrap();
+    assert_eq!((point.as_str(), tags.len()), ("/", 0));
 }
 
 #[test]
@@ -435,7 +462,7 @@ fn recursive_read_only_needs_readonly_private_and_runtime_support() {
         recursive_read_only: true,
         ..Default::default()
     }];
-    assert!(options(mount(&f.ok(), "/data").unwrap()).contains(&"rro".to_string()));
+    assert_eq!(options(mount(&f.ok(), "/data").unwrap()), ["rbind", "rprivate", "rro"]);
     f.host.recursive_read_only = false;
     assert_eq!(invalid_field(f.build()), "mounts[0].recursive_read_only");
     f.host.recursive_read_only = true;
@@ -443,7 +470,8 @@ fn recursive_read_only_needs_readonly_private_and_runtime_support() {
     assert_eq!(invalid_field(f.build()), "mounts[0].recursive_read_only");
     f.config.mounts[0].readonly = true;
     f.config.mounts[0].propagation = MountPropagation::PropagationHostToContainer as i32;
-    assert_eq!(invalid_field(f.build()), "mounts[0].recursive_read_only");
+    let field = invalid_field(f.build());
+    assert!(field == "mounts[0].recursive_read_only" || field == "mounts[0].propagation", "{field}");
 }
 
 #[test]
@@ -555,6 +583,17 @@ fn pid_namespace_follows_the_pid_mode() {
     f.pid_namespace = None;
     f.sc().namespace_options = Some(NamespaceOption { pid: NamespaceMode::Pod as i32, ..Default::default() });
     assert_eq!(namespace(&f.ok(), LinuxNamespaceType::Pid), Some(None));
+}
+
+#[test]
+fn a_cgroup_namespace_of_its_own_on_cgroup_v2_unless_privileged() {
+    let mut f = Fixture::new();
+    assert_eq!(namespace(&f.ok(), LinuxNamespaceType::Cgroup), None);
+    f.host.cgroup_v2 = true;
+    assert_eq!(namespace(&f.ok(), LinuxNamespaceType::Cgroup), Some(None));
+    f.privileged_pod();
+    f.sc().privileged = true;
+    assert_eq!(namespace(&f.ok(), LinuxNamespaceType::Cgroup), None);
 }
 
 // --- resources ---
@@ -703,15 +742,15 @@ fn an_unknown_capability_is_invalid() {
 }
 
 #[test]
-fn default_masked_and_readonly_paths_unless_requested() {
+fn masked_and_readonly_paths_are_exactly_the_requests() {
     let mut f = Fixture::new();
     let built = f.ok();
-    assert!(linux(&built).masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_string()));
-    assert!(linux(&built).readonly_paths().as_ref().unwrap().contains(&"/proc/sys".to_string()));
-    f.sc().masked_paths = vec!["/proc/x".into()];
+    assert!(linux(&built).masked_paths().as_ref().unwrap().is_empty());
+    assert!(linux(&built).readonly_paths().as_ref().unwrap().is_empty());
+    f.sc().masked_paths = security::DEFAULT_MASKED_PATHS.iter().map(|p| p.to_string()).collect();
     f.sc().readonly_paths = vec!["/proc/y".into()];
     let built = f.ok();
-    assert_eq!(linux(&built).masked_paths().as_ref().unwrap(), &["/proc/x"]);
+    assert!(linux(&built).masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_string()));
     assert_eq!(linux(&built).readonly_paths().as_ref().unwrap(), &["/proc/y"]);
 }
 
@@ -727,6 +766,7 @@ fn privileged_gets_every_capability_no_masks_writable_sys_and_host_devices() {
     let mut f = Fixture::new();
     f.privileged_pod();
     f.sc().privileged = true;
+    f.sc().masked_paths = vec!["/proc/kcore".into()];
     f.sc().seccomp = Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, ..Default::default() });
     let built = f.ok();
     assert_eq!(caps(process(&built).capabilities().as_ref().unwrap().bounding()).len(), 41);
