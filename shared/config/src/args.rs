@@ -88,6 +88,14 @@ pub struct ConfigArgs {
     /// runtime.runtime_type
     #[arg(long, env = "CRISP_RUNTIME_RUNTIME_TYPE", value_name = "NAME")]
     pub runtime_runtime_type: Option<String>,
+    /// runtime.max_container_log_line_size (-1: no limit)
+    #[arg(
+        long,
+        env = "CRISP_RUNTIME_MAX_CONTAINER_LOG_LINE_SIZE",
+        value_name = "BYTES",
+        allow_negative_numbers = true
+    )]
+    pub runtime_max_container_log_line_size: Option<i64>,
 
     /// streaming.socket
     #[arg(long, env = "CRISP_STREAMING_SOCKET", value_name = "SOCKET")]
@@ -149,6 +157,7 @@ impl ConfigArgs {
         set(&mut c.runtime.cni_bin_dirs, &self.runtime_cni_bin_dirs);
         set(&mut c.runtime.cni_conf_dir, &self.runtime_cni_conf_dir);
         set(&mut c.runtime.runtime_type, &self.runtime_runtime_type);
+        set(&mut c.runtime.max_container_log_line_size, &self.runtime_max_container_log_line_size);
 
         set(&mut c.streaming.socket, &self.streaming_socket);
         set(&mut c.streaming.address, &self.streaming_address);

@@ -128,6 +128,16 @@ pub struct RuntimeConfig {
     pub cni_conf_dir: PathBuf,
     /// The OCI runtime containerd runs containers with.
     pub runtime_type: String,
+    /// A container's log line longer than this many bytes is split into partial lines (`P`);
+    /// -1: never split (containerd's `max_container_log_line_size`).
+    pub max_container_log_line_size: i64,
+}
+
+impl RuntimeConfig {
+    /// `max_container_log_line_size` as the longest line a log writer writes whole (`None`: no limit).
+    pub fn max_log_line_bytes(&self) -> Option<usize> {
+        usize::try_from(self.max_container_log_line_size).ok().filter(|n| *n > 0)
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -139,6 +149,7 @@ impl Default for RuntimeConfig {
             cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             runtime_type: "io.containerd.runc.v2".into(),
+            max_container_log_line_size: 16 * 1024,
         }
     }
 }

@@ -52,6 +52,20 @@ fn a_bad_value_is_named() {
     c.containerd.namespace = "no spaces".into();
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("containerd.namespace"), "{err}");
+
+    let mut c = Config::default();
+    c.runtime.max_container_log_line_size = 0;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("runtime.max_container_log_line_size"), "{err}");
+}
+
+#[test]
+fn the_log_line_limit_is_16_kib_by_default_and_minus_one_lifts_it() {
+    let mut c = Config::default();
+    assert_eq!(c.runtime.max_log_line_bytes(), Some(16 * 1024));
+    c.runtime.max_container_log_line_size = -1;
+    c.validate().unwrap();
+    assert_eq!(c.runtime.max_log_line_bytes(), None);
 }
 
 #[test]
