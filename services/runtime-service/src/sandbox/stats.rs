@@ -21,6 +21,7 @@ use crisp_proto::cri::{
     LinuxPodSandboxStats, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes, PodSandboxStats,
     PodSandboxStatsFilter, UInt64Value,
 };
+use std::collections::BTreeMap;
 use std::path::Path;
 
 fn value(v: u64) -> Option<UInt64Value> {
@@ -43,6 +44,21 @@ fn interface_usage(host_link: &str) -> Option<NetworkInterfaceUsage> {
         tx_bytes: read("rx_bytes").and_then(value),
         tx_errors: read("rx_errors").and_then(value),
     })
+}
+
+/// The pod's `eth0` counters from the pod's view (`rx_bytes`, `rx_packets`, `rx_errors`,
+/// `rx_dropped`, and the same for `tx_`), read from its host-side peer `host_link`.
+fn link_counters(host_link: &str) -> BTreeMap<String, u64> {
+    let stats = Path::new("/sys/class/net").join(host_link).join("statistics");
+    let mut counters = BTreeMap::new();
+    for (pod, host) in [("rx", "tx"), ("tx", "rx")] {
+        for what in ["bytes", "packets", "errors", "dropped"] {
+            if let Some(v) = read_u64(&stats.join(format!("{host}_{what}"))) {
+                counters.insert(format!("{pod}_{what}"), v);
+            }
+        }
+    }
+    counters
 }
 
 fn pod_stats(stored: &Stored, samples: &CpuSamples) -> PodSandboxStats {
@@ -87,4 +103,20 @@ pub async fn list_stats(
     let filter =
         filter.map(|f| crisp_proto::cri::PodSandboxFilter { id: f.id, state: None, label_selector: f.label_selector });
     Ok(super::list::filtered(all, filter.as_ref()).iter().map(|s| pod_stats(s, samples)).collect())
+}
+
+/// Every pod's stats with its `eth0` counters from the pod's view (see [`link_counters`]; empty
+/// for a pod without a link), for ListPodSandboxMetrics.
+pub async fn list_with_link_counters(
+    containerd: &Containerd,
+    samples: &CpuSamples,
+) -> Result<Vec<(PodSandboxStats, BTreeMap<String, u64>)>, SandboxError> {
+    let all = record::list_all(containerd).await?;
+    Ok(all
+        .iter()
+        .map(|s| {
+            let counters = network::host_link(&s.sandbox.network_dir).map(|l| link_counters(&l)).unwrap_or_default();
+            (pod_stats(s, samples), counters)
+        })
+        .collect())
 }
