@@ -16,6 +16,7 @@ mod checkpoint;
 mod create;
 mod exits;
 mod list;
+pub mod metrics;
 mod pod;
 pub mod record;
 mod remove;
@@ -23,8 +24,10 @@ mod rootfs;
 pub mod select;
 pub mod spec;
 mod start;
+pub mod stats;
 mod status;
 mod stop;
+pub mod update;
 
 pub use checkpoint::checkpoint;
 pub use create::create;
