@@ -23,6 +23,8 @@ use std::time::Duration;
 
 /// How long an exit waits for the log writer to drain what the container wrote.
 const LOG_DRAIN: Duration = Duration::from_secs(2);
+/// How long a new subscription is given to reach containerd before the tasks are asked.
+const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(200);
 /// The exit code of a container whose exit was lost (its task vanished), as containerd's.
 const UNKNOWN_EXIT_CODE: i32 = 255;
 
@@ -106,31 +108,46 @@ impl Containers {
     }
 
     /// Follows containerd's task events for as long as the service runs: subscribe, reconcile,
-    /// read; again after the stream breaks.
+    /// read; again after the stream breaks. containerd answers a subscription only with its
+    /// first event, so the stream is read in a task of its own while the reconciliation runs.
     pub fn watch_exits(&self) -> tokio::task::JoinHandle<()> {
         let containers = self.clone();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
             loop {
-                match containers.containerd.task_events().await {
-                    Ok(events) => {
-                        delay = Duration::from_millis(100);
-                        containers.reconcile().await;
-                        let mut events = std::pin::pin!(events);
-                        while let Some(event) = events.next().await {
-                            match event {
-                                Ok(event) => containers.handle(event),
-                                Err(err) => {
-                                    tracing::warn!(error = %crisp_errors::message_chain(&err), "containerd's event stream broke");
+                let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
+                let containerd = containers.containerd.clone();
+                let reader = tokio::spawn(async move {
+                    match containerd.task_events().await {
+                        Ok(stream) => {
+                            let mut stream = std::pin::pin!(stream);
+                            while let Some(event) = stream.next().await {
+                                if sender.send(event).is_err() {
                                     break;
                                 }
                             }
                         }
+                        Err(err) => {
+                            let _ = sender.send(Err(err));
+                        }
                     }
-                    Err(err) => {
-                        tracing::warn!(error = %crisp_errors::message_chain(&err), "cannot subscribe to containerd's events")
+                });
+                // The subscription reaches containerd before the reconciliation asks for tasks.
+                tokio::time::sleep(SUBSCRIBE_SETTLE).await;
+                containers.reconcile().await;
+                while let Some(event) = events.recv().await {
+                    match event {
+                        Ok(event) => {
+                            delay = Duration::from_millis(100);
+                            containers.handle(event)
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %crisp_errors::message_chain(&err), "containerd's event stream broke");
+                            break;
+                        }
                     }
                 }
+                reader.abort();
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
