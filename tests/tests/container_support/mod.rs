@@ -221,7 +221,7 @@ pub fn shim_pids(address: &std::path::Path) -> Vec<u32> {
             let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
             let args: Vec<String> =
                 cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            args.first().is_some_and(|a| a.ends_with("containerd-shim-runc-v2")) && args.iter().any(|a| *a == address)
+            args.first().is_some_and(|a| a.ends_with("containerd-shim-runc-v2")) && args.contains(&address)
         })
         .collect();
     pids.sort();
