@@ -36,6 +36,9 @@ async fn a_container_runs_to_its_exit_and_is_removed_without_a_trace() -> anyhow
     let exited = node.wait_exited(&id).await?;
     assert_eq!(exited.exit_code, 3);
     assert_eq!(exited.reason, "Error");
+    // Its output is in the CRI log at the path the kubelet gave, written before the exit was.
+    let log = node.log(&pod, &config);
+    assert!(log.lines().any(|l| l.ends_with(" stdout F hello")), "{log}");
     assert!(exited.started_at >= exited.created_at && exited.finished_at >= exited.started_at, "{exited:?}");
     // The exit deleted the task; the record and snapshot stay until removal.
     assert!(!node.stack.ctr(&["tasks", "ls", "-q"])?.contains(&id));
@@ -205,5 +208,26 @@ async fn removing_a_pod_removes_its_containers() -> anyhow::Result<()> {
     assert_eq!(node.status(&other).await?.state, ContainerState::ContainerRunning as i32);
     let tasks = node.stack.ctr(&["tasks", "ls", "-q"])?;
     assert!(!tasks.contains(&running) && tasks.contains(&other), "{tasks}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_container_killed_for_memory_is_oomkilled_with_137() -> anyhow::Result<()> {
+    let node = Node::start().await?;
+    let pod = node.pod("oom").await?;
+    let mut config = node.config("hog", &["sh", "-c", "a=0123456789abcdef; while true; do a=\"$a$a\"; done"]);
+    let limit = 32 * 1024 * 1024;
+    config.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: limit,
+            memory_swap_limit_in_bytes: limit,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = node.run(&pod, config).await?;
+    let exited = node.wait_exited(&id).await?;
+    assert_eq!((exited.exit_code, exited.reason.as_str()), (137, "OOMKilled"), "{exited:?}");
+    assert_eq!(exited.resources.unwrap().linux.unwrap().memory_limit_in_bytes, limit);
     Ok(())
 }
