@@ -147,9 +147,6 @@ struct Inner {
     oom: Mutex<HashSet<String>>,
 }
 
-/// The longest log line before it is split (a `P` line), as containerd's default.
-pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
-
 impl Containers {
     pub fn new(containerd: Containerd, config: Arc<Config>, hub: Hub, host: spec::HostFeatures) -> Self {
         Self {
@@ -194,6 +191,11 @@ impl Containers {
 
     fn take_oom(&self, id: &str) -> bool {
         self.inner.oom.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
+    }
+
+    /// The longest log line written whole (`runtime.max_container_log_line_size`; 0: no limit).
+    fn max_log_line_bytes(&self) -> usize {
+        self.config.runtime.max_log_line_bytes().unwrap_or(0)
     }
 
     /// The container's directory under `runtime.root_dir` (kept across reboots).
