@@ -27,7 +27,8 @@ impl Runtime {
             containerd.clone(),
             std::sync::Arc::new(config.clone()),
             events::Hub::default(),
-            container::spec::HostFeatures::default(),
+            // Detected once (runs `runc features`), before the service serves.
+            container::spec::HostFeatures::node().clone(),
         );
         Self {
             containers,
