@@ -2,7 +2,7 @@
 //! Exec, Attach and PortForward are the streaming server's; the proxy never routes them here.
 //! Every RPC not built here answers `UNIMPLEMENTED` through the generated default methods.
 
-use crate::{pod_cidr, sandbox, status, version};
+use crate::{container, logs, pod_cidr, sandbox, status, version};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
 use crisp_proto::cri::runtime_service_server::RuntimeService;
@@ -14,6 +14,7 @@ pub struct Runtime {
     config: Config,
     reservations: sandbox::Reservations,
     cpu_samples: sandbox::CpuSamples,
+    log_writers: logs::Writers,
 }
 
 impl Runtime {
@@ -23,6 +24,7 @@ impl Runtime {
             config,
             reservations: sandbox::Reservations::default(),
             cpu_samples: sandbox::CpuSamples::default(),
+            log_writers: logs::Writers::default(),
         }
     }
 }
@@ -132,5 +134,23 @@ impl RuntimeService for Runtime {
             .await
             .map_err(status_of)?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
+    }
+
+    async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+        let response = container::exec_sync::exec_sync(&self.containerd, &self.config, request.into_inner())
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(response))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        let id = request.into_inner().container_id;
+        logs::reopen::reopen(&self.containerd, &self.log_writers, &id)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
     }
 }

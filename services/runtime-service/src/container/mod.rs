@@ -5,5 +5,6 @@
 //! pod, name, attempt and state) whose OCI spec is built by [`spec`] from the CRI request and
 //! the image, a snapshot of the image's top layer, and a containerd task while it runs.
 
+pub mod exec_sync;
 pub mod select;
 pub mod spec;

@@ -17,8 +17,10 @@
 //! both streams and everything they carried is in the file.
 
 pub mod lines;
+pub mod reopen;
 
 pub use lines::Stream;
+pub use reopen::Writers;
 
 use std::fs::DirBuilder;
 use std::io;
