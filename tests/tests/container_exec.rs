@@ -21,9 +21,31 @@ fn busybox_rootfs(dir: &Path) -> PathBuf {
     rootfs
 }
 
-/// A running container of crisp's (labelled as CreateContainer labels one), running `sleep 1000`.
-fn running_container(stack: &Stack, id: &str) -> String {
-    let rootfs = busybox_rootfs(&stack.dir().join(id));
+/// A container of crisp's (labelled as CreateContainer labels one) in the stack's containerd,
+/// its task deleted when this goes away (the shim would outlive the test's containerd).
+struct Container {
+    id: String,
+    address: PathBuf,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let address = self.address.to_str().unwrap();
+        let _ = std::process::Command::new("ctr")
+            .args(["--address", address, "--namespace", "crisp", "task", "delete", "--force", &self.id])
+            .output();
+    }
+}
+
+/// A unique id for this test process (others may run containers of the same name at once).
+fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+/// A running container (`sleep 1000`) of crisp's.
+fn running_container(stack: &Stack, name: &str) -> Container {
+    let id = unique(name);
+    let rootfs = busybox_rootfs(&stack.dir().join(&id));
     let rootfs = rootfs.to_str().unwrap();
     stack
         .ctr(&[
@@ -36,12 +58,12 @@ fn running_container(stack: &Stack, id: &str) -> String {
             "crisp.io/kind=container",
             "--rootfs",
             rootfs,
-            id,
+            &id,
             "sleep",
             "1000",
         ])
         .unwrap();
-    id.to_string()
+    Container { id, address: stack.containerd_address().to_path_buf() }
 }
 
 async fn exec(stack: &Stack, id: &str, cmd: &[&str], timeout: i64) -> Result<ExecSyncResponse, tonic::Status> {
@@ -60,7 +82,8 @@ fn exec_dirs(stack: &Stack, id: &str) -> Vec<PathBuf> {
 #[tokio::test]
 async fn exec_sync_answers_stdout_stderr_and_the_exit_code() {
     let stack = Stack::start().await.unwrap();
-    let id = running_container(&stack, "exec-out");
+    let container = running_container(&stack, "exec-out");
+    let id = container.id.clone();
 
     let response = exec(&stack, &id, &["sh", "-c", "echo out; echo err >&2; exit 3"], 0).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&response.stdout), "out\n");
@@ -72,7 +95,7 @@ async fn exec_sync_answers_stdout_stderr_and_the_exit_code() {
     assert_eq!(response.exit_code, 0);
 
     // A unique prefix of the id names the container too.
-    let response = exec(&stack, "exec-o", &["true"], 0).await.unwrap();
+    let response = exec(&stack, &id[..6], &["true"], 0).await.unwrap();
     assert_eq!(response.exit_code, 0);
 
     // Output of a megabyte, whole.
@@ -90,7 +113,8 @@ async fn exec_sync_answers_stdout_stderr_and_the_exit_code() {
 #[tokio::test]
 async fn a_timeout_kills_the_exec_and_answers_deadline_exceeded() {
     let stack = Stack::start().await.unwrap();
-    let id = running_container(&stack, "exec-timeout");
+    let container = running_container(&stack, "exec-timeout");
+    let id = container.id.clone();
 
     let started = Instant::now();
     let err = exec(&stack, &id, &["sleep", "77"], 1).await.unwrap_err();
@@ -114,7 +138,8 @@ async fn a_timeout_kills_the_exec_and_answers_deadline_exceeded() {
 #[tokio::test]
 async fn output_beyond_the_bound_kills_the_exec_and_says_so() {
     let stack = Stack::start().await.unwrap();
-    let id = running_container(&stack, "exec-big");
+    let container = running_container(&stack, "exec-big");
+    let id = container.id.clone();
 
     let err = exec(&stack, &id, &["sh", "-c", "while true; do cat /bin/busybox; done"], 60).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
@@ -132,7 +157,7 @@ async fn exec_in_an_unknown_or_stopped_container_is_refused() {
     let err = exec(&stack, "no-such-container", &["true"], 0).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
-    let id = "exec-created";
+    let id = &unique("exec-created");
     let rootfs = busybox_rootfs(&stack.dir().join(id));
     stack
         .ctr(&[
@@ -150,7 +175,48 @@ async fn exec_in_an_unknown_or_stopped_container_is_refused() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("not running"), "{err:?}");
 
-    let id = running_container(&stack, "exec-empty");
+    let container = running_container(&stack, "exec-empty");
+    let id = container.id.clone();
     let err = exec(&stack, &id, &[], 0).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_leaves_no_exec_behind() {
+    let stack = Stack::start().await.unwrap();
+    let container = running_container(&stack, "exec-gone");
+    let id = container.id.clone();
+
+    let mut request = tonic::Request::new(ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec!["sleep".into(), "78".into()],
+        timeout: 0,
+    });
+    request.set_timeout(Duration::from_secs(1));
+    // The client gives up after a second (tonic says CANCELLED on its side).
+    stack.runtime_client().exec_sync(request).await.unwrap_err();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ps = exec(&stack, &id, &["ps", "-o", "args"], 5).await.unwrap();
+        let ps = String::from_utf8_lossy(&ps.stdout).to_string();
+        if !ps.contains("sleep 78") && exec_dirs(&stack, &id).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still there:\n{ps}\n{:?}", exec_dirs(&stack, &id));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_background_child_holding_the_output_does_not_hold_the_answer() {
+    let stack = Stack::start().await.unwrap();
+    let container = running_container(&stack, "exec-bg");
+    let id = container.id.clone();
+
+    let started = Instant::now();
+    let response = exec(&stack, &id, &["sh", "-c", "echo started; sleep 30 &"], 0).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&response.stdout), "started\n");
+    assert_eq!(response.exit_code, 0);
+    assert!(started.elapsed() < Duration::from_secs(8), "answered after {:?}", started.elapsed());
 }

@@ -34,8 +34,10 @@ use tonic::Code;
 /// The most output kept of each stream (containerd's CRI plugin's bound too).
 pub const MAX_STREAM_BYTES: usize = 16 * 1024 * 1024;
 /// How long after the process exited its output may still arrive (a child it left in the
-/// background may hold the pipe open for ever): then the exec is deleted, which closes it.
+/// background may hold the pipe open for ever): then the exec is deleted, and after
+/// [`DELETE_GRACE`] the answer carries what arrived.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
+const DELETE_GRACE: Duration = Duration::from_millis(500);
 /// How long a killed process may take to be reported exited.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// The type containerd knows an OCI process spec by.
@@ -169,7 +171,7 @@ pub async fn exec_sync(
         Err(_) => {
             tracing::debug!(exec_id = %exec_id, "exec output still held open after its exit; deleting the exec");
             exec.delete().await;
-            match tokio::time::timeout(DRAIN_GRACE, &mut drained).await {
+            match tokio::time::timeout(DELETE_GRACE, &mut drained).await {
                 Ok(both) => both,
                 Err(_) => {
                     let _ = stop.send(true);
