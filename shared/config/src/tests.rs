@@ -115,3 +115,29 @@ fn a_config_written_as_toml_reads_back_the_same() {
     let written = toml::to_string(&config).unwrap();
     assert_eq!(Config::from_toml(&written).unwrap(), config);
 }
+
+#[test]
+fn metrics_addresses_are_off_by_default_and_a_port_alone_is_loopback() {
+    let c = Config::default();
+    assert_eq!(
+        (c.proxy.metrics_address, c.image.metrics_address, c.runtime.metrics_address, c.streaming.metrics_address),
+        (None, None, None, None)
+    );
+    let c = Config::from_toml(
+        "[proxy]\nmetrics_address = \"9310\"\n[image]\nmetrics_address = \":9311\"\n[runtime]\nmetrics_address = \"0.0.0.0:9312\"\n[streaming]\nmetrics_address = \"[::1]:9313\"\n",
+    )
+    .unwrap();
+    let address = |a: Option<MetricsAddress>| a.map(|a| a.0.to_string());
+    assert_eq!(address(c.proxy.metrics_address).as_deref(), Some("127.0.0.1:9310"));
+    assert_eq!(address(c.image.metrics_address).as_deref(), Some("127.0.0.1:9311"));
+    assert_eq!(address(c.runtime.metrics_address).as_deref(), Some("0.0.0.0:9312"));
+    assert_eq!(address(c.streaming.metrics_address).as_deref(), Some("[::1]:9313"));
+
+    let err = Config::from_toml("[proxy]\nmetrics_address = \"localhost:http\"\n").unwrap_err();
+    assert!(err.contains("metrics_address") && err.contains("localhost:http"), "{err}");
+    let cli = Cli::try_parse_from(["crisp", "--image-metrics-address", "9400"]).unwrap();
+    let mut c = Config::default();
+    cli.config.apply(&mut c);
+    assert_eq!(address(c.image.metrics_address).as_deref(), Some("127.0.0.1:9400"));
+    assert!(Cli::try_parse_from(["crisp", "--proxy-metrics-address", "nowhere"]).is_err());
+}

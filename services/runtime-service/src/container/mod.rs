@@ -6,5 +6,8 @@
 //! the image, a snapshot of the image's top layer, and a containerd task while it runs.
 
 pub mod exec_sync;
+pub mod metrics;
 pub mod select;
 pub mod spec;
+pub mod stats;
+pub mod update;
