@@ -98,6 +98,10 @@ async fn exec_sync_answers_stdout_stderr_and_the_exit_code() {
     let response = exec(&stack, &id[..6], &["true"], 0).await.unwrap();
     assert_eq!(response.exit_code, 0);
 
+    // A timeout too far away to be a deadline is none.
+    let response = exec(&stack, &id, &["true"], i64::MAX).await.unwrap();
+    assert_eq!(response.exit_code, 0);
+
     // Output of a megabyte, whole.
     let response = exec(&stack, &id, &["sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' a"], 0).await.unwrap();
     assert_eq!(response.stdout.len(), 1 << 20);

@@ -140,9 +140,14 @@ pub async fn exec_sync(
 
     let mut waiter = containerd.tasks();
     let wait = waiter.wait(WaitRequest { container_id: container.id.clone(), exec_id: exec_id.clone() });
+    // A timeout too far away to be a deadline is no timeout.
+    let deadline = u64::try_from(request.timeout)
+        .ok()
+        .filter(|t| *t > 0)
+        .and_then(|secs| tokio::time::Instant::now().checked_add(Duration::from_secs(secs)));
     let timeout = async {
-        match u64::try_from(request.timeout).ok().filter(|t| *t > 0) {
-            Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
             None => std::future::pending().await,
         }
     };
