@@ -3,7 +3,7 @@
 //! Every RPC not built here answers `UNIMPLEMENTED` through the generated default methods.
 
 use crate::container::{metrics as container_metrics, stats as container_stats, update as container_update};
-use crate::{container, events, pod_cidr, sandbox, status, version};
+use crate::{container, events, logs, pod_cidr, sandbox, status, version};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
 use crisp_proto::cri::runtime_service_server::RuntimeService;
@@ -240,6 +240,24 @@ impl RuntimeService for Runtime {
         _request: Request<GetEventsRequest>,
     ) -> Result<Response<BoxStream<ContainerEventResponse>>, Status> {
         Ok(Response::new(self.containers.hub.subscribe()))
+    }
+
+    async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+        let response = container::exec_sync::exec_sync(&self.containerd, &self.config, request.into_inner())
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(response))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        let id = request.into_inner().container_id;
+        logs::reopen::reopen(&self.containerd, self.containers.log_writers(), &id)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
     }
 
     async fn container_stats(
