@@ -89,20 +89,10 @@ impl Drop for Containers<'_> {
             }
             let _ = self.stack.ctr(&["container", "rm", id]);
         }
-        for controller in [
-            "cpu",
-            "cpuacct",
-            "memory",
-            "pids",
-            "blkio",
-            "cpuset",
-            "devices",
-            "freezer",
-            "perf_event",
-            "net_cls",
-            "hugetlb",
-        ] {
-            let dir = Path::new(CGROUP_ROOT).join(controller).join(self.parent.trim_start_matches('/'));
+        // runc made the cgroup in every hierarchy mounted.
+        let hierarchies = std::fs::read_dir(CGROUP_ROOT).into_iter().flatten().flatten();
+        for hierarchy in hierarchies {
+            let dir = hierarchy.path().join(self.parent.trim_start_matches('/'));
             for id in &self.ids {
                 let _ = std::fs::remove_dir(dir.join(id));
             }
