@@ -1,7 +1,7 @@
 //! ContainerStats / ListContainerStats: "returns stats of the container", and the containers'
 //! part of PodSandboxStats.
 //!
-//! - CPU and memory come from the container's cgroup, its OCI spec's `linux.cgroupsPath` in
+//! - CPU, memory, swap (and on v2 the pressure) come from the container's cgroup, its OCI spec's `linux.cgroupsPath` in
 //!   containerd's record, read by [`crate::cgroup`] (v1 or v2). A container with no cgroup (created
 //!   but not started, or exited) reports its attributes and writable layer only, as containerd's
 //!   CRI plugin does for a container without task metrics.
@@ -203,12 +203,14 @@ async fn container_stats(containerd: &Containerd, samples: &Samples, container: 
     let writable_layer = writable_layer(containerd, samples, container).await;
     let timestamp = cgroup::now();
     let cgroup = cgroup_path(&spec).and_then(|path| Cgroup::find(Path::new(cgroup::ROOT), path));
+    let (memory, swap) = cgroup.as_ref().map(|c| c.memory_usage(timestamp)).unzip();
     ContainerStats {
         attributes: Some(attributes(container, &spec)),
         cpu: cgroup.as_ref().map(|c| c.cpu(timestamp, &samples.cpu, &container.id)),
-        memory: cgroup.as_ref().map(|c| c.memory().usage(timestamp)),
+        memory,
         writable_layer: Some(writable_layer),
-        ..Default::default()
+        swap: swap.flatten(),
+        io: cgroup.as_ref().and_then(|c| c.io(timestamp)),
     }
 }
 
