@@ -17,8 +17,8 @@ pub struct Runtime {
     reservations: sandbox::Reservations,
     cpu_samples: sandbox::CpuSamples,
     containers: container::Containers,
-    /// The containers' last CPU samples (a map apart from the pods': each list prunes its own).
-    container_cpu_samples: sandbox::CpuSamples,
+    /// What the container stats keep between calls (CPU samples apart from the pods').
+    container_samples: container_stats::Samples,
 }
 
 impl Runtime {
@@ -35,7 +35,7 @@ impl Runtime {
             config,
             reservations: sandbox::Reservations::default(),
             cpu_samples: sandbox::CpuSamples::default(),
-            container_cpu_samples: sandbox::CpuSamples::default(),
+            container_samples: container_stats::Samples::default(),
         }
     }
 }
@@ -151,7 +151,7 @@ impl RuntimeService for Runtime {
         let id = request.into_inner().pod_sandbox_id;
         let stats = sandbox::stats(&self.containerd, &self.cpu_samples, &id).await.map_err(status_of)?;
         let mut stats = [stats];
-        container_stats::add_to_pods(&self.containerd, &self.container_cpu_samples, &mut stats)
+        container_stats::add_to_pods(&self.containerd, &self.container_samples, &mut stats)
             .await
             .map_err(|e| crisp_errors::to_status(&e))?;
         let [stats] = stats;
@@ -165,7 +165,7 @@ impl RuntimeService for Runtime {
         let mut stats = sandbox::list_stats(&self.containerd, &self.cpu_samples, request.into_inner().filter)
             .await
             .map_err(status_of)?;
-        container_stats::add_to_pods(&self.containerd, &self.container_cpu_samples, &mut stats)
+        container_stats::add_to_pods(&self.containerd, &self.container_samples, &mut stats)
             .await
             .map_err(|e| crisp_errors::to_status(&e))?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
@@ -265,7 +265,7 @@ impl RuntimeService for Runtime {
         request: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
         let id = request.into_inner().container_id;
-        let stats = container_stats::stats(&self.containerd, &self.container_cpu_samples, &id)
+        let stats = container_stats::stats(&self.containerd, &self.container_samples, &id)
             .await
             .map_err(|e| crisp_errors::to_status(&e))?;
         Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
@@ -275,7 +275,7 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        let stats = container_stats::list(&self.containerd, &self.container_cpu_samples, request.into_inner().filter)
+        let stats = container_stats::list(&self.containerd, &self.container_samples, request.into_inner().filter)
             .await
             .map_err(|e| crisp_errors::to_status(&e))?;
         Ok(Response::new(ListContainerStatsResponse { stats }))
