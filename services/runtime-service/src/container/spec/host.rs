@@ -17,12 +17,18 @@ static NODE: std::sync::OnceLock<HostFeatures> = std::sync::OnceLock::new();
 impl HostFeatures {
     /// This node's features, detected on first use and kept. Blocking on first use.
     pub fn node() -> &'static HostFeatures {
-        NODE.get_or_init(|| HostFeatures::detect(RUNC))
+        NODE.get_or_init(HostFeatures::detect)
+    }
+
+    /// Detects the features of this node and its `runc`. Blocking (it runs `runc features`):
+    /// call it once at start, or use [`HostFeatures::node`].
+    pub fn detect() -> HostFeatures {
+        HostFeatures::detect_with(RUNC)
     }
 
     /// Detects the features of this node, with `runc` the OCI runtime binary (a name on `PATH`
-    /// or a path). Blocking (it runs `runc features`): call it once at start.
-    pub fn detect(runc: &str) -> HostFeatures {
+    /// or a path).
+    pub fn detect_with(runc: &str) -> HostFeatures {
         let cgroup_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
         HostFeatures {
             recursive_read_only: runc_has_rro(runc),
