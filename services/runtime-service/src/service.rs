@@ -14,6 +14,7 @@ pub struct Runtime {
     config: Config,
     reservations: sandbox::Reservations,
     cpu_samples: sandbox::CpuSamples,
+    sandbox_image: sandbox::SandboxImage,
 }
 
 impl Runtime {
@@ -23,6 +24,7 @@ impl Runtime {
             config,
             reservations: sandbox::Reservations::default(),
             cpu_samples: sandbox::CpuSamples::default(),
+            sandbox_image: sandbox::SandboxImage::default(),
         }
     }
 }
@@ -65,9 +67,10 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        let id = sandbox::run(&self.containerd, &self.config, &self.reservations, request.into_inner())
-            .await
-            .map_err(status_of)?;
+        let id =
+            sandbox::run(&self.containerd, &self.config, &self.reservations, &self.sandbox_image, request.into_inner())
+                .await
+                .map_err(status_of)?;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
     }
 

@@ -1,6 +1,6 @@
 //! Command-line flags and environment variables: one for every field of the file.
 
-use crate::{Config, LogFormat};
+use crate::{Config, InfraContainer, LogFormat};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -88,6 +88,12 @@ pub struct ConfigArgs {
     /// runtime.runtime_type
     #[arg(long, env = "CRISP_RUNTIME_RUNTIME_TYPE", value_name = "NAME")]
     pub runtime_runtime_type: Option<String>,
+    /// runtime.infra_container
+    #[arg(long, env = "CRISP_RUNTIME_INFRA_CONTAINER", value_name = "WHEN")]
+    pub runtime_infra_container: Option<InfraContainer>,
+    /// runtime.pause_binary
+    #[arg(long, env = "CRISP_RUNTIME_PAUSE_BINARY", value_name = "FILE")]
+    pub runtime_pause_binary: Option<PathBuf>,
 
     /// streaming.socket
     #[arg(long, env = "CRISP_STREAMING_SOCKET", value_name = "SOCKET")]
@@ -149,6 +155,8 @@ impl ConfigArgs {
         set(&mut c.runtime.cni_bin_dirs, &self.runtime_cni_bin_dirs);
         set(&mut c.runtime.cni_conf_dir, &self.runtime_cni_conf_dir);
         set(&mut c.runtime.runtime_type, &self.runtime_runtime_type);
+        set(&mut c.runtime.infra_container, &self.runtime_infra_container);
+        set(&mut c.runtime.pause_binary, &self.runtime_pause_binary);
 
         set(&mut c.streaming.socket, &self.streaming_socket);
         set(&mut c.streaming.address, &self.streaming_address);

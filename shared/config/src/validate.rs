@@ -102,6 +102,7 @@ impl Config {
         if self.runtime.runtime_type.trim().is_empty() {
             return Err(invalid("runtime.runtime_type", "is empty"));
         }
+        absolute_dir("runtime.pause_binary", &self.runtime.pause_binary)?;
 
         socket("streaming.socket", &self.streaming.socket)?;
         if self.streaming.address.parse::<std::net::IpAddr>().is_err() {

@@ -39,7 +39,7 @@ impl State {
 }
 
 /// What crisp keeps about a pod (the extension's JSON).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sandbox {
     pub id: String,
     pub name: String,
@@ -75,6 +75,9 @@ pub struct Sandbox {
     pub overhead: Option<super::resources::Resources>,
     #[serde(default)]
     pub resources: Option<super::resources::Resources>,
+    /// The pod's infra (pause) process, where it has one ([`super::infra`]).
+    #[serde(default)]
+    pub infra: Option<super::infra::Infra>,
 }
 
 /// A record read back: the pod and its mutable labels.
@@ -98,6 +101,15 @@ impl Sandbox {
     /// The pod uses the node's IPC namespace and `/dev/shm`.
     pub fn host_ipc(&self) -> bool {
         self.ipc_mode == crisp_proto::cri::NamespaceMode::Node as i32
+    }
+
+    /// The pod's shared PID namespace, which its containers join: its infra process's, where
+    /// the pod shares one PID namespace among its containers (`pid == POD`) and has one.
+    pub fn pid_namespace(&self) -> Option<PathBuf> {
+        if self.pid_mode != crisp_proto::cri::NamespaceMode::Pod as i32 {
+            return None;
+        }
+        self.infra.as_ref().map(|infra| PathBuf::from(format!("/proc/{}/ns/pid", infra.pid)))
     }
 
     /// The name containerd's CRI plugin reserves: `name_namespace_uid_attempt`.
@@ -173,7 +185,10 @@ fn read(container: Container) -> Result<Stored, SandboxError> {
     let sandbox: Sandbox = serde_json::from_slice(&extension.value).map_err(|e| bad(e.to_string()))?;
     // A pod whose namespaces or files are gone (the node rebooted: `runtime.state_dir` is
     // cleared) is no longer ready, whatever its record says.
-    let intact = sandbox.dir.join("hostname").exists() && sandbox.netns.as_ref().is_none_or(|ns| ns.exists());
+    // So is one whose infra process died.
+    let intact = sandbox.dir.join("hostname").exists()
+        && sandbox.netns.as_ref().is_none_or(|ns| ns.exists())
+        && sandbox.infra.as_ref().is_none_or(|infra| super::infra::alive(&sandbox, infra));
     let recorded_state = match container.labels.get(STATE).map(String::as_str) {
         Some("ready") => State::Ready,
         _ => State::NotReady,
@@ -293,6 +308,7 @@ mod tests {
             ips: vec![],
             overhead: None,
             resources: None,
+            infra: None,
         }
     }
 

@@ -2,12 +2,13 @@
 //! network resources (e.g. IP addresses) allocated to the sandbox ... idempotent, and must
 //! not return an error if all relevant resources have already been reclaimed."
 //!
-//! The pod becomes NOTREADY, then its network is detached (CNI DEL). A DEL that fails leaves
-//! the record marked attached and answers the error, so the next stop (or remove) tries
-//! again. An unknown id succeeds. Pods have no processes yet (containers come later).
+//! The pod becomes NOTREADY, its infra process (where it has one) is stopped (SIGTERM, SIGKILL
+//! after a grace), then its network is detached (CNI DEL). A DEL that fails leaves the record
+//! marked attached and answers the error, so the next stop (or remove) tries again. An unknown
+//! id succeeds.
 
 use super::record::{self, State, Stored};
-use super::{SandboxError, network};
+use super::{SandboxError, infra, network};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
 
@@ -23,6 +24,9 @@ pub async fn stop_pod(containerd: &Containerd, config: &Config, stored: &Stored)
     let id = &stored.sandbox.id;
     if stored.recorded_state == State::Ready {
         record::set_state(containerd, id, State::NotReady).await?;
+    }
+    if let Some(infra) = &stored.sandbox.infra {
+        infra::stop(containerd, id, infra).await?;
     }
     if stored.network_attached {
         network::detach(id, &stored.sandbox.network_dir, &config.runtime.cni_bin_dirs).await?;
