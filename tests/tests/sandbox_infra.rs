@@ -164,3 +164,35 @@ async fn a_pod_whose_pause_process_died_is_not_ready_and_a_restarted_service_fin
     }
     assert!(!running(live_pid));
 }
+
+#[tokio::test]
+async fn a_registry_sandbox_image_is_pulled_through_the_image_service_and_pinned() {
+    use crisp_testkit::images::{Format, ImageBuilder};
+    use crisp_testkit::registry::Registry;
+    let registry = Registry::start().await.unwrap();
+    // busybox's sleep as PID 1 ignores SIGTERM: stop has to SIGKILL it after the grace.
+    let image = ImageBuilder::new(Format::Oci).busybox_layer().unwrap().cmd(&["/bin/sleep", "3600"]).build().unwrap();
+    let name = registry.push("infra/pause", "test", &image).await.unwrap();
+    let options = StackOptions { extra_config: format!("[image]\nsandbox_image = \"{name}\"\n"), ..Default::default() };
+    let stack = Stack::start_with(options).await.unwrap();
+    let _network = write_network(&stack, "infrareg", 45, &[]);
+
+    let id = run(&stack, with_pid(pod_config("pulled", "uid-pulled"), NamespaceMode::Pod)).await.unwrap();
+    let pid = info(&stack, &id).await["pid"].as_u64().expect("an infra process") as u32;
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert_eq!(cmdline, "/bin/sleep\u{0}3600\u{0}");
+    let images =
+        stack.image_client().list_images(ListImagesRequest { filter: None }).await.unwrap().into_inner().images;
+    let pulled = images.iter().find(|i| i.repo_tags.contains(&name)).expect("the sandbox image is listed");
+    assert!(pulled.pinned, "{pulled:?}");
+    assert_eq!(pulled.id, image.id());
+    // crisp's own was not made.
+    assert_eq!(images.len(), 1, "{images:?}");
+
+    let started = std::time::Instant::now();
+    stop(&stack, &id).await.unwrap();
+    assert!(!running(pid));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2), "SIGKILL came after the grace");
+    remove(&stack, &id).await.unwrap();
+    assert!(!ctr_lists(&stack, &["containers", "ls"], &format!("{id}-infra")));
+}
