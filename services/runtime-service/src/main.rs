@@ -1,6 +1,7 @@
 //! `crisp-runtime`: the CRI RuntimeService on containerd. Started with the namespace helper's
 //! argument (`sandbox::HELPER_ARG`), the same binary makes a pod's namespaces and exits.
 
+mod cgroup;
 // The container modules land in parts; until each is wired to its RPC, some of it is unused.
 #[allow(dead_code, unused_imports)]
 mod container;

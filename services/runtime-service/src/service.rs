@@ -2,6 +2,7 @@
 //! Exec, Attach and PortForward are the streaming server's; the proxy never routes them here.
 //! Every RPC not built here answers `UNIMPLEMENTED` through the generated default methods.
 
+use crate::container::{metrics as container_metrics, stats as container_stats, update as container_update};
 use crate::{pod_cidr, sandbox, status, version};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
@@ -15,6 +16,8 @@ pub struct Runtime {
     reservations: sandbox::Reservations,
     cpu_samples: sandbox::CpuSamples,
     sandbox_image: sandbox::SandboxImage,
+    /// The containers' last CPU samples (a map apart from the pods': each list prunes its own).
+    container_cpu_samples: sandbox::CpuSamples,
 }
 
 impl Runtime {
@@ -25,6 +28,7 @@ impl Runtime {
             reservations: sandbox::Reservations::default(),
             cpu_samples: sandbox::CpuSamples::default(),
             sandbox_image: sandbox::SandboxImage::default(),
+            container_cpu_samples: sandbox::CpuSamples::default(),
         }
     }
 }
@@ -124,6 +128,11 @@ impl RuntimeService for Runtime {
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
         let stats = sandbox::stats(&self.containerd, &self.cpu_samples, &id).await.map_err(status_of)?;
+        let mut stats = [stats];
+        container_stats::add_to_pods(&self.containerd, &self.container_cpu_samples, &mut stats)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        let [stats] = stats;
         Ok(Response::new(PodSandboxStatsResponse { stats: Some(stats) }))
     }
 
@@ -131,9 +140,60 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        let stats = sandbox::list_stats(&self.containerd, &self.cpu_samples, request.into_inner().filter)
+        let mut stats = sandbox::list_stats(&self.containerd, &self.cpu_samples, request.into_inner().filter)
             .await
             .map_err(status_of)?;
+        container_stats::add_to_pods(&self.containerd, &self.container_cpu_samples, &mut stats)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let stats = container_stats::stats(&self.containerd, &self.container_cpu_samples, &id)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        let stats = container_stats::list(&self.containerd, &self.container_cpu_samples, request.into_inner().filter)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(ListContainerStatsResponse { stats }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        container_update::update(&self.containerd, request.into_inner())
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(ListMetricDescriptorsResponse { descriptors: container_metrics::descriptors() }))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        let pod_metrics = container_metrics::list(&self.containerd, &self.cpu_samples)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(ListPodSandboxMetricsResponse { pod_metrics }))
     }
 }

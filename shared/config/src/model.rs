@@ -1,6 +1,7 @@
 //! The configuration model: one section per concern, each field with its built-in default.
 
 use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -62,6 +63,8 @@ pub struct ProxyConfig {
     /// How long the proxy waits to connect to a backend before answering `UNAVAILABLE`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Where the proxy serves Prometheus metrics; none serves none.
+    pub metrics_address: Option<MetricsAddress>,
 }
 
 impl Default for ProxyConfig {
@@ -75,6 +78,7 @@ impl Default for ProxyConfig {
             image_endpoints: vec![PathBuf::from("/run/crisp/image.sock")],
             health_check_interval: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
+            metrics_address: None,
         }
     }
 }
@@ -104,6 +108,8 @@ pub struct ImageConfig {
     /// written into containerd by the runtime service from `runtime.pause_binary` (no
     /// registry); any other is pulled through the image service.
     pub sandbox_image: String,
+    /// Where this replica serves Prometheus metrics; none serves none.
+    pub metrics_address: Option<MetricsAddress>,
 }
 
 impl Default for ImageConfig {
@@ -115,6 +121,7 @@ impl Default for ImageConfig {
             max_concurrent_downloads: 3,
             pull_progress_timeout: Duration::from_secs(5 * 60),
             sandbox_image: CRISP_SANDBOX_IMAGE.into(),
+            metrics_address: None,
         }
     }
 }
@@ -139,6 +146,18 @@ pub struct RuntimeConfig {
     pub infra_container: InfraContainer,
     /// crisp's static pause binary, the content of crisp's own sandbox image.
     pub pause_binary: PathBuf,
+    /// Where the runtime service serves Prometheus metrics; none serves none.
+    pub metrics_address: Option<MetricsAddress>,
+    /// A container's log line longer than this many bytes is split into partial lines (`P`);
+    /// -1: never split (containerd's `max_container_log_line_size`).
+    pub max_container_log_line_size: i64,
+}
+
+impl RuntimeConfig {
+    /// `max_container_log_line_size` as the longest line a log writer writes whole (`None`: no limit).
+    pub fn max_log_line_bytes(&self) -> Option<usize> {
+        usize::try_from(self.max_container_log_line_size).ok().filter(|n| *n > 0)
+    }
 }
 
 /// When a pod gets an infra (pause) process: only where its containers share one PID
@@ -162,6 +181,8 @@ impl Default for RuntimeConfig {
             runtime_type: "io.containerd.runc.v2".into(),
             infra_container: InfraContainer::WhenNeeded,
             pause_binary: PathBuf::from("/usr/local/libexec/crisp/crisp-pause"),
+            metrics_address: None,
+            max_container_log_line_size: 16 * 1024,
         }
     }
 }
@@ -176,11 +197,18 @@ pub struct StreamingConfig {
     pub address: String,
     /// The port of the HTTP streaming endpoint; 0 picks a free one.
     pub port: u16,
+    /// Where the streaming server serves Prometheus metrics; none serves none.
+    pub metrics_address: Option<MetricsAddress>,
 }
 
 impl Default for StreamingConfig {
     fn default() -> Self {
-        Self { socket: PathBuf::from("/run/crisp/streaming.sock"), address: "127.0.0.1".into(), port: 0 }
+        Self {
+            socket: PathBuf::from("/run/crisp/streaming.sock"),
+            address: "127.0.0.1".into(),
+            port: 0,
+            metrics_address: None,
+        }
     }
 }
 
@@ -207,4 +235,43 @@ impl Default for TelemetryConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// The TCP address a service serves its Prometheus metrics on: `host:port` (`127.0.0.1:9310`,
+/// `[::1]:9310`, `0.0.0.0:9310` to be scraped from other machines), or a port alone (`9310` or
+/// `:9310`), which is loopback (`127.0.0.1`): metrics leave the node only when an address says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MetricsAddress(pub SocketAddr);
+
+impl std::str::FromStr for MetricsAddress {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Ok(address) = text.parse::<SocketAddr>() {
+            return Ok(MetricsAddress(address));
+        }
+        match text.strip_prefix(':').unwrap_or(text).parse::<u16>() {
+            Ok(port) => Ok(MetricsAddress(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))),
+            Err(_) => Err(format!("`{text}` is not an address like 127.0.0.1:9310, [::1]:9310 or a port alone")),
+        }
+    }
+}
+
+impl TryFrom<String> for MetricsAddress {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<MetricsAddress> for String {
+    fn from(address: MetricsAddress) -> String {
+        address.0.to_string()
+    }
+}
+
+impl From<MetricsAddress> for SocketAddr {
+    fn from(address: MetricsAddress) -> SocketAddr {
+        address.0
+    }
 }

@@ -5,5 +5,8 @@
 //! pod, name, attempt and state) whose OCI spec is built by [`spec`] from the CRI request and
 //! the image, a snapshot of the image's top layer, and a containerd task while it runs.
 
+pub mod metrics;
 pub mod select;
 pub mod spec;
+pub mod stats;
+pub mod update;
