@@ -227,10 +227,31 @@ pub async fn list_all(containerd: &Containerd) -> Result<Vec<Stored>, SandboxErr
         .collect())
 }
 
+/// The length of a pod id crisp makes (32 random bytes in hex).
+const FULL_ID_CHARS: usize = 64;
+
+/// The pod whose id is exactly `id`.
+async fn get(containerd: &Containerd, id: &str) -> Result<Option<Stored>, SandboxError> {
+    use crisp_containerd::containerd_client::services::v1::GetContainerRequest;
+    let container = match containerd.containers().get(GetContainerRequest { id: id.to_string() }).await {
+        Ok(response) => response.into_inner().container,
+        Err(status) if status.code() == tonic::Code::NotFound => None,
+        Err(status) => return Err(containerd_error(id)(ContainerdError::call("getting the pod's record", status))),
+    };
+    match container {
+        Some(c) if c.labels.get(KIND).map(String::as_str) == Some(KIND_SANDBOX) => read(c).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// The pod whose id is `id` or starts with it (as containerd's CRI plugin resolves ids).
 pub async fn find(containerd: &Containerd, id: &str) -> Result<Option<Stored>, SandboxError> {
     if id.is_empty() {
         return Err(SandboxError::MissingField("pod_sandbox_id"));
+    }
+    // A whole id (what the kubelet sends) is one record to get, not every pod to list.
+    if id.len() == FULL_ID_CHARS {
+        return get(containerd, id).await;
     }
     let all = list_all(containerd).await?;
     resolve(all, id)
@@ -248,14 +269,19 @@ pub fn resolve(all: Vec<Stored>, id: &str) -> Result<Option<Stored>, SandboxErro
     }
 }
 
-async fn set_label(containerd: &Containerd, id: &str, key: &str, value: &str) -> Result<(), SandboxError> {
-    let container =
-        Container { id: id.to_string(), labels: HashMap::from([(key.into(), value.into())]), ..Default::default() };
+/// Sets `labels` on the pod's record in one update (one containerd metadata transaction).
+async fn set_labels(containerd: &Containerd, id: &str, labels: &[(&str, &str)]) -> Result<(), SandboxError> {
+    if labels.is_empty() {
+        return Ok(());
+    }
+    let paths = labels.iter().map(|(key, _)| format!("labels.{key}")).collect();
+    let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let container = Container { id: id.to_string(), labels, ..Default::default() };
     containerd
         .containers()
         .update(UpdateContainerRequest {
             container: Some(container),
-            update_mask: Some(prost_types::FieldMask { paths: vec![format!("labels.{key}")] }),
+            update_mask: Some(prost_types::FieldMask { paths }),
         })
         .await
         .map_err(|s| ContainerdError::call("updating the pod's record", s))
@@ -263,12 +289,21 @@ async fn set_label(containerd: &Containerd, id: &str, key: &str, value: &str) ->
     Ok(())
 }
 
-pub async fn set_state(containerd: &Containerd, id: &str, state: State) -> Result<(), SandboxError> {
-    set_label(containerd, id, STATE, state.label()).await
-}
-
-pub async fn set_network_detached(containerd: &Containerd, id: &str) -> Result<(), SandboxError> {
-    set_label(containerd, id, NETWORK, "detached").await
+/// Records a stop: the pod NOTREADY (`not_ready`) and its network detached (`detached`).
+pub async fn set_stopped(
+    containerd: &Containerd,
+    id: &str,
+    not_ready: bool,
+    detached: bool,
+) -> Result<(), SandboxError> {
+    let mut labels = vec![];
+    if not_ready {
+        labels.push((STATE, State::NotReady.label()));
+    }
+    if detached {
+        labels.push((NETWORK, "detached"));
+    }
+    set_labels(containerd, id, &labels).await
 }
 
 /// Deletes the record; one already gone is fine.
