@@ -3,7 +3,7 @@
 //! Every RPC not built here answers `UNIMPLEMENTED` through the generated default methods.
 
 use crate::container::{metrics as container_metrics, stats as container_stats, update as container_update};
-use crate::{container, events, pod_cidr, sandbox, status, version};
+use crate::{container, events, logs, pod_cidr, sandbox, status, version};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
 use crisp_proto::cri::runtime_service_server::RuntimeService;
@@ -17,8 +17,9 @@ pub struct Runtime {
     reservations: sandbox::Reservations,
     cpu_samples: sandbox::CpuSamples,
     containers: container::Containers,
-    /// The containers' last CPU samples (a map apart from the pods': each list prunes its own).
-    container_cpu_samples: sandbox::CpuSamples,
+    /// What the container stats keep between calls (CPU samples apart from the pods').
+    container_samples: container_stats::Samples,
+    sandbox_image: sandbox::SandboxImage,
 }
 
 impl Runtime {
@@ -36,7 +37,8 @@ impl Runtime {
             config,
             reservations: sandbox::Reservations::default(),
             cpu_samples: sandbox::CpuSamples::default(),
-            container_cpu_samples: sandbox::CpuSamples::default(),
+            container_samples: container_stats::Samples::default(),
+            sandbox_image: sandbox::SandboxImage::default(),
         }
     }
 }
@@ -89,9 +91,10 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        let id = sandbox::run(&self.containerd, &self.config, &self.reservations, request.into_inner())
-            .await
-            .map_err(status_of)?;
+        let id =
+            sandbox::run(&self.containerd, &self.config, &self.reservations, &self.sandbox_image, request.into_inner())
+                .await
+                .map_err(status_of)?;
         self.containers.publish_pod(&id, ContainerEventType::ContainerCreatedEvent).await;
         self.containers.publish_pod(&id, ContainerEventType::ContainerStartedEvent).await;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
@@ -152,7 +155,7 @@ impl RuntimeService for Runtime {
         let id = request.into_inner().pod_sandbox_id;
         let stats = sandbox::stats(&self.containerd, &self.cpu_samples, &id).await.map_err(status_of)?;
         let mut stats = [stats];
-        container_stats::add_to_pods(&self.containerd, &self.container_cpu_samples, &mut stats)
+        container_stats::add_to_pods(&self.containerd, &self.container_samples, &mut stats)
             .await
             .map_err(|e| crisp_errors::to_status(&e))?;
         let [stats] = stats;
@@ -166,7 +169,7 @@ impl RuntimeService for Runtime {
         let mut stats = sandbox::list_stats(&self.containerd, &self.cpu_samples, request.into_inner().filter)
             .await
             .map_err(status_of)?;
-        container_stats::add_to_pods(&self.containerd, &self.container_cpu_samples, &mut stats)
+        container_stats::add_to_pods(&self.containerd, &self.container_samples, &mut stats)
             .await
             .map_err(|e| crisp_errors::to_status(&e))?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
@@ -243,12 +246,30 @@ impl RuntimeService for Runtime {
         Ok(Response::new(self.containers.hub.subscribe()))
     }
 
+    async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+        let response = container::exec_sync::exec_sync(&self.containerd, &self.config, request.into_inner())
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(response))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        let id = request.into_inner().container_id;
+        logs::reopen::reopen(&self.containerd, self.containers.log_writers(), &id)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
+    }
+
     async fn container_stats(
         &self,
         request: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
         let id = request.into_inner().container_id;
-        let stats = container_stats::stats(&self.containerd, &self.container_cpu_samples, &id)
+        let stats = container_stats::stats(&self.containerd, &self.container_samples, &id)
             .await
             .map_err(|e| crisp_errors::to_status(&e))?;
         Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
@@ -258,7 +279,7 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        let stats = container_stats::list(&self.containerd, &self.container_cpu_samples, request.into_inner().filter)
+        let stats = container_stats::list(&self.containerd, &self.container_samples, request.into_inner().filter)
             .await
             .map_err(|e| crisp_errors::to_status(&e))?;
         Ok(Response::new(ListContainerStatsResponse { stats }))

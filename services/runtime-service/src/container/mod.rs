@@ -14,6 +14,7 @@
 
 mod checkpoint;
 mod create;
+pub mod exec_sync;
 mod exits;
 mod list;
 pub mod metrics;
@@ -140,7 +141,7 @@ struct Inner {
     /// Names a CreateContainer in flight is making, with their ids.
     names: Mutex<HashMap<String, String>>,
     /// The log writer of each running container.
-    writers: Mutex<HashMap<String, Arc<LogWriter>>>,
+    writers: crate::logs::Writers,
     /// One lock per container: a start, a stop and the recording of an exit never interleave.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Containers whose cgroup reported an OOM kill (`/tasks/oom`) since they started.
@@ -159,17 +160,22 @@ impl Containers {
         }
     }
 
+    /// The log writers of the running containers (ReopenContainerLog reopens a file).
+    pub fn log_writers(&self) -> &crate::logs::Writers {
+        &self.inner.writers
+    }
+
     /// The log writer of a running container (ReopenContainerLog reopens its file).
     pub fn log_writer(&self, id: &str) -> Option<Arc<LogWriter>> {
-        self.inner.writers.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.inner.writers.get(id)
     }
 
     fn set_log_writer(&self, id: &str, writer: Arc<LogWriter>) {
-        self.inner.writers.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), writer);
+        self.inner.writers.insert(id, writer);
     }
 
     fn take_log_writer(&self, id: &str) -> Option<Arc<LogWriter>> {
-        self.inner.writers.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
+        self.inner.writers.remove(id)
     }
 
     /// Holds the container's lock (start, exit recording and removal take it).
