@@ -28,7 +28,8 @@ impl Runtime {
             containerd.clone(),
             std::sync::Arc::new(config.clone()),
             events::Hub::default(),
-            container::spec::HostFeatures::default(),
+            // Detected once (it runs `runc features`), before the service serves.
+            container::spec::HostFeatures::node().clone(),
         );
         Self {
             containers,
