@@ -262,6 +262,7 @@ pub async fn create(containers: &Containers, request: CreateContainerRequest) ->
         image.id.as_str(),
         &containers.config.runtime.runtime_type,
     )?;
+    let indexed = record::read(container.clone())?;
     containers.containerd.create_container_record(container).await.map_err(ContainerError::containerd(&id))?;
     undo.record = true;
     // The record references the snapshot now: the lease is no longer needed.
@@ -269,6 +270,7 @@ pub async fn create(containers: &Containers, request: CreateContainerRequest) ->
         tracing::debug!(id, error = %err, "deleting the create's lease; it expires by itself");
     }
     undo.disarm();
+    containers.index_put(&indexed).await;
     tracing::info!(id, name, pod = %pod.id, "container created");
     containers.publish(&id, &pod.id, ContainerEventType::ContainerCreatedEvent).await;
     Ok(id)

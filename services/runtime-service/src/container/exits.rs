@@ -99,7 +99,7 @@ impl Containers {
         if exit.is_none() {
             stored.info.message = "the container's task was gone; its exit status is lost".into();
         }
-        if let Err(err) = record::save(&self.containerd, &stored).await {
+        if let Err(err) = self.save(&stored).await {
             tracing::warn!(id, error = %crisp_errors::message_chain(&err), "recording a container's exit");
             return;
         }
@@ -134,6 +134,7 @@ impl Containers {
                 });
                 // The subscription reaches containerd before the reconciliation asks for tasks.
                 tokio::time::sleep(SUBSCRIBE_SETTLE).await;
+                containers.index_reload().await;
                 containers.reconcile().await;
                 while let Some(event) = events.recv().await {
                     match event {

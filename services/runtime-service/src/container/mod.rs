@@ -16,6 +16,7 @@ mod checkpoint;
 mod create;
 pub mod exec_sync;
 mod exits;
+mod index;
 mod list;
 pub mod metrics;
 mod pod;
@@ -146,6 +147,8 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Containers whose cgroup reported an OOM kill (`/tasks/oom`) since they started.
     oom: Mutex<HashSet<String>>,
+    /// What ListContainers answers ([`index`]).
+    index: index::Index,
 }
 
 impl Containers {

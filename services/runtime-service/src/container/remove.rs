@@ -25,6 +25,7 @@ pub async fn remove(containers: &Containers, id: &str) -> Result<(), ContainerEr
     let lock = containers.lock(&id).await;
     containers.containerd.delete_task(&id).await.map_err(ContainerError::containerd(&id))?;
     containers.containerd.delete_container_record(&id).await.map_err(ContainerError::containerd(&id))?;
+    containers.index_remove(&id).await;
     remove_snapshot(containers, &stored.info.snapshotter, &id).await;
     let fifos = Fifos::existing(&containers.state_dir(&id).join("io"), stored.config.stdin, stored.config.tty);
     if let Err(err) = fifos.remove() {

@@ -58,7 +58,7 @@ pub async fn start(containers: &Containers, id: &str) -> Result<(), ContainerErr
         Ok(()) => {
             stored.state = State::Running;
             stored.info.started_at = now_nanos();
-            record::save(&containers.containerd, &stored).await?;
+            containers.save(&stored).await?;
             tracing::info!(id, "container started");
             containers.publish(&id, &stored.info.sandbox_id, ContainerEventType::ContainerStartedEvent).await;
             Ok(())
@@ -79,7 +79,7 @@ pub async fn start(containers: &Containers, id: &str) -> Result<(), ContainerErr
             stored.info.exit_code = 128;
             stored.info.reason = "StartError".into();
             stored.info.message = crisp_errors::message_chain(&err);
-            if let Err(save) = record::save(&containers.containerd, &stored).await {
+            if let Err(save) = containers.save(&stored).await {
                 tracing::warn!(id, error = %save, "recording a failed start");
             }
             containers.publish(&id, &stored.info.sandbox_id, ContainerEventType::ContainerStoppedEvent).await;
