@@ -147,12 +147,11 @@ pub async fn create(containers: &Containers, request: CreateContainerRequest) ->
     let id = new_id()?;
     let name = format!("{}_{}_{}_{}_{}", metadata.name, pod.name, pod.namespace, pod.uid, metadata.attempt);
     let _reserved = containers.reserve(&name, &id)?;
-    let same_name = super::select::Selector { sandbox: Some(pod.id.clone()), ..Default::default() };
-    for existing in record::list(&containers.containerd, &same_name).await? {
-        let m = existing.config.metadata.clone().unwrap_or_default();
-        if m.name == metadata.name && m.attempt == metadata.attempt {
-            return Err(ContainerError::NameReserved { name, existing: existing.id });
-        }
+    if let Some(existing) = containers.indexed().await?.into_iter().find(|c| {
+        c.pod_sandbox_id == pod.id
+            && c.metadata.as_ref().is_some_and(|m| m.name == metadata.name && m.attempt == metadata.attempt)
+    }) {
+        return Err(ContainerError::NameReserved { name, existing: existing.id });
     }
 
     let image = containers

@@ -55,9 +55,9 @@ pub async fn start(containers: &Containers, id: &str) -> Result<(), ContainerErr
     }
     let id = stored.id.clone();
     match run_task(containers, &stored).await {
-        Ok(()) => {
+        Ok(started_at) => {
             stored.state = State::Running;
-            stored.info.started_at = now_nanos();
+            stored.info.started_at = started_at;
             containers.save(&stored).await?;
             tracing::info!(id, "container started");
             containers.publish(&id, &stored.info.sandbox_id, ContainerEventType::ContainerStartedEvent).await;
@@ -88,7 +88,9 @@ pub async fn start(containers: &Containers, id: &str) -> Result<(), ContainerErr
     }
 }
 
-async fn run_task(containers: &Containers, stored: &Stored) -> Result<(), ContainerError> {
+/// Creates and starts the task; answers when it was started (taken just before the start, so
+/// a process that exits at once never has finished before it started).
+async fn run_task(containers: &Containers, stored: &Stored) -> Result<i64, ContainerError> {
     let id = &stored.id;
     let rootfs = containers
         .containerd
@@ -114,6 +116,7 @@ async fn run_task(containers: &Containers, stored: &Stored) -> Result<(), Contai
     if let Some((_, writer)) = &io {
         writer.start();
     }
+    let started_at = now_nanos();
     containers.containerd.start_task(id).await.map_err(ContainerError::containerd(id))?;
-    Ok(())
+    Ok(started_at)
 }
