@@ -12,14 +12,14 @@
 //! guard also when the caller goes away mid-way. An unknown container is `NOT_FOUND`, one not
 //! running `FAILED_PRECONDITION`.
 
+use super::ContainerError;
+use super::record::{self, State};
 use crate::logs::{Fifos, Stream};
 use crisp_config::Config;
 use crisp_containerd::containerd_client::services::v1::{
-    Container, DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest, StartRequest,
-    WaitRequest,
+    DeleteProcessRequest, ExecProcessRequest, GetRequest, KillRequest, StartRequest, WaitRequest,
 };
 use crisp_containerd::containerd_client::types::v1::Status as TaskStatus;
-use crisp_containerd::labels::crisp::{KIND, KIND_CONTAINER};
 use crisp_containerd::{Containerd, ContainerdError};
 use crisp_errors::GrpcError;
 use crisp_proto::cri::{ExecSyncRequest, ExecSyncResponse};
@@ -47,10 +47,10 @@ const PROCESS_SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec
 pub enum ExecError {
     #[error("ExecSync: `cmd` is empty")]
     EmptyCommand,
+    #[error("ExecSync: {0}")]
+    Container(#[source] ContainerError),
     #[error("container `{0}` not found")]
     NotFound(String),
-    #[error("container id prefix `{0}` matches more than one container")]
-    Ambiguous(String),
     #[error("container `{id}` is not running ({state})")]
     NotRunning { id: String, state: &'static str },
     #[error("container `{id}`: its OCI spec cannot be read: {reason}")]
@@ -68,7 +68,8 @@ pub enum ExecError {
 impl GrpcError for ExecError {
     fn code(&self) -> Code {
         match self {
-            ExecError::EmptyCommand | ExecError::Ambiguous(_) => Code::InvalidArgument,
+            ExecError::EmptyCommand => Code::InvalidArgument,
+            ExecError::Container(e) => e.code(),
             ExecError::NotFound(_) => Code::NotFound,
             ExecError::NotRunning { .. } => Code::FailedPrecondition,
             ExecError::Spec { .. } | ExecError::Io { .. } => Code::Internal,
@@ -88,10 +89,16 @@ pub async fn exec_sync(
     if request.cmd.is_empty() {
         return Err(ExecError::EmptyCommand);
     }
-    let container = find(containerd, &request.container_id).await?;
+    let container = record::find(containerd, &request.container_id)
+        .await
+        .map_err(ExecError::Container)?
+        .ok_or_else(|| ExecError::NotFound(request.container_id.clone()))?;
     let id = container.id.clone();
+    if container.state != State::Running {
+        return Err(ExecError::NotRunning { id, state: container.state.label() });
+    }
     ensure_running(containerd, &id).await?;
-    let process = process_spec(&container, &request.cmd)?;
+    let process = process_spec(&id, &container.spec, &request.cmd)?;
 
     let exec_id =
         new_exec_id().map_err(|source| ExecError::Io { id: id.clone(), doing: "making an exec id", source })?;
@@ -197,36 +204,8 @@ pub async fn exec_sync(
     })
 }
 
-/// The container record by full id or unique id prefix; only crisp's containers count.
-pub(crate) async fn find(containerd: &Containerd, id: &str) -> Result<Container, ExecError> {
-    if id.is_empty() {
-        return Err(ExecError::NotFound(String::new()));
-    }
-    let containerd_error = |source| ExecError::Containerd { id: id.to_string(), source };
-    let exact = containerd.containers().get(GetContainerRequest { id: id.to_string() }).await;
-    match exact {
-        Ok(found) => {
-            let container = found.into_inner().container.ok_or_else(|| ExecError::NotFound(id.to_string()))?;
-            if container.labels.get(KIND).map(String::as_str) == Some(KIND_CONTAINER) {
-                return Ok(container);
-            }
-            Err(ExecError::NotFound(id.to_string()))
-        }
-        Err(status) if status.code() == Code::NotFound => {
-            let selector = super::select::Selector { id: Some(id.to_string()), ..Default::default() };
-            let mut matches = super::select::select(containerd, &selector).await.map_err(containerd_error)?;
-            match matches.len() {
-                0 => Err(ExecError::NotFound(id.to_string())),
-                1 => Ok(matches.remove(0)),
-                _ => Err(ExecError::Ambiguous(id.to_string())),
-            }
-        }
-        Err(status) => Err(containerd_error(ContainerdError::call("reading the container", status))),
-    }
-}
-
 /// The container's task exists and runs.
-pub(crate) async fn ensure_running(containerd: &Containerd, id: &str) -> Result<(), ExecError> {
+async fn ensure_running(containerd: &Containerd, id: &str) -> Result<(), ExecError> {
     let task = containerd.tasks().get(GetRequest { container_id: id.to_string(), exec_id: String::new() }).await;
     let status = match task {
         Ok(response) => response.into_inner().process.map(|p| p.status).unwrap_or_default(),
@@ -260,10 +239,12 @@ fn not_running_or(
 }
 
 /// The container's process spec (JSON, every field kept) with `cmd` as args and no terminal.
-fn process_spec(container: &Container, cmd: &[String]) -> Result<Vec<u8>, ExecError> {
-    let error = |reason: String| ExecError::Spec { id: container.id.clone(), reason };
-    let spec = container.spec.as_ref().ok_or_else(|| error("the container record has no spec".into()))?;
-    let mut spec: serde_json::Value = serde_json::from_slice(&spec.value).map_err(|e| error(e.to_string()))?;
+fn process_spec(id: &str, spec: &[u8], cmd: &[String]) -> Result<Vec<u8>, ExecError> {
+    let error = |reason: String| ExecError::Spec { id: id.to_string(), reason };
+    if spec.is_empty() {
+        return Err(error("the container record has no spec".into()));
+    }
+    let mut spec: serde_json::Value = serde_json::from_slice(spec).map_err(|e| error(e.to_string()))?;
     let process = spec
         .get_mut("process")
         .and_then(serde_json::Value::as_object_mut)
@@ -415,15 +396,8 @@ fn remove_dir(dir: &Path) {
 mod tests {
     use super::*;
 
-    fn container(spec: serde_json::Value) -> Container {
-        Container {
-            id: "c1".into(),
-            spec: Some(prost_types::Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-                value: serde_json::to_vec(&spec).unwrap(),
-            }),
-            ..Default::default()
-        }
+    fn spec_of(spec: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&spec).unwrap()
     }
 
     #[test]
@@ -440,9 +414,10 @@ mod tests {
             },
             "root": {"path": "rootfs"}
         });
-        let process: serde_json::Value =
-            serde_json::from_slice(&process_spec(&container(spec), &["sh".into(), "-c".into(), "id".into()]).unwrap())
-                .unwrap();
+        let process: serde_json::Value = serde_json::from_slice(
+            &process_spec("c1", &spec_of(spec), &["sh".into(), "-c".into(), "id".into()]).unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             process,
             serde_json::json!({
@@ -458,7 +433,8 @@ mod tests {
 
     #[test]
     fn a_spec_without_process_is_an_internal_error_naming_the_container() {
-        let err = process_spec(&container(serde_json::json!({"ociVersion": "1.0.2"})), &["true".into()]).unwrap_err();
+        let err =
+            process_spec("c1", &spec_of(serde_json::json!({"ociVersion": "1.0.2"})), &["true".into()]).unwrap_err();
         assert_eq!(err.code(), Code::Internal);
         assert!(err.to_string().contains("`c1`"), "{err}");
     }
