@@ -78,6 +78,17 @@ async fn exec_sync_answers_stdout_stderr_and_the_exit_code() {
     assert_eq!(response.stdout.len(), 1 << 20);
     assert!(response.stdout.iter().all(|b| *b == b'a'));
 
+    // Execs at once (probes of many containers do that), each with its own output.
+    let id_ref = id.as_str();
+    let execs = (0..10).map(|i| {
+        let script = format!("sleep 0.2; echo exec {i}; exit {i}");
+        async move { exec(node, id_ref, &["sh", "-c", &script], 10).await.unwrap() }
+    });
+    for (i, response) in futures::future::join_all(execs).await.into_iter().enumerate() {
+        assert_eq!(String::from_utf8_lossy(&response.stdout), format!("exec {i}\n"));
+        assert_eq!(response.exit_code, i as i32);
+    }
+
     assert!(exec_dirs(node, &id).is_empty(), "left behind: {:?}", exec_dirs(node, &id));
 
     // A command that does not exist: containerd's answer, not a hang.
