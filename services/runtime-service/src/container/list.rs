@@ -4,7 +4,7 @@
 //! record from containerd.
 
 use super::{ContainerError, Containers};
-use crisp_proto::cri::{Container, ContainerFilter, ContainerState};
+use crisp_proto::cri::{Container, ContainerFilter};
 
 /// Whether `container` passes `filter` (the pod id already resolved to a full one).
 fn matches(container: &Container, filter: &ContainerFilter, pod: Option<&str>) -> bool {
@@ -34,7 +34,7 @@ pub async fn list(containers: &Containers, filter: Option<ContainerFilter>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crisp_proto::cri::ContainerStateValue;
+    use crisp_proto::cri::{ContainerState, ContainerStateValue};
 
     #[test]
     fn a_filter_matches_by_id_prefix_pod_state_and_labels() {

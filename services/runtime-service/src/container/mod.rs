@@ -6,7 +6,7 @@
 //! pod, name, attempt and state; [`record`]) whose OCI spec is built by [`spec`] from the CRI
 //! request and the image, a snapshot of the image's top layer, and a containerd task while it
 //! runs. Exits come from containerd's event stream ([`exits`]), never from polling. Nothing is
-//! kept in memory that a restart would need: [`Containers::recover`] rebuilds the log writers
+//! kept in memory that a restart would need: [`Containers::watch_exits`] rebuilds the log writers
 //! of running containers and records the exits that happened while the service was down.
 //!
 //! One operation per file; [`ContainerError`] is this module's one error type, mapped to a
@@ -37,7 +37,7 @@ pub use list::list;
 pub use pod::{remove_all as remove_pod_containers, stop_all as stop_pod_containers};
 pub use remove::remove;
 pub use start::start;
-pub use status::{cri_status, status};
+pub use status::status;
 pub use stop::stop;
 
 use crate::events::Hub;
