@@ -23,6 +23,7 @@ static NO_FEATURES: HostFeatures = HostFeatures {
     min_oom_score_adj: 0,
     cgroup_v2: false,
     swap_limit: false,
+    hugetlb: false,
 };
 const NETWORK_READY: &str = "NetworkReady";
 

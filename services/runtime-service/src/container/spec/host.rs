@@ -1,7 +1,7 @@
 //! What this node and its OCI runtime can do, detected once when the service starts: `rro`
 //! mounts from `runc features`, AppArmor from the kernel module's parameter, the lowest OOM score
-//! this process may give (its own unless it holds CAP_SYS_RESOURCE), the cgroup version and
-//! whether the memory controller accounts swap.
+//! this process may give (its own unless it holds CAP_SYS_RESOURCE), the cgroup version,
+//! whether the memory controller accounts swap and whether the hugetlb controller is there.
 
 use super::HostFeatures;
 use std::path::Path;
@@ -17,12 +17,18 @@ static NODE: std::sync::OnceLock<HostFeatures> = std::sync::OnceLock::new();
 impl HostFeatures {
     /// This node's features, detected on first use and kept. Blocking on first use.
     pub fn node() -> &'static HostFeatures {
-        NODE.get_or_init(|| HostFeatures::detect(RUNC))
+        NODE.get_or_init(HostFeatures::detect)
+    }
+
+    /// Detects the features of this node and its `runc`. Blocking (it runs `runc features`):
+    /// call it once at start, or use [`HostFeatures::node`].
+    pub fn detect() -> HostFeatures {
+        HostFeatures::detect_with(RUNC)
     }
 
     /// Detects the features of this node, with `runc` the OCI runtime binary (a name on `PATH`
-    /// or a path). Blocking (it runs `runc features`): call it once at start.
-    pub fn detect(runc: &str) -> HostFeatures {
+    /// or a path).
+    pub fn detect_with(runc: &str) -> HostFeatures {
         let cgroup_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
         HostFeatures {
             recursive_read_only: runc_has_rro(runc),
@@ -31,6 +37,7 @@ impl HostFeatures {
             min_oom_score_adj: min_oom_score_adj(),
             cgroup_v2,
             swap_limit: swap_accounted(cgroup_v2),
+            hugetlb: hugetlb_present(cgroup_v2),
         }
     }
 }
@@ -71,6 +78,15 @@ pub fn has_capability(status: &str, bit: u32) -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .is_some_and(|mask| mask & (1 << bit) != 0)
+}
+
+/// Whether the hugetlb controller is mounted (v1) or offered (v2).
+fn hugetlb_present(cgroup_v2: bool) -> bool {
+    if !cgroup_v2 {
+        return Path::new("/sys/fs/cgroup/hugetlb").exists();
+    }
+    std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .is_ok_and(|c| c.split_whitespace().any(|c| c == "hugetlb"))
 }
 
 /// Whether the memory controller limits swap (v1: `memory.memsw.*`; v2: `memory.swap.max` in

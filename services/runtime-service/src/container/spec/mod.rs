@@ -69,6 +69,8 @@ pub struct HostFeatures {
     pub cgroup_v2: bool,
     /// The memory controller limits swap (a memory limit then also caps swap).
     pub swap_limit: bool,
+    /// The hugetlb controller is there (else hugepage limits are left out, as containerd does).
+    pub hugetlb: bool,
 }
 
 /// The identity the container's process gets.

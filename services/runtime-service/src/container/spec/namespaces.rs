@@ -3,7 +3,8 @@
 //! pod uses the host's; the pod's PID namespace where the pod shares one (POD mode and the
 //! pod's infra process given), the node's with NODE, else a PID namespace of its own; on cgroup
 //! v2 a cgroup namespace of its own unless privileged (its `/sys/fs/cgroup` then shows only its
-//! own cgroup), as containerd does.
+//! own cgroup), as containerd does. User namespaces are not supported: a request for one is
+//! refused.
 
 use super::SpecError;
 use crate::sandbox::Sandbox;
@@ -42,6 +43,13 @@ pub fn build(
     }
     if !sandbox.host_ipc() {
         namespaces.push(namespace(LinuxNamespaceType::Ipc, Some(&pod_pin(sandbox, "ipc")))?);
+    }
+    let userns = sc.and_then(|s| s.namespace_options.as_ref()).and_then(|o| o.userns_options.as_ref());
+    if userns.is_some_and(|u| u.mode != NamespaceMode::Node as i32) {
+        return Err(SpecError::Invalid {
+            field: "linux.security_context.namespace_options.userns_options".into(),
+            reason: "user namespaces are not supported by this runtime".into(),
+        });
     }
     let pid_mode = sc
         .and_then(|s| s.namespace_options.as_ref())

@@ -1,7 +1,7 @@
 //! The container's cgroup and its limits: `cgroupsPath` under the pod's cgroup parent
 //! (`/crisp/<id>` for a pod without one), CPU shares/quota/period/cpuset, memory (the swap
 //! limit equal to the memory limit unless the request sets one, where the node accounts swap),
-//! hugepages, cgroup v2 `unified` keys, the OOM score (never below what this service may give)
+//! hugepages (where the node has the hugetlb controller), cgroup v2 `unified` keys, the OOM score (never below what this service may give)
 //! and devices: every device denied but the OCI runtime's defaults and the request's, or, for a
 //! privileged container, every device of the node.
 
@@ -71,7 +71,8 @@ pub fn build(
     }
     out = out.memory(memory.build().map_err(build_error("memory"))?);
 
-    if !r.hugepage_limits.is_empty() {
+    // The kubelet sends a limit for every page size; a node without the controller ignores them.
+    if !r.hugepage_limits.is_empty() && host.hugetlb {
         let limits = r
             .hugepage_limits
             .iter()

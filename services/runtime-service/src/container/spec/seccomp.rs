@@ -36,7 +36,7 @@ const ALLOWED: &str = "
     memfd_create memfd_secret mincore mkdir mkdirat mknod mknodat mlock mlock2 mlockall mmap mmap2
     mprotect mq_getsetattr mq_notify mq_open mq_timedreceive mq_timedreceive_time64 mq_timedsend
     mq_timedsend_time64 mq_unlink mremap msgctl msgget msgrcv msgsnd msync munlock munlockall
-    munmap name_to_handle_at nanosleep newfstatat _newselect open openat openat2 pause pidfd_open
+    munmap nanosleep newfstatat _newselect open openat openat2 pause pidfd_open
     pidfd_send_signal pipe pipe2 pkey_alloc pkey_free pkey_mprotect poll ppoll ppoll_time64 prctl
     pread64 preadv preadv2 prlimit64 process_mrelease pselect6 pselect6_time64 pwrite64 pwritev
     pwritev2 read readahead readlink readlinkat readv recv recvfrom recvmmsg recvmmsg_time64
@@ -65,7 +65,7 @@ const BY_CAPABILITY: [(&str, &str); 12] = [
     (
         "CAP_SYS_ADMIN",
         "bpf clone clone3 fanotify_init fsconfig fsmount fsopen fspick lookup_dcookie mount \
-         mount_setattr move_mount open_tree perf_event_open quotactl quotactl_fd setdomainname \
+         mount_setattr move_mount name_to_handle_at open_tree perf_event_open quotactl quotactl_fd setdomainname \
          sethostname setns syslog umount umount2 unshare",
     ),
     ("CAP_SYS_BOOT", "reboot"),

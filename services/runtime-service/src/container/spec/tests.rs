@@ -597,6 +597,16 @@ fn a_cgroup_namespace_of_its_own_on_cgroup_v2_unless_privileged() {
     assert_eq!(namespace(&f.ok(), LinuxNamespaceType::Cgroup), None);
 }
 
+#[test]
+fn a_user_namespace_is_refused() {
+    let mut f = Fixture::new();
+    f.sc().namespace_options = Some(NamespaceOption {
+        userns_options: Some(crisp_proto::cri::UserNamespace { mode: NamespaceMode::Pod as i32, ..Default::default() }),
+        ..Default::default()
+    });
+    assert_eq!(invalid_field(f.build()), "linux.security_context.namespace_options.userns_options");
+}
+
 // --- resources ---
 
 #[test]
@@ -611,6 +621,7 @@ fn cgroup_is_under_the_pods_parent_else_crisp() {
 fn cpu_memory_and_hugepage_limits_are_carried() {
     let mut f = Fixture::new();
     f.host.swap_limit = true;
+    f.host.hugetlb = true;
     *f.resources() = LinuxContainerResources {
         cpu_period: 100_000,
         cpu_quota: 50_000,
@@ -634,7 +645,11 @@ fn cpu_memory_and_hugepage_limits_are_carried() {
     f.resources().memory_swap_limit_in_bytes = 128 << 20;
     assert_eq!(linux(&f.ok()).resources().as_ref().unwrap().memory().as_ref().unwrap().swap(), Some(128 << 20));
     f.host.swap_limit = false;
-    assert_eq!(linux(&f.ok()).resources().as_ref().unwrap().memory().as_ref().unwrap().swap(), None);
+    f.host.hugetlb = false;
+    let built = f.ok();
+    let resources = linux(&built).resources().as_ref().unwrap();
+    assert_eq!(resources.memory().as_ref().unwrap().swap(), None);
+    assert!(resources.hugepage_limits().is_none());
 }
 
 #[test]
@@ -910,7 +925,7 @@ fn runc_features_with_rro_are_recognized() {
 
 #[test]
 fn host_detection_reads_this_node() {
-    let host = HostFeatures::detect("runc");
+    let host = HostFeatures::detect();
     // This process may always keep its own score.
     let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap().trim().parse().unwrap();
     assert!(host.min_oom_score_adj <= own);
