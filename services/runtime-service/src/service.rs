@@ -16,10 +16,10 @@ pub struct Runtime {
     config: Config,
     reservations: sandbox::Reservations,
     cpu_samples: sandbox::CpuSamples,
-    sandbox_image: sandbox::SandboxImage,
     containers: container::Containers,
     /// What the container stats keep between calls (CPU samples apart from the pods').
     container_samples: container_stats::Samples,
+    sandbox_image: sandbox::SandboxImage,
 }
 
 impl Runtime {
@@ -28,7 +28,8 @@ impl Runtime {
             containerd.clone(),
             std::sync::Arc::new(config.clone()),
             events::Hub::default(),
-            container::spec::HostFeatures::default(),
+            // Detected once (it runs `runc features`), before the service serves.
+            container::spec::HostFeatures::node().clone(),
         );
         Self {
             containers,
@@ -36,8 +37,8 @@ impl Runtime {
             config,
             reservations: sandbox::Reservations::default(),
             cpu_samples: sandbox::CpuSamples::default(),
-            sandbox_image: sandbox::SandboxImage::default(),
             container_samples: container_stats::Samples::default(),
+            sandbox_image: sandbox::SandboxImage::default(),
         }
     }
 }
