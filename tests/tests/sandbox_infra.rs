@@ -235,3 +235,22 @@ async fn a_pods_containers_see_the_pause_process_as_pid_1_and_share_its_shim() {
     remove(&node.stack, &pod.id).await.unwrap();
     assert!(!running(pid));
 }
+
+#[tokio::test]
+async fn an_infra_process_whose_pod_was_never_recorded_is_removed_when_the_service_starts() {
+    let mut stack = Stack::start().await.unwrap();
+    let _network = write_network(&stack, "infraswp", 47, &[]);
+    let id = run(&stack, with_pid(pod_config("orphan", "uid-orphan"), NamespaceMode::Pod)).await.unwrap();
+    let pid = info(&stack, &id).await["pid"].as_u64().unwrap() as u32;
+    // As if the service died after starting the infra process, before recording the pod.
+    stack.kill_service("runtime").unwrap();
+    stack.ctr(&["containers", "rm", &id]).unwrap();
+    stack.start_service("runtime").await.unwrap();
+
+    let infra = format!("{id}-infra");
+    assert!(!ctr_lists(&stack, &["containers", "ls"], &infra));
+    assert!(!ctr_lists(&stack, &["tasks", "ls"], &infra));
+    assert!(!ctr_lists(&stack, &["snapshots", "ls"], &infra));
+    assert!(!running(pid));
+    assert!(mounts_under(&pod_dir(&stack, &id)).is_empty());
+}
