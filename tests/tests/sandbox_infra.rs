@@ -254,3 +254,21 @@ async fn an_infra_process_whose_pod_was_never_recorded_is_removed_when_the_servi
     assert!(!running(pid));
     assert!(mounts_under(&pod_dir(&stack, &id)).is_empty());
 }
+
+#[tokio::test]
+async fn without_its_pause_binary_a_pod_needing_one_is_refused_with_nothing_left() {
+    let options = StackOptions {
+        env: vec![("CRISP_RUNTIME_PAUSE_BINARY".into(), "/nonexistent/crisp-pause".into())],
+        ..Default::default()
+    };
+    let stack = Stack::start_with(options).await.unwrap();
+    let _network = write_network(&stack, "nopause", 48, &[]);
+    let err = run(&stack, with_pid(pod_config("nopause", "uid-nopause"), NamespaceMode::Pod)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("/nonexistent/crisp-pause"), "{}", err.message());
+    assert!(list(&stack, None).await.is_empty());
+    assert!(mounts_under(&stack.dir().join("run")).is_empty());
+    // A pod that needs no infra process runs as ever.
+    let id = run(&stack, with_pid(pod_config("plain", "uid-plain"), NamespaceMode::Container)).await.unwrap();
+    remove(&stack, &id).await.unwrap();
+}
