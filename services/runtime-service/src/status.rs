@@ -24,6 +24,7 @@ static NO_FEATURES: HostFeatures = HostFeatures {
     cgroup_v2: false,
     swap_limit: false,
     hugetlb: false,
+    bounding_capabilities: None,
 };
 const NETWORK_READY: &str = "NetworkReady";
 

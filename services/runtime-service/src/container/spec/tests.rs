@@ -736,6 +736,12 @@ fn capabilities_are_added_and_dropped_with_all_first() {
     let bounding = caps(process(&f.ok()).capabilities().as_ref().unwrap().bounding());
     assert_eq!(bounding.len(), 40);
     assert!(!bounding.contains(&Capability::Chown));
+
+    // ALL is what this service holds.
+    f.host.bounding_capabilities = Some(!(1 << 24));
+    let bounding = caps(process(&f.ok()).capabilities().as_ref().unwrap().bounding());
+    assert_eq!(bounding.len(), 39);
+    assert!(!bounding.contains(&Capability::SysResource));
 }
 
 #[test]
@@ -785,6 +791,8 @@ fn privileged_gets_every_capability_no_masks_writable_sys_and_host_devices() {
     f.sc().seccomp = Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, ..Default::default() });
     let built = f.ok();
     assert_eq!(caps(process(&built).capabilities().as_ref().unwrap().bounding()).len(), 41);
+    f.host.bounding_capabilities = Some(0b111);
+    assert_eq!(caps(process(&f.ok()).capabilities().as_ref().unwrap().bounding()).len(), 3);
     assert!(linux(&built).masked_paths().as_ref().unwrap().is_empty());
     assert!(linux(&built).readonly_paths().as_ref().unwrap().is_empty());
     assert!(options(mount(&built, "/sys").unwrap()).contains(&"rw".to_string()));
@@ -929,4 +937,7 @@ fn host_detection_reads_this_node() {
     let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap().trim().parse().unwrap();
     assert!(host.min_oom_score_adj <= own);
     assert_eq!(host.cgroup_v2, Path::new("/sys/fs/cgroup/cgroup.controllers").exists());
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert_eq!(host.bounding_capabilities, host::capability_set(&status, "CapBnd"));
+    assert!(host.bounding_capabilities.is_some());
 }
