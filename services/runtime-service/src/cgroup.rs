@@ -14,7 +14,7 @@
 //!
 //! Reading never fails: a file that cannot be read is a value not known (`None`).
 
-use crisp_proto::cri::{CpuUsage, MemoryUsage, ProcessUsage, UInt64Value};
+use crisp_proto::cri::{CpuUsage, IoUsage, MemoryUsage, ProcessUsage, PsiData, PsiStats, SwapUsage, UInt64Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -85,21 +85,62 @@ pub struct Memory {
     pub major_page_faults: Option<u64>,
     /// The limit; `Some(None)`: none (unlimited).
     pub limit: Option<Option<u64>>,
+    /// Swap in use (v2 `memory.swap.current`; v1 memory+swap usage less memory usage).
+    pub swap: Option<u64>,
+    /// The swap limit (v2 `memory.swap.max`); `Some(None)`: none.
+    pub swap_limit: Option<Option<u64>>,
 }
 
 impl Memory {
-    /// The CRI's view of it at `timestamp`.
+    /// The CRI's view of it at `timestamp`; available is the limit less the working set (as
+    /// the kubelet and containerd compute it), none without a limit.
     pub fn usage(&self, timestamp: i64) -> MemoryUsage {
+        let available = self.limit.flatten().zip(self.working_set).map(|(limit, ws)| limit.saturating_sub(ws));
         MemoryUsage {
             timestamp,
             working_set_bytes: self.working_set.and_then(value),
+            available_bytes: available.and_then(value),
             usage_bytes: self.usage.and_then(value),
             rss_bytes: self.rss.and_then(value),
             page_faults: self.page_faults.and_then(value),
             major_page_faults: self.major_page_faults.and_then(value),
-            ..Default::default()
+            psi: None,
         }
     }
+
+    /// The CRI's view of the swap at `timestamp`; none where the cgroup does not account it.
+    pub fn swap_usage(&self, timestamp: i64) -> Option<SwapUsage> {
+        let used = self.swap?;
+        let available = self.swap_limit.flatten().map(|limit| limit.saturating_sub(used));
+        Some(SwapUsage { timestamp, swap_usage_bytes: value(used), swap_available_bytes: available.and_then(value) })
+    }
+}
+
+/// A v2 pressure file (`some avg10=0.00 avg60=0.00 avg300=0.00 total=0`, and a `full` line).
+fn read_psi(path: &Path) -> Option<PsiStats> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut stats = PsiStats::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let kind = words.next()?;
+        let mut data = PsiData::default();
+        for word in words {
+            let (key, v) = word.split_once('=')?;
+            match key {
+                "avg10" => data.avg10 = v.parse().ok()?,
+                "avg60" => data.avg60 = v.parse().ok()?,
+                "avg300" => data.avg300 = v.parse().ok()?,
+                "total" => data.total = v.parse().ok()?,
+                _ => {}
+            }
+        }
+        match kind {
+            "some" => stats.some = Some(data),
+            "full" => stats.full = Some(data),
+            _ => {}
+        }
+    }
+    Some(stats)
 }
 
 /// A pod's or container's cgroup, by hierarchy.
@@ -145,7 +186,7 @@ impl Cgroup {
             timestamp,
             usage_core_nano_seconds: nanos.and_then(value),
             usage_nano_cores: nanos.and_then(|n| samples.rate(id, sampled_at, n)).and_then(value),
-            ..Default::default()
+            psi: self.psi("cpu"),
         }
     }
 
@@ -165,6 +206,16 @@ impl Cgroup {
             ),
         };
         let [inactive, rss, cache, faults, major] = keys.map(|key| stat.get(key).copied());
+        let (swap, swap_limit) = match self {
+            Cgroup::V1 { memory, .. } => {
+                let memsw = read_u64(&memory.join("memory.memsw.usage_in_bytes"));
+                (memsw.zip(usage).map(|(total, memory)| total.saturating_sub(memory)), None)
+            }
+            Cgroup::V2(dir) => (
+                read_u64(&dir.join("memory.swap.current")),
+                std::fs::read_to_string(dir.join("memory.swap.max")).ok().map(|l| l.trim().parse::<u64>().ok()),
+            ),
+        };
         let limit = limit.map(|l| match l.trim() {
             "max" => None,
             l => l.parse::<u64>().ok().filter(|l| *l <= UNLIMITED_ABOVE),
@@ -177,7 +228,30 @@ impl Cgroup {
             page_faults: faults,
             major_page_faults: major,
             limit,
+            swap,
+            swap_limit,
         }
+    }
+
+    /// The CRI's memory usage (with the memory pressure on v2) and swap usage at `timestamp`.
+    pub fn memory_usage(&self, timestamp: i64) -> (MemoryUsage, Option<SwapUsage>) {
+        let memory = self.memory();
+        let mut usage = memory.usage(timestamp);
+        usage.psi = self.psi("memory");
+        (usage, memory.swap_usage(timestamp))
+    }
+
+    /// The cgroup's pressure on `resource` (`cpu`, `memory`, `io`): v2 only.
+    pub fn psi(&self, resource: &str) -> Option<PsiStats> {
+        match self {
+            Cgroup::V1 { .. } => None,
+            Cgroup::V2(dir) => read_psi(&dir.join(format!("{resource}.pressure"))),
+        }
+    }
+
+    /// The CRI's I/O usage (pressure only, v2), at `timestamp`.
+    pub fn io(&self, timestamp: i64) -> Option<IoUsage> {
+        self.psi("io").map(|psi| IoUsage { timestamp, psi: Some(psi) })
     }
 
     pub fn processes(&self, timestamp: i64) -> ProcessUsage {
@@ -355,7 +429,20 @@ mod tests {
         let memory = cgroup.memory();
         assert_eq!((memory.working_set, memory.rss, memory.cache), (Some(900), Some(400), Some(50)));
         assert_eq!(memory.limit, Some(Some(4096)));
+        assert_eq!(memory.usage(1).available_bytes, value(4096 - 900));
         assert_eq!(cgroup.processes(1).process_count, None);
+        std::fs::write(dir.join("memory.swap.current"), "100\n").unwrap();
+        std::fs::write(dir.join("memory.swap.max"), "max\n").unwrap();
+        let swap = cgroup.memory().swap_usage(1).unwrap();
+        assert_eq!((swap.swap_usage_bytes, swap.swap_available_bytes), (value(100), None));
+        std::fs::write(
+            dir.join("cpu.pressure"),
+            "some avg10=1.50 avg60=0.00 avg300=0.00 total=42\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
+        )
+        .unwrap();
+        let psi = cgroup.cpu(1, &CpuSamples::default(), "p").psi.unwrap();
+        assert_eq!((psi.some.unwrap().total, psi.some.unwrap().avg10, psi.full.unwrap().total), (42, 1.5, 7));
+        assert!(cgroup.io(1).is_none());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //!   has its spec metrics only; every pod, ready or not, is listed.
 
 use super::select::{Selector, select};
+use super::spec::annotations::IMAGE_NAME;
 use super::stats::{StatsError, cgroup_path, spec_json};
 use crate::cgroup::{self, Cgroup, CpuSamples};
 use crisp_containerd::Containerd;
@@ -163,7 +164,7 @@ pub async fn list(containerd: &Containerd, pod_samples: &CpuSamples) -> Result<V
                         let labels = [
                             c.labels.get(CONTAINER_NAME).cloned().unwrap_or_default(),
                             c.id.clone(),
-                            c.image.clone(),
+                            image(c),
                             c.id.clone(),
                             metadata.namespace.clone(),
                             metadata.name.clone(),
@@ -175,6 +176,18 @@ pub async fn list(containerd: &Containerd, pod_samples: &CpuSamples) -> Result<V
             })
         })
         .collect())
+}
+
+/// The container's image: its record's, else the one the kubelet named (the CRI annotation).
+fn image(container: &Container) -> String {
+    if !container.image.is_empty() {
+        return container.image.clone();
+    }
+    let spec = spec_json(container);
+    spec.pointer(&format!("/annotations/{}", IMAGE_NAME.replace('/', "~1")))
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The pod's network metrics (its `eth0`, from the pod's view), labelled as cAdvisor labels the
@@ -232,6 +245,13 @@ mod tests {
         };
         let labels = LABELS.map(String::from);
         let metrics = container_metrics(&container, &labels);
+        assert_eq!(image(&container), "");
+        let spec = serde_json::json!({"annotations": {IMAGE_NAME: "busybox:1"}});
+        let named = Container {
+            spec: Some(prost_types::Any { type_url: String::new(), value: serde_json::to_vec(&spec).unwrap() }),
+            ..Default::default()
+        };
+        assert_eq!(image(&named), "busybox:1");
         let got: BTreeMap<&str, u64> = metrics.iter().map(|m| (m.name.as_str(), m.value.unwrap().value)).collect();
         assert_eq!(
             got,

@@ -1,15 +1,16 @@
 //! ContainerStats / ListContainerStats: "returns stats of the container", and the containers'
 //! part of PodSandboxStats.
 //!
-//! - CPU and memory come from the container's cgroup, its OCI spec's `linux.cgroupsPath` in
+//! - CPU, memory, swap (and on v2 the pressure) come from the container's cgroup, its OCI spec's `linux.cgroupsPath` in
 //!   containerd's record, read by [`crate::cgroup`] (v1 or v2). A container with no cgroup (created
 //!   but not started, or exited) reports its attributes and writable layer only, as containerd's
 //!   CRI plugin does for a container without task metrics.
 //! - `usage_nano_cores` is the rate since the last sample read for the same container
-//!   ([`CpuSamples`], the pods' mechanism, in a map of its own).
+//!   ([`CpuSamples`], the pods' mechanism, in a map of its own: [`Samples`]).
 //! - The writable layer is the container's snapshot's usage as its snapshotter reports it (bytes
 //!   and inodes), on the snapshotter's root as the image service's ImageFsInfo names it, so the
-//!   kubelet matches the two; a snapshot gone reports zero.
+//!   kubelet matches the two; a snapshot gone reports zero. A usage is reused for 10 s, as
+//!   containerd's plugin refreshes its own.
 //! - Attributes: id, metadata (name, attempt) and labels from the record's labels, annotations
 //!   from the OCI spec's (the CRI annotations crisp puts there, without the runtime's own keys).
 //! - ListContainerStats filters by id (or unique prefix), pod sandbox id and labels, all ANDed;
@@ -29,6 +30,8 @@ use crisp_proto::cri::{
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tonic::Code;
 
 /// Snapshot usages asked of containerd at once (an active snapshot's usage walks its directory).
@@ -112,90 +115,123 @@ pub fn attributes(container: &Container, spec: &serde_json::Value) -> ContainerA
     }
 }
 
-/// What the stats of many containers share: the snapshotters' roots (asked once per call).
-struct Roots(HashMap<String, String>);
+/// How long a writable layer's usage is reused (containerd's CRI plugin refreshes its every 10 s).
+const LAYER_USAGE_TTL: Duration = Duration::from_secs(10);
 
-impl Roots {
-    async fn of(containerd: &Containerd, containers: &[Container]) -> Roots {
-        let mut roots = HashMap::new();
-        for snapshotter in containers.iter().map(|c| c.snapshotter.as_str()).collect::<HashSet<_>>() {
-            match containerd.plugin_root("io.containerd.snapshotter.v1", snapshotter).await {
-                Ok(root) => {
-                    roots.insert(snapshotter.to_string(), root);
-                }
-                Err(err) => tracing::debug!(snapshotter, error = %err, "no root for the snapshotter"),
-            }
-        }
-        Roots(roots)
-    }
+/// A writable layer's usage: when it was read, bytes, inodes.
+type LayerUsage = (Instant, u64, u64);
+
+/// What the container stats calls keep between calls: each container's last CPU sample (for
+/// `usage_nano_cores`), its writable layer's last usage (walking an active snapshot is dear: it
+/// is reused for [`LAYER_USAGE_TTL`]) and the snapshotters' roots.
+#[derive(Default, Clone)]
+pub struct Samples {
+    cpu: CpuSamples,
+    layers: Arc<Mutex<HashMap<String, LayerUsage>>>,
+    roots: Arc<Mutex<HashMap<String, String>>>,
 }
 
-/// The container's writable layer: its snapshot's usage (zero when containerd has none).
-async fn writable_layer(containerd: &Containerd, roots: &Roots, container: &Container) -> FilesystemUsage {
-    let request = UsageRequest { snapshotter: container.snapshotter.clone(), key: container.snapshot_key.clone() };
-    let (bytes, inodes) = if container.snapshot_key.is_empty() {
-        (0, 0)
-    } else {
-        match containerd.snapshots().usage(request).await {
+impl Samples {
+    /// Forgets the containers not in `live`.
+    fn retain(&self, live: &HashSet<&str>) {
+        self.cpu.retain(live);
+        if let Ok(mut layers) = self.layers.lock() {
+            layers.retain(|id, _| live.contains(id.as_str()));
+        }
+    }
+
+    /// The root of `snapshotter` as containerd's introspection names it (empty if it cannot say).
+    async fn root(&self, containerd: &Containerd, snapshotter: &str) -> String {
+        if let Some(root) = self.roots.lock().ok().and_then(|r| r.get(snapshotter).cloned()) {
+            return root;
+        }
+        match containerd.plugin_root("io.containerd.snapshotter.v1", snapshotter).await {
+            Ok(root) => {
+                if let Ok(mut roots) = self.roots.lock() {
+                    roots.insert(snapshotter.to_string(), root.clone());
+                }
+                root
+            }
+            Err(err) => {
+                tracing::debug!(snapshotter, error = %err, "no root for the snapshotter");
+                String::new()
+            }
+        }
+    }
+
+    /// The container's writable layer usage, (bytes, inodes): its snapshot's, zero if none.
+    async fn layer(&self, containerd: &Containerd, container: &Container) -> (u64, u64) {
+        let cached = self.layers.lock().ok().and_then(|l| l.get(&container.id).copied());
+        if let Some((_, bytes, inodes)) = cached.filter(|(at, ..)| at.elapsed() < LAYER_USAGE_TTL) {
+            return (bytes, inodes);
+        }
+        if container.snapshot_key.is_empty() {
+            return (0, 0);
+        }
+        let request = UsageRequest { snapshotter: container.snapshotter.clone(), key: container.snapshot_key.clone() };
+        let (bytes, inodes) = match containerd.snapshots().usage(request).await {
             Ok(usage) => {
                 let usage = usage.into_inner();
                 (usage.size.max(0) as u64, usage.inodes.max(0) as u64)
             }
             Err(status) => {
                 tracing::debug!(container = %container.id, error = %status.message(), "no snapshot usage");
-                (0, 0)
+                return (0, 0);
             }
+        };
+        if let Ok(mut layers) = self.layers.lock() {
+            layers.insert(container.id.clone(), (Instant::now(), bytes, inodes));
         }
-    };
+        (bytes, inodes)
+    }
+}
+
+/// The container's writable layer: its snapshot's usage, on its snapshotter's root.
+async fn writable_layer(containerd: &Containerd, samples: &Samples, container: &Container) -> FilesystemUsage {
+    let (bytes, inodes) = samples.layer(containerd, container).await;
     FilesystemUsage {
         timestamp: cgroup::now(),
-        fs_id: Some(FilesystemIdentifier {
-            mountpoint: roots.0.get(&container.snapshotter).cloned().unwrap_or_default(),
-        }),
+        fs_id: Some(FilesystemIdentifier { mountpoint: samples.root(containerd, &container.snapshotter).await }),
         used_bytes: Some(UInt64Value { value: bytes }),
         inodes_used: Some(UInt64Value { value: inodes }),
     }
 }
 
 /// The stats of one container.
-async fn container_stats(
-    containerd: &Containerd,
-    samples: &CpuSamples,
-    roots: &Roots,
-    container: &Container,
-) -> ContainerStats {
+async fn container_stats(containerd: &Containerd, samples: &Samples, container: &Container) -> ContainerStats {
     let spec = spec_json(container);
-    let writable_layer = writable_layer(containerd, roots, container).await;
+    let writable_layer = writable_layer(containerd, samples, container).await;
     let timestamp = cgroup::now();
     let cgroup = cgroup_path(&spec).and_then(|path| Cgroup::find(Path::new(cgroup::ROOT), path));
+    let (memory, swap) = cgroup.as_ref().map(|c| c.memory_usage(timestamp)).unzip();
     ContainerStats {
         attributes: Some(attributes(container, &spec)),
-        cpu: cgroup.as_ref().map(|c| c.cpu(timestamp, samples, &container.id)),
-        memory: cgroup.as_ref().map(|c| c.memory().usage(timestamp)),
+        cpu: cgroup.as_ref().map(|c| c.cpu(timestamp, &samples.cpu, &container.id)),
+        memory,
         writable_layer: Some(writable_layer),
-        ..Default::default()
+        swap: swap.flatten(),
+        io: cgroup.as_ref().and_then(|c| c.io(timestamp)),
     }
 }
 
 /// The stats of `containers`, in their order.
-pub async fn of(containerd: &Containerd, samples: &CpuSamples, containers: &[Container]) -> Vec<ContainerStats> {
-    let roots = std::sync::Arc::new(Roots::of(containerd, containers).await);
+pub async fn of(containerd: &Containerd, samples: &Samples, containers: &[Container]) -> Vec<ContainerStats> {
     // Owned futures: the stream of them is sent across the server's tasks.
     let each = containers.iter().cloned().map(|container| {
-        let (containerd, samples, roots) = (containerd.clone(), samples.clone(), roots.clone());
-        async move { container_stats(&containerd, &samples, &roots, &container).await }
+        let (containerd, samples) = (containerd.clone(), samples.clone());
+        async move { container_stats(&containerd, &samples, &container).await }
     });
     futures::stream::iter(each).buffered(CONCURRENT_USAGES).collect().await
 }
 
-pub async fn stats(containerd: &Containerd, samples: &CpuSamples, id: &str) -> Result<ContainerStats, StatsError> {
+pub async fn stats(containerd: &Containerd, samples: &Samples, id: &str) -> Result<ContainerStats, StatsError> {
     let container = find(containerd, id).await?;
     Ok(of(containerd, samples, std::slice::from_ref(&container)).await.remove(0))
 }
 
 pub async fn list(
     containerd: &Containerd,
-    samples: &CpuSamples,
+    samples: &Samples,
     filter: Option<ContainerStatsFilter>,
 ) -> Result<Vec<ContainerStats>, StatsError> {
     let filter = filter.unwrap_or_default();
@@ -217,7 +253,7 @@ pub async fn list(
     let everything = selector.id.is_none() && selector.sandbox.is_none() && selector.labels.is_empty();
     let containers = select(containerd, &selector).await?;
     if everything {
-        // The samples of containers gone are dropped whenever every container is listed.
+        // What is kept of containers gone is dropped whenever every container is listed.
         samples.retain(&containers.iter().map(|c| c.id.as_str()).collect());
     }
     Ok(of(containerd, samples, &containers).await)
@@ -226,7 +262,7 @@ pub async fn list(
 /// Fills in each pod's `containers` with its containers' stats.
 pub async fn add_to_pods(
     containerd: &Containerd,
-    samples: &CpuSamples,
+    samples: &Samples,
     pods: &mut [PodSandboxStats],
 ) -> Result<(), StatsError> {
     let ids: HashSet<String> = pods.iter().filter_map(|p| Some(p.attributes.as_ref()?.id.clone())).collect();

@@ -159,6 +159,32 @@ pub fn merge(spec: &Value, r: &LinuxContainerResources) -> Option<Value> {
     Some(spec)
 }
 
+/// The CRI resources `old` with `r` merged in as [`merge`] merges them into the spec: what `r`
+/// sets (non-zero, non-empty) replaces, the rest stays (what ContainerStatus then reports).
+pub fn merge_cri(old: &LinuxContainerResources, r: &LinuxContainerResources) -> LinuxContainerResources {
+    let pick = |new: i64, old: i64| if new != 0 { new } else { old };
+    let pick_str = |new: &String, old: &String| if new.is_empty() { old.clone() } else { new.clone() };
+    let mut unified = old.unified.clone();
+    unified.extend(r.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
+    LinuxContainerResources {
+        cpu_period: pick(r.cpu_period, old.cpu_period),
+        cpu_quota: pick(r.cpu_quota, old.cpu_quota),
+        cpu_shares: pick(r.cpu_shares, old.cpu_shares),
+        memory_limit_in_bytes: pick(r.memory_limit_in_bytes, old.memory_limit_in_bytes),
+        memory_swap_limit_in_bytes: pick(r.memory_swap_limit_in_bytes, old.memory_swap_limit_in_bytes),
+        // Not updated on a running container (as containerd): the one it started with.
+        oom_score_adj: old.oom_score_adj,
+        cpuset_cpus: pick_str(&r.cpuset_cpus, &old.cpuset_cpus),
+        cpuset_mems: pick_str(&r.cpuset_mems, &old.cpuset_mems),
+        hugepage_limits: if r.hugepage_limits.is_empty() {
+            old.hugepage_limits.clone()
+        } else {
+            r.hugepage_limits.clone()
+        },
+        unified,
+    }
+}
+
 /// Records `spec` as the container's OCI spec.
 async fn record(containerd: &Containerd, container: &Container, spec: &Value) -> Result<(), UpdateError> {
     let mut any = container.spec.clone().unwrap_or_default();
@@ -280,6 +306,38 @@ mod tests {
         let bare = merge(&json!({}), &LinuxContainerResources { cpu_period: 50_000, ..Default::default() }).unwrap();
         assert_eq!(bare["linux"]["resources"]["cpu"]["period"], 50_000);
         assert!(merge(&Value::Null, &request).is_none());
+    }
+
+    #[test]
+    fn the_cri_view_of_the_resources_merges_as_the_spec_does() {
+        let old = LinuxContainerResources {
+            cpu_shares: 2,
+            cpu_quota: 10_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 1 << 20,
+            oom_score_adj: 999,
+            cpuset_cpus: "0".into(),
+            ..Default::default()
+        };
+        let request = LinuxContainerResources {
+            cpu_quota: 50_000,
+            memory_limit_in_bytes: 64 << 20,
+            oom_score_adj: 5,
+            ..Default::default()
+        };
+        let merged = merge_cri(&old, &request);
+        assert_eq!(
+            merged,
+            LinuxContainerResources {
+                cpu_shares: 2,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                memory_limit_in_bytes: 64 << 20,
+                oom_score_adj: 999,
+                cpuset_cpus: "0".into(),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

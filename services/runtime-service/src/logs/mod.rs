@@ -10,15 +10,17 @@
 //!
 //! Contract: stdout and stderr go into one file, line by line in the order they were read;
 //! the file is opened for appending with mode 0640 and never created where its directory is
-//! missing. Between the FIFOs and the disk sits a bounded buffer ([`BUFFERED_CHUNKS`] reads):
-//! a slow disk holds the container up only once it is full. A failed write is logged and the
+//! missing. Between the FIFOs and the disk sits a bounded buffer ([`BUFFER_BYTES`] of log
+//! lines): a slow disk holds the container up only once it is full. A failed write is logged and the
 //! output still drained. A FIFO's read end sees end-of-file only once every writer closed it,
 //! after the bytes still in it are read, so [`LogWriter::closed`] resolves when the shim closed
 //! both streams and everything they carried is in the file.
 
 pub mod lines;
+pub mod reopen;
 
 pub use lines::Stream;
+pub use reopen::Writers;
 
 use std::fs::DirBuilder;
 use std::io;
@@ -28,12 +30,11 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
-/// Chunks read from the FIFOs and not yet written to the log file (each at most [`READ_SIZE`]
-/// bytes of output, as log lines): what a slow disk may fall behind by before the container's
-/// writes block.
-pub const BUFFERED_CHUNKS: usize = 64;
+/// Bytes of log lines read from the FIFOs and not yet written to the log file: what a slow
+/// disk may fall behind by before the container's writes block.
+pub const BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// The most bytes one read from a FIFO takes.
 const READ_SIZE: usize = 64 * 1024;
 /// Raw chunks a subscriber may fall behind by before it misses some ([`LogWriter::subscribe`]).
@@ -107,7 +108,8 @@ pub struct Output {
 
 /// What the stream readers tell the file writer.
 enum ToFile {
-    Lines(Vec<u8>),
+    /// Lines, holding their share of [`BUFFER_BYTES`] until written.
+    Lines(Vec<u8>, Option<OwnedSemaphorePermit>),
     Ended,
     Reopen(oneshot::Sender<io::Result<()>>),
 }
@@ -117,7 +119,9 @@ pub struct LogWriter {
     /// The FIFOs' read ends until [`LogWriter::start`] hands them to their copiers.
     readers: Mutex<Vec<(Stream, pipe::Receiver)>>,
     max_line_bytes: usize,
-    to_file: mpsc::Sender<ToFile>,
+    to_file: mpsc::UnboundedSender<ToFile>,
+    /// [`BUFFER_BYTES`] as permits, one a byte.
+    budget: Arc<Semaphore>,
     output: broadcast::Sender<Output>,
     done: watch::Receiver<bool>,
 }
@@ -132,7 +136,7 @@ impl LogWriter {
         if let Some(stderr) = &fifos.stderr {
             readers.push((Stream::Stderr, open_reader(stderr)?));
         }
-        let (to_file, from_readers) = mpsc::channel(BUFFERED_CHUNKS);
+        let (to_file, from_readers) = mpsc::unbounded_channel();
         let (done_tx, done) = watch::channel(false);
         let file = file.map(tokio::fs::File::from_std);
         tokio::spawn(write_file(from_readers, file, log_path, readers.len(), done_tx));
@@ -140,6 +144,7 @@ impl LogWriter {
             readers: Mutex::new(readers),
             max_line_bytes,
             to_file,
+            budget: Arc::new(Semaphore::new(BUFFER_BYTES)),
             output: broadcast::channel(FAN_OUT_CHUNKS).0,
             done,
         })
@@ -150,7 +155,8 @@ impl LogWriter {
         let readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|e| e.into_inner()));
         for (stream, reader) in readers {
             let splitter = lines::Splitter::new(stream, self.max_line_bytes);
-            tokio::spawn(copy_stream(reader, splitter, stream, self.to_file.clone(), self.output.clone()));
+            let to_file = ToWriter { lines: self.to_file.clone(), budget: self.budget.clone() };
+            tokio::spawn(copy_stream(reader, splitter, stream, to_file, self.output.clone()));
         }
     }
 
@@ -160,7 +166,7 @@ impl LogWriter {
     pub async fn reopen(&self) -> io::Result<()> {
         let ended = || io::Error::new(io::ErrorKind::BrokenPipe, "the container's output has ended");
         let (reply, answer) = oneshot::channel();
-        self.to_file.send(ToFile::Reopen(reply)).await.map_err(|_| ended())?;
+        self.to_file.send(ToFile::Reopen(reply)).map_err(|_| ended())?;
         answer.await.map_err(|_| ended())?
     }
 
@@ -195,12 +201,28 @@ fn open_reader(path: &Path) -> io::Result<pipe::Receiver> {
     pipe::OpenOptions::new().open_receiver(path).map_err(|e| with_path(e, "opening the FIFO", path))
 }
 
+/// A stream copier's way to the file writer.
+struct ToWriter {
+    lines: mpsc::UnboundedSender<ToFile>,
+    budget: Arc<Semaphore>,
+}
+
+impl ToWriter {
+    /// Hands `lines` over once the buffer has room for them (the back pressure on the container).
+    async fn send(&self, lines: Vec<u8>) {
+        let bytes = u32::try_from(lines.len().min(BUFFER_BYTES)).unwrap_or(u32::MAX);
+        let permit = self.budget.clone().acquire_many_owned(bytes).await.ok();
+        // The writer only goes away with the whole log writer; the output is drained regardless.
+        let _ = self.lines.send(ToFile::Lines(lines, permit));
+    }
+}
+
 /// One stream: FIFO → lines → file writer, and the raw chunks to subscribers.
 async fn copy_stream(
     mut reader: pipe::Receiver,
     mut splitter: lines::Splitter,
     stream: Stream,
-    to_file: mpsc::Sender<ToFile>,
+    to_file: ToWriter,
     output: broadcast::Sender<Output>,
 ) {
     let mut buf = vec![0u8; READ_SIZE];
@@ -218,22 +240,21 @@ async fn copy_stream(
         let mut lines = Vec::with_capacity(n + 128);
         splitter.push(&buf[..n], SystemTime::now(), &mut lines);
         if !lines.is_empty() {
-            // The writer only goes away with the whole writer; the output is drained regardless.
-            let _ = to_file.send(ToFile::Lines(lines)).await;
+            to_file.send(lines).await;
         }
     }
     let mut lines = Vec::new();
     splitter.finish(SystemTime::now(), &mut lines);
     if !lines.is_empty() {
-        let _ = to_file.send(ToFile::Lines(lines)).await;
+        to_file.send(lines).await;
     }
     let _ = output.send(Output { stream, data: Arc::from(&[][..]) });
-    let _ = to_file.send(ToFile::Ended).await;
+    let _ = to_file.lines.send(ToFile::Ended);
 }
 
 /// The log file's one writer: lines in arrival order, reopens between them.
 async fn write_file(
-    mut from_readers: mpsc::Receiver<ToFile>,
+    mut from_readers: mpsc::UnboundedReceiver<ToFile>,
     mut file: Option<tokio::fs::File>,
     path: Option<PathBuf>,
     mut streams: usize,
@@ -243,7 +264,7 @@ async fn write_file(
     while streams > 0 {
         let Some(message) = from_readers.recv().await else { return };
         match message {
-            ToFile::Lines(lines) => {
+            ToFile::Lines(lines, _permit) => {
                 let Some(f) = file.as_mut() else { continue };
                 let written = async {
                     f.write_all(&lines).await?;

@@ -1,6 +1,7 @@
 //! The log writer against real FIFOs with a shell writing to them, as the shim would.
 
 use super::*;
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -221,4 +222,46 @@ fn fifos_are_made_and_removed_with_their_directory() {
     fifos.remove().unwrap();
     assert!(!io_dir.exists());
     fifos.remove().unwrap();
+}
+
+#[tokio::test]
+async fn a_stuck_disk_holds_the_container_up_only_beyond_the_buffer() {
+    let s = setup();
+    // The "disk": a FIFO nobody reads until the end, so every write to it soon blocks.
+    nix::unistd::mkfifo(&s.log, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR).unwrap();
+    let stuck = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&s.log).unwrap();
+    let w = LogWriter::open(&s.fifos, Some(s.log.clone()), 16 * 1024).unwrap();
+    w.start();
+    let marker = s.dir.path().join("first-megabyte-written");
+    let script = format!(
+        "head -c 1048576 /dev/zero | tr '\\0' x; echo; touch '{}'; head -c 16777216 /dev/zero | tr '\\0' y; echo",
+        marker.display()
+    );
+    let mut child = writer(&s.fifos, &script);
+
+    // A megabyte fits in the buffer: written although nothing reaches the disk.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the first megabyte blocked the writer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Sixteen more do not: the writer waits for the disk.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(child.try_wait().unwrap().is_none(), "16 MiB went into the buffer");
+
+    // The disk recovers: everything arrives, in order.
+    let mut disk = std::fs::File::open(&s.log).unwrap();
+    drop(stuck);
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut text = Vec::new();
+        disk.read_to_end(&mut text).unwrap();
+        text
+    });
+    child.wait().await.unwrap();
+    closed(&w).await;
+    let text = String::from_utf8(reader.await.unwrap()).unwrap();
+    let contents: String = text.lines().map(|l| l.splitn(4, ' ').nth(3).unwrap()).collect();
+    assert_eq!(contents.len(), 1048576 + 16777216);
+    assert!(contents[..1048576].bytes().all(|b| b == b'x'));
+    assert!(contents[1048576..].bytes().all(|b| b == b'y'));
 }

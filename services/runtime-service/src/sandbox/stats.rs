@@ -79,7 +79,8 @@ fn pod_stats(stored: &Stored, samples: &CpuSamples) -> PodSandboxStats {
         }),
         linux: Some(LinuxPodSandboxStats {
             cpu: cgroup.as_ref().map(|c| c.cpu(timestamp, samples, &s.id)),
-            memory: cgroup.as_ref().map(|c| c.memory().usage(timestamp)),
+            memory: cgroup.as_ref().map(|c| c.memory_usage(timestamp).0),
+            io: cgroup.as_ref().and_then(|c| c.io(timestamp)),
             process: cgroup.as_ref().map(|c| c.processes(timestamp)),
             network,
             ..Default::default()

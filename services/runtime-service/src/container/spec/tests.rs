@@ -56,6 +56,7 @@ impl Fixture {
             ips: vec![],
             overhead: None,
             resources: None,
+            infra: None,
         };
         let image: ImageConfiguration = serde_json::from_value(serde_json::json!({
             "architecture": "amd64", "os": "linux",
