@@ -584,6 +584,13 @@ fn pid_namespace_follows_the_pid_mode() {
     f.pid_namespace = None;
     f.sc().namespace_options = Some(NamespaceOption { pid: NamespaceMode::Pod as i32, ..Default::default() });
     assert_eq!(namespace(&f.ok(), LinuxNamespaceType::Pid), Some(None));
+    // The pod's infra process, from its record.
+    f.sandbox.pid_mode = NamespaceMode::Pod as i32;
+    // (Built from the record's JSON: the infra type is the sandbox module's own.)
+    let mut record = serde_json::to_value(&f.sandbox).unwrap();
+    record["infra"] = serde_json::json!({"container_id": "pause", "pid": 4242, "snapshotter": "overlayfs"});
+    f.sandbox = serde_json::from_value(record).unwrap();
+    assert_eq!(namespace(&f.ok(), LinuxNamespaceType::Pid), Some(Some(PathBuf::from("/proc/4242/ns/pid"))));
 }
 
 #[test]
