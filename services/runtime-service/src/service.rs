@@ -28,7 +28,7 @@ impl Runtime {
             containerd.clone(),
             std::sync::Arc::new(config.clone()),
             events::Hub::default(),
-            container::spec::HostFeatures::default(),
+            container::spec::HostFeatures::node().clone(),
         );
         Self {
             containers,
