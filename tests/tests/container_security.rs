@@ -2,7 +2,8 @@
 //! containerd and runc: its user and groups (and what ContainerStatus reports of them), its
 //! capabilities from /proc/self/status, seccomp mode and a Localhost profile's filter,
 //! no_new_privs, a read-only rootfs, masked and read-only `/proc` paths, a privileged
-//! container, and the requests refused (naming the field) before anything runs.
+//! container, the pod's shared PID namespace, and the requests refused (naming the field)
+//! before anything runs.
 
 mod container_support;
 
@@ -290,4 +291,29 @@ async fn requests_the_spec_cannot_honour_are_refused_naming_the_field() {
 
     // Nothing was left behind.
     assert!(node.list(None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn containers_of_a_pod_sharing_its_pid_namespace_run_beside_its_infra_process() {
+    let node = Node::start().await.unwrap();
+    let pid_of_shell = "echo pid=$$; echo END";
+
+    // A PID namespace per container: the shell is its pid 1.
+    let pod = node.pod("own-pids").await.unwrap();
+    let (_, out) = run_script(&node, &pod, node.config("alone", &[]), pid_of_shell).await;
+    assert!(out.starts_with("pid=1\n"), "{out}");
+
+    // One for the pod: pid 1 is the pod's infra process, the shell comes after it.
+    let mut pod_config = node.pod_config("shared-pids");
+    let options = pod_config.linux.as_mut().unwrap().security_context.as_mut().unwrap();
+    options.namespace_options.as_mut().unwrap().pid = NamespaceMode::Pod as i32;
+    let pod = node.pod_with(pod_config).await.unwrap();
+    let mut config = node.config("beside", &[]);
+    security(&mut config).namespace_options =
+        Some(NamespaceOption { pid: NamespaceMode::Pod as i32, ..Default::default() });
+    let (_, out) =
+        run_script(&node, &pod, config, "echo pid=$$; cat /proc/1/cmdline | busybox tr '\\0' ' '; echo; echo END")
+            .await;
+    assert!(!out.starts_with("pid=1\n"), "{out}");
+    assert!(out.contains("pause"), "pid 1 is the infra process: {out}");
 }
