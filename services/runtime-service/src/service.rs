@@ -28,6 +28,7 @@ impl Runtime {
             containerd.clone(),
             std::sync::Arc::new(config.clone()),
             events::Hub::default(),
+            // Detected once (it runs `runc features`), before the service serves.
             container::spec::HostFeatures::node().clone(),
         );
         Self {
