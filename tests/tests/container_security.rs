@@ -2,8 +2,8 @@
 //! containerd and runc: its user and groups (and what ContainerStatus reports of them), its
 //! capabilities from /proc/self/status, seccomp mode and a Localhost profile's filter,
 //! no_new_privs, a read-only rootfs, masked and read-only `/proc` paths, a privileged
-//! container, the pod's shared PID namespace, and the requests refused (naming the field)
-//! before anything runs.
+//! container, the pod's shared PID namespace, requested devices, the OOM score kept within what
+//! the node allows, and the requests refused (naming the field) before anything runs.
 
 mod container_support;
 
@@ -316,4 +316,33 @@ async fn containers_of_a_pod_sharing_its_pid_namespace_run_beside_its_infra_proc
             .await;
     assert!(!out.starts_with("pid=1\n"), "{out}");
     assert!(out.contains("pause"), "pid 1 is the infra process: {out}");
+}
+
+#[tokio::test]
+async fn requested_devices_appear_and_the_oom_score_is_kept_within_what_the_node_allows() {
+    let node = Node::start().await.unwrap();
+    let pod = node.pod("devices").await.unwrap();
+
+    let mut config = node.config("devices", &[]);
+    config.devices =
+        vec![Device { container_path: "/dev/mynull".into(), host_path: "/dev/null".into(), permissions: "rwm".into() }];
+    config.linux.get_or_insert_with(Default::default).resources =
+        Some(LinuxContainerResources { oom_score_adj: 500, ..Default::default() });
+    let script = "busybox stat -c '%t:%T' /dev/mynull; echo x > /dev/mynull && echo WRITTEN; \
+                  cat /proc/self/oom_score_adj; echo END";
+    let (code, out) = run_script(&node, &pod, config, script).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "1:3\nWRITTEN\n500\nEND\n");
+
+    // Lower than the services may go: raised to their own score (they lack CAP_SYS_RESOURCE
+    // here; with it, -900 would be kept).
+    let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap().trim().parse().unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let resource = caps(&status, "CapEff") & (1 << 24) != 0;
+    let mut config = node.config("low-oom", &[]);
+    config.linux.get_or_insert_with(Default::default).resources =
+        Some(LinuxContainerResources { oom_score_adj: -900, ..Default::default() });
+    let (_, out) = run_script(&node, &pod, config, "cat /proc/self/oom_score_adj; echo END").await;
+    let expected = if resource { -900 } else { own.max(-900) };
+    assert_eq!(out, format!("{expected}\nEND\n"));
 }
