@@ -33,9 +33,6 @@ impl Default for StackOptions {
 pub struct Stack {
     // Field order is drop order: the services go before containerd, the directory last.
     services: Services,
-    /// After the services, before containerd: the shims a test left running (pods or
-    /// containers not removed) and their processes, which outlive containerd otherwise.
-    _shims: KillShims,
     containerd: ContainerdProcess,
     config: PathBuf,
     proxy_socket: PathBuf,
@@ -61,41 +58,6 @@ impl Drop for UnmountUnder {
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for point in points {
             let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-/// Kills (SIGKILL) every `containerd-shim-*` serving the containerd at its address, its
-/// children (container processes, pause processes: each PID 1 of its namespace, or in the
-/// pod's) first, when dropped.
-struct KillShims(String);
-
-impl Drop for KillShims {
-    fn drop(&mut self) {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let Ok(entries) = std::fs::read_dir("/proc") else { return };
-        for entry in entries.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-            let args: Vec<String> =
-                cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim"));
-            let ours = args.windows(2).any(|w| w[0] == "-address" && w[1] == self.0);
-            if !(is_shim && ours) {
-                continue;
-            }
-            let children: Vec<i32> = std::fs::read_dir(entry.path().join("task"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-                .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
-                .collect();
-            for child in children {
-                let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
-            }
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }
@@ -177,7 +139,6 @@ impl Stack {
         }
         Ok(Stack {
             services: Services(services),
-            _shims: KillShims(containerd.address().display().to_string()),
             containerd,
             config,
             proxy_socket,
