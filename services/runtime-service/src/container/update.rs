@@ -5,16 +5,18 @@
 //! 1. the request's Linux resources are checked (ranges the kernel takes) and merged into the
 //!    container's OCI spec (`linux.resources`: CPU shares/quota/period/cpuset, memory limit and
 //!    swap, hugepages, `unified`; a zero or empty value leaves the setting as it is);
-//! 2. the new spec is recorded in containerd's container record (field mask `spec`), where
-//!    ContainerStatus reads the resources and a restart finds them;
+//! 2. the new spec is recorded in containerd's container record (field mask `spec`), where a
+//!    restart finds them, and the merged CRI resources in the record's CRI config, where
+//!    ContainerStatus reads them;
 //! 3. a container with a live task gets the new `linux.resources` through containerd's task
 //!    update (runc applies them to the cgroup); a container not started, or whose task is gone,
-//!    is recorded only. If the task refuses the update the record is put back as it was, and the
-//!    error is answered.
+//!    is recorded only. If the task refuses the update the record (spec and config) is put back as
+//!    it was, and the error is answered.
 //!
 //! An unknown id is NOT_FOUND; an exited container is FAILED_PRECONDITION (there is nothing to
 //! update); an out-of-range value is INVALID_ARGUMENT naming the field.
 
+use super::record::{self, Stored};
 use super::stats::{self, StatsError};
 use crisp_containerd::containerd_client::services::v1::{
     Container, GetRequest, UpdateContainerRequest, UpdateTaskRequest,
@@ -41,6 +43,8 @@ pub enum UpdateError {
     Spec { id: String },
     #[error("container `{id}`: {source}")]
     Containerd { id: String, source: ContainerdError },
+    #[error("{0}")]
+    Record(#[from] super::ContainerError),
 }
 
 impl GrpcError for UpdateError {
@@ -51,6 +55,7 @@ impl GrpcError for UpdateError {
             UpdateError::Exited(_) => Code::FailedPrecondition,
             UpdateError::Spec { .. } => Code::Internal,
             UpdateError::Containerd { source, .. } => source.code(),
+            UpdateError::Record(source) => source.code(),
         }
     }
 }
@@ -235,6 +240,12 @@ async fn update_task(containerd: &Containerd, id: &str, resources: &Value) -> Re
     }
 }
 
+/// The container's record as the lifecycle keeps it, its config's resources set to `resources`.
+fn with_resources(mut stored: Stored, resources: LinuxContainerResources) -> Stored {
+    stored.config.linux.get_or_insert_with(Default::default).resources = Some(resources);
+    stored
+}
+
 pub async fn update(containerd: &Containerd, request: UpdateContainerResourcesRequest) -> Result<(), UpdateError> {
     if let Some(r) = &request.linux {
         validate(r)?;
@@ -247,10 +258,17 @@ pub async fn update(containerd: &Containerd, request: UpdateContainerResourcesRe
     let Some(resources) = &request.linux else {
         return Ok(());
     };
+    // The CRI config as CreateContainer recorded it, where ContainerStatus reads the resources.
+    let stored = record::read(container.clone()).ok();
     let old = stats::spec_json(&container);
     let new = merge(&old, resources).ok_or_else(|| UpdateError::Spec { id: id.clone() })?;
     record(containerd, &container, &new).await?;
     let applied = async {
+        if let Some(stored) = &stored {
+            let old_resources = stored.config.linux.as_ref().and_then(|l| l.resources.clone()).unwrap_or_default();
+            let updated = with_resources(stored.clone(), merge_cri(&old_resources, resources));
+            record::save_config(containerd, &updated).await?;
+        }
         if has_live_task(containerd, &id).await? {
             update_task(containerd, &id, &new["linux"]["resources"]).await?;
         }
@@ -259,8 +277,15 @@ pub async fn update(containerd: &Containerd, request: UpdateContainerResourcesRe
     .await;
     if let Err(err) = applied {
         // Put the record back as it was: the update is all or nothing.
-        if let Err(rollback) = record(containerd, &container, &old).await {
-            tracing::error!(container = %id, error = %crisp_errors::message_chain(&rollback), "cannot restore the container's spec after a failed update");
+        let restored = async {
+            record(containerd, &container, &old).await?;
+            if let Some(stored) = &stored {
+                record::save_config(containerd, stored).await?;
+            }
+            Ok::<_, UpdateError>(())
+        };
+        if let Err(rollback) = restored.await {
+            tracing::error!(container = %id, error = %crisp_errors::message_chain(&rollback), "cannot restore the container's record after a failed update");
         }
         return Err(err);
     }
