@@ -13,9 +13,11 @@
 //!    is recorded only. If the task refuses the update the record (spec and config) is put back as
 //!    it was, and the error is answered.
 //!
-//! An unknown id is NOT_FOUND; an exited container is FAILED_PRECONDITION (there is nothing to
+//! The container's lock is held throughout (as its start and exit take it). An unknown id is
+//! NOT_FOUND; an exited container is FAILED_PRECONDITION (there is nothing to
 //! update); an out-of-range value is INVALID_ARGUMENT naming the field.
 
+use super::Containers;
 use super::record::{self, Stored};
 use super::stats::{self, StatsError};
 use crisp_containerd::containerd_client::services::v1::{
@@ -246,12 +248,16 @@ fn with_resources(mut stored: Stored, resources: LinuxContainerResources) -> Sto
     stored
 }
 
-pub async fn update(containerd: &Containerd, request: UpdateContainerResourcesRequest) -> Result<(), UpdateError> {
+pub async fn update(containers: &Containers, request: UpdateContainerResourcesRequest) -> Result<(), UpdateError> {
+    let containerd = &containers.containerd;
     if let Some(r) = &request.linux {
         validate(r)?;
     }
-    let container = stats::find(containerd, &request.container_id).await?;
-    let id = container.id.clone();
+    let id = stats::find(containerd, &request.container_id).await?.id;
+    // A start (which reads the spec to make the task) or an exit never interleaves with this;
+    // the record is read again under the lock.
+    let _lock = containers.lock(&id).await;
+    let container = stats::find(containerd, &id).await?;
     if container.labels.get(CONTAINER_STATE).is_some_and(|s| s == "exited") {
         return Err(UpdateError::Exited(id));
     }
