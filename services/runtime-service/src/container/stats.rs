@@ -274,6 +274,9 @@ pub async fn add_to_pods(
     samples: &Samples,
     pods: &mut [PodSandboxStats],
 ) -> Result<(), StatsError> {
+    if pods.is_empty() {
+        return Ok(());
+    }
     let ids: HashSet<String> = pods.iter().filter_map(|p| Some(p.attributes.as_ref()?.id.clone())).collect();
     let selector = match pods {
         [one] => Selector { sandbox: one.attributes.as_ref().map(|a| a.id.clone()), ..Selector::default() },
