@@ -158,7 +158,13 @@ async fn updated_resources_reach_the_cgroup_the_status_and_a_later_start() {
     }
     let node = Node::start().await.unwrap();
     let pod = node.pod("res").await.unwrap();
-    let running = node.run(&pod, node.config("running", &["sleep", "60"])).await.unwrap();
+    // Made with a memory limit: where swap is accounted, swap is capped at it too.
+    let mut config = node.config("running", &["sleep", "60"]);
+    config.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources { memory_limit_in_bytes: 32 << 20, ..Default::default() }),
+        ..Default::default()
+    });
+    let running = node.run(&pod, config).await.unwrap();
     let created = node.create(&pod, node.config("created", &["sleep", "60"])).await.unwrap();
     let mut runtime = node.runtime();
     let update = |id: &str, r: LinuxContainerResources| UpdateContainerResourcesRequest {
@@ -178,6 +184,11 @@ async fn updated_resources_reach_the_cgroup_the_status_and_a_later_start() {
     runtime.update_container_resources(update(&running, resources.clone())).await.unwrap();
     assert_eq!(read(cgroup_dir(&node, &running, "memory").join("memory.limit_in_bytes")), (64u64 << 20).to_string());
     assert_eq!(read(cgroup_dir(&node, &running, "cpu").join("cpu.cfs_quota_us")), "20000");
+    let memsw = cgroup_dir(&node, &running, "memory").join("memory.memsw.limit_in_bytes");
+    if memsw.exists() {
+        // Raised with the memory limit, as at create (else the kernel refuses a limit above it).
+        assert_eq!(read(memsw), (64u64 << 20).to_string());
+    }
     assert_eq!(status_memory(node.status(&running).await.unwrap()), 64 << 20);
     let metrics = runtime.list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {}).await.unwrap().into_inner();
     let limit = metrics

@@ -19,6 +19,7 @@
 
 use super::Containers;
 use super::record::{self, Stored};
+use super::spec::HostFeatures;
 use super::stats::{self, StatsError};
 use crisp_containerd::containerd_client::services::v1::{
     Container, GetRequest, UpdateContainerRequest, UpdateTaskRequest,
@@ -125,8 +126,10 @@ fn object<'a>(object: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<Stri
     entry.as_object_mut().unwrap_or_else(|| unreachable!("made an object above"))
 }
 
-/// `spec` with `r` merged into its `linux.resources`; none if `spec` is not an object.
-pub fn merge(spec: &Value, r: &LinuxContainerResources) -> Option<Value> {
+/// `spec` with `r` merged into its `linux.resources`; none if `spec` is not an object. As the
+/// spec builder does on this `host`: a new memory limit caps swap too unless a swap limit is
+/// asked (where swap is accounted), hugepage limits only where the hugetlb controller is.
+pub fn merge(spec: &Value, r: &LinuxContainerResources, host: &HostFeatures) -> Option<Value> {
     let mut spec = spec.clone();
     let resources = object(object(spec.as_object_mut()?, "linux"), "resources");
     let cpu = object(resources, "cpu");
@@ -148,11 +151,14 @@ pub fn merge(spec: &Value, r: &LinuxContainerResources) -> Option<Value> {
     let memory = object(resources, "memory");
     if r.memory_limit_in_bytes != 0 {
         memory.insert("limit".into(), json!(r.memory_limit_in_bytes));
+        if r.memory_swap_limit_in_bytes == 0 && host.swap_limit {
+            memory.insert("swap".into(), json!(r.memory_limit_in_bytes));
+        }
     }
-    if r.memory_swap_limit_in_bytes != 0 {
+    if r.memory_swap_limit_in_bytes != 0 && host.swap_limit {
         memory.insert("swap".into(), json!(r.memory_swap_limit_in_bytes));
     }
-    if !r.hugepage_limits.is_empty() {
+    if !r.hugepage_limits.is_empty() && host.hugetlb {
         let limits: Vec<Value> =
             r.hugepage_limits.iter().map(|h| json!({"pageSize": h.page_size, "limit": h.limit})).collect();
         resources.insert("hugepageLimits".into(), json!(limits));
@@ -267,7 +273,7 @@ pub async fn update(containers: &Containers, request: UpdateContainerResourcesRe
     // The CRI config as CreateContainer recorded it, where ContainerStatus reads the resources.
     let stored = record::read(container.clone()).ok();
     let old = stats::spec_json(&container);
-    let new = merge(&old, resources).ok_or_else(|| UpdateError::Spec { id: id.clone() })?;
+    let new = merge(&old, resources, &containers.host).ok_or_else(|| UpdateError::Spec { id: id.clone() })?;
     record(containerd, &container, &new).await?;
     let applied = async {
         if let Some(stored) = &stored {
@@ -323,10 +329,12 @@ mod tests {
             unified: [("memory.high".to_string(), "1000000".to_string())].into(),
             ..Default::default()
         };
-        let merged = merge(&spec, &request).unwrap();
+        let host = HostFeatures { swap_limit: true, hugetlb: true, ..Default::default() };
+        let merged = merge(&spec, &request, &host).unwrap();
         let r = &merged["linux"]["resources"];
         assert_eq!(r["cpu"], json!({"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"}));
-        assert_eq!(r["memory"], json!({"limit": 64 << 20}));
+        // Swap is capped at the new memory limit, as at create.
+        assert_eq!(r["memory"], json!({"limit": 64 << 20, "swap": 64 << 20}));
         assert_eq!(r["hugepageLimits"], json!([{"pageSize": "2MB", "limit": 0}]));
         assert_eq!(r["unified"], json!({"memory.high": "1000000"}));
         // Everything else is untouched.
@@ -334,9 +342,13 @@ mod tests {
         assert_eq!(merged["process"], spec["process"]);
         assert_eq!(merged["linux"]["cgroupsPath"], "/p/c");
         // A spec without resources gets them.
-        let bare = merge(&json!({}), &LinuxContainerResources { cpu_period: 50_000, ..Default::default() }).unwrap();
-        assert_eq!(bare["linux"]["resources"]["cpu"]["period"], 50_000);
-        assert!(merge(&Value::Null, &request).is_none());
+        let bare = merge(&json!({}), &LinuxContainerResources { cpu_period: 50_000, ..Default::default() }, &host);
+        assert_eq!(bare.unwrap()["linux"]["resources"]["cpu"]["period"], 50_000);
+        assert!(merge(&Value::Null, &request, &host).is_none());
+        // Where swap is not accounted and there is no hugetlb controller: neither is set.
+        let plain = merge(&json!({}), &request, &HostFeatures::default()).unwrap();
+        assert_eq!(plain["linux"]["resources"]["memory"], json!({"limit": 64 << 20}));
+        assert!(plain["linux"]["resources"].get("hugepageLimits").is_none());
     }
 
     #[test]
