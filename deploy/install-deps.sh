@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what crisp needs on a Debian node, from Debian's packages, when it is missing:
-# containerd and runc (the runtime), the CNI plugins, iptables, protoc (to build), Debian's
+# containerd and runc (the runtime), the CNI plugins, iptables, protoc (to build), glibc's
+# static libc (crisp's static pause binary, deploy/build-pause.sh), Debian's
 # docker-registry, busybox-static and apache2-utils (for the tests' local registry and images).
 # Idempotent; needs root. The Rust toolchain (cargo 1.88 or newer) must already be installed.
 set -euo pipefail
 
 packages=(
   containerd runc containernetworking-plugins iptables iproute2
-  protobuf-compiler pkg-config ca-certificates
+  protobuf-compiler pkg-config ca-certificates libc6-dev
   docker-registry busybox-static apache2-utils openssl
 )
 

@@ -135,7 +135,20 @@ fn config(tag: &str, i: usize) -> PodSandboxConfig {
         }),
         hostname: name,
         log_directory: format!("/tmp/bench-sandbox-logs/{tag}-{i}"),
-        linux: Some(LinuxPodSandboxConfig::default()),
+        // As the kubelet sends a pod without `shareProcessNamespace`: a PID namespace per
+        // container, so crisp starts no pause process (containerd starts one regardless).
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Pod as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -3,8 +3,10 @@
 //! every pod with `runtime.infra_container = "always"`); it runs crisp's pause binary in the
 //! pod's pinned network namespace and a PID namespace of its own; stop kills it; remove
 //! leaves no task, container or snapshot in containerd (`ctr`'s view). crisp's sandbox image
-//! is put into containerd with no registry, pinned.
+//! is put into containerd with no registry, pinned. The pod's containers join its PID
+//! namespace, where the pause process is PID 1, under the pod's one shim.
 
+mod container_support;
 mod sandbox_support;
 
 use crisp_proto::cri::*;
@@ -195,4 +197,78 @@ async fn a_registry_sandbox_image_is_pulled_through_the_image_service_and_pinned
     assert!(started.elapsed() >= std::time::Duration::from_secs(2), "SIGKILL came after the grace");
     remove(&stack, &id).await.unwrap();
     assert!(!ctr_lists(&stack, &["containers", "ls"], &format!("{id}-infra")));
+}
+
+#[tokio::test]
+async fn a_pods_containers_see_the_pause_process_as_pid_1_and_share_its_shim() {
+    let node = container_support::Node::start().await.unwrap();
+    let mut config = node.pod_config("sharedpid");
+    let options = |config: &mut PodSandboxConfig| {
+        config.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().pid =
+            NamespaceMode::Pod as i32;
+    };
+    options(&mut config);
+    let pod = node.pod_with(config).await.unwrap();
+    let pid = info(&node.stack, &pod.id).await["pid"].as_u64().expect("an infra process") as u32;
+
+    let mut sleeper = node.config("sleeper", &["sleep", "1000"]);
+    let mut looker = node.config("looker", &["sh", "-c", "cat /proc/1/cmdline; echo; ps -o comm"]);
+    for container in [&mut sleeper, &mut looker] {
+        container.linux.get_or_insert_default().security_context.get_or_insert_default().namespace_options =
+            Some(NamespaceOption { pid: NamespaceMode::Pod as i32, ..Default::default() });
+    }
+    let sleeping = node.run(&pod, sleeper).await.unwrap();
+    let looking = node.run(&pod, looker.clone()).await.unwrap();
+    node.wait_exited(&looking).await.unwrap();
+    let log = node.log(&pod, &looker);
+    assert!(log.contains(" /pause"), "PID 1 is the pause process: {log}");
+    assert!(log.contains(" sleep"), "the other container's process is seen: {log}");
+    // The pause process and both containers: one shim.
+    let shims = container_support::shim_pids(node.stack.containerd_address());
+    assert_eq!(shims.len(), 1, "{shims:?}");
+
+    for id in [&sleeping, &looking] {
+        node.stop(id, 0).await.unwrap();
+        node.remove(id).await.unwrap();
+    }
+    stop(&node.stack, &pod.id).await.unwrap();
+    remove(&node.stack, &pod.id).await.unwrap();
+    assert!(!running(pid));
+}
+
+#[tokio::test]
+async fn an_infra_process_whose_pod_was_never_recorded_is_removed_when_the_service_starts() {
+    let mut stack = Stack::start().await.unwrap();
+    let _network = write_network(&stack, "infraswp", 47, &[]);
+    let id = run(&stack, with_pid(pod_config("orphan", "uid-orphan"), NamespaceMode::Pod)).await.unwrap();
+    let pid = info(&stack, &id).await["pid"].as_u64().unwrap() as u32;
+    // As if the service died after starting the infra process, before recording the pod.
+    stack.kill_service("runtime").unwrap();
+    stack.ctr(&["containers", "rm", &id]).unwrap();
+    stack.start_service("runtime").await.unwrap();
+
+    let infra = format!("{id}-infra");
+    assert!(!ctr_lists(&stack, &["containers", "ls"], &infra));
+    assert!(!ctr_lists(&stack, &["tasks", "ls"], &infra));
+    assert!(!ctr_lists(&stack, &["snapshots", "ls"], &infra));
+    assert!(!running(pid));
+    assert!(mounts_under(&pod_dir(&stack, &id)).is_empty());
+}
+
+#[tokio::test]
+async fn without_its_pause_binary_a_pod_needing_one_is_refused_with_nothing_left() {
+    let options = StackOptions {
+        env: vec![("CRISP_RUNTIME_PAUSE_BINARY".into(), "/nonexistent/crisp-pause".into())],
+        ..Default::default()
+    };
+    let stack = Stack::start_with(options).await.unwrap();
+    let _network = write_network(&stack, "nopause", 48, &[]);
+    let err = run(&stack, with_pid(pod_config("nopause", "uid-nopause"), NamespaceMode::Pod)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("/nonexistent/crisp-pause"), "{}", err.message());
+    assert!(list(&stack, None).await.is_empty());
+    assert!(mounts_under(&stack.dir().join("run")).is_empty());
+    // A pod that needs no infra process runs as ever.
+    let id = run(&stack, with_pid(pod_config("plain", "uid-plain"), NamespaceMode::Container)).await.unwrap();
+    remove(&stack, &id).await.unwrap();
 }

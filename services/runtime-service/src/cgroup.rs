@@ -273,6 +273,14 @@ pub struct Limits {
     pub cpuset_cpus: Option<String>,
     pub cpuset_mems: Option<String>,
     pub unified: BTreeMap<String, String>,
+    /// HugeTLB limits in bytes by page size (`2MB`, `1GB`): written only where the kernel has
+    /// the hugetlb controller and the page size (see [`apply`]).
+    pub hugepages: BTreeMap<String, u64>,
+}
+
+/// The hugetlb file of page size `size` (a write [`apply`] skips when it is not there).
+fn is_hugetlb(file: &Path) -> bool {
+    file.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("hugetlb."))
 }
 
 /// runc's conversion of cgroup v1 shares (2-262144) to a v2 weight (1-10000).
@@ -313,6 +321,9 @@ pub fn writes(root: &Path, v2: bool, path: &str, limits: &Limits) -> Vec<(PathBu
         for (file, value) in &limits.unified {
             out.push((dir.join(file), value.clone()));
         }
+        for (size, bytes) in &limits.hugepages {
+            out.push((dir.join(format!("hugetlb.{size}.max")), bytes.to_string()));
+        }
     } else {
         let cpu = root.join("cpu").join(path);
         if let Some(shares) = limits.shares {
@@ -333,6 +344,10 @@ pub fn writes(root: &Path, v2: bool, path: &str, limits: &Limits) -> Vec<(PathBu
         }
         if let Some(mems) = &limits.cpuset_mems {
             out.push((cpuset.join("cpuset.mems"), mems.clone()));
+        }
+        let hugetlb = root.join("hugetlb").join(path);
+        for (size, bytes) in &limits.hugepages {
+            out.push((hugetlb.join(format!("hugetlb.{size}.limit_in_bytes")), bytes.to_string()));
         }
     }
     out
@@ -356,6 +371,11 @@ pub fn apply(root: &Path, path: &str, limits: &Limits) -> Result<(), WriteError>
         return Err(WriteError { path: dir.display().to_string(), source: None });
     }
     for (file, value) in writes(root, v2, path, limits) {
+        // No hugetlb controller (v1: no hierarchy; v2: not enabled) or no such page size.
+        if is_hugetlb(&file) && !file.exists() {
+            tracing::debug!(file = %file.display(), "no hugetlb controller for this page size here: limit not applied");
+            continue;
+        }
         std::fs::write(&file, &value).map_err(|source| WriteError {
             path: format!("{} (writing {value})", file.display()),
             source: Some(source),
@@ -459,6 +479,14 @@ mod tests {
         assert!(v1.contains(&("/cg/cpu/kubepods/pod1/cpu.cfs_period_us".into(), "100000".into())));
         assert_eq!(v1.iter().rfind(|(p, _)| p.ends_with("cfs_quota_us")).unwrap().1, "50000");
         assert!(v1.contains(&("/cg/memory/kubepods/pod1/memory.limit_in_bytes".into(), (256 << 20).to_string())));
+        let huge = Limits { hugepages: BTreeMap::from([("2MB".to_string(), 4 << 20)]), ..Default::default() };
+        let v1_huge = writes(Path::new("/cg"), false, "/kubepods/pod1", &huge);
+        assert_eq!(
+            v1_huge,
+            vec![(PathBuf::from("/cg/hugetlb/kubepods/pod1/hugetlb.2MB.limit_in_bytes"), "4194304".into())]
+        );
+        let v2_huge = writes(Path::new("/cg"), true, "/kubepods/pod1", &huge);
+        assert_eq!(v2_huge, vec![(PathBuf::from("/cg/kubepods/pod1/hugetlb.2MB.max"), "4194304".into())]);
         let v2 = writes(Path::new("/cg"), true, "/kubepods/pod1", &l);
         let v2: Vec<(String, String)> = v2.into_iter().map(|(p, v)| (p.display().to_string(), v)).collect();
         assert!(v2.contains(&("/cg/kubepods/pod1/cpu.max".into(), "50000 100000".into())));

@@ -293,7 +293,7 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        container_update::update(&self.containerd, request.into_inner())
+        container_update::update(&self.containers, request.into_inner())
             .await
             .map_err(|e| crisp_errors::to_status(&e))?;
         Ok(Response::new(UpdateContainerResourcesResponse {}))

@@ -61,6 +61,13 @@ impl SandboxImage {
     /// The sandbox image, written into containerd or pulled first when it is not there.
     pub async fn ensure(&self, containerd: &Containerd, config: &Config) -> Result<Ready, SandboxError> {
         let mut known = self.0.lock().await;
+        // Made sure of before and still named in containerd: its records hold its content and
+        // snapshot.
+        if let Some(ready) = known.as_ref()
+            && let Ok(Some(_)) = containerd.image_record(&ready.name).await
+        {
+            return Ok(ready.clone());
+        }
         let name = config.image.sandbox_image.clone();
         let store = ImageStore::new(containerd.clone());
         if let Some(ready) = find(&store, &name).await? {

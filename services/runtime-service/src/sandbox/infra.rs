@@ -19,13 +19,11 @@ use super::image::{PAUSE_USER, Ready};
 use super::namespaces::{Kind, pin_path};
 use super::record::Sandbox;
 use crisp_config::{Config, InfraContainer};
+use crisp_containerd::containerd_client::services::v1::Container;
 use crisp_containerd::containerd_client::services::v1::container::Runtime;
 use crisp_containerd::containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
-use crisp_containerd::containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, KillRequest,
-    StartRequest, WaitRequest,
-};
 use crisp_containerd::labels::{self, crisp as crisp_labels};
+use crisp_containerd::tasks::NewTask;
 use crisp_containerd::{Containerd, ContainerdError};
 use oci_spec::runtime::{LinuxCapabilities, LinuxNamespaceBuilder, LinuxNamespaceType, Spec, UserBuilder};
 use serde::{Deserialize, Serialize};
@@ -65,6 +63,11 @@ pub fn container_id(pod: &str) -> String {
 fn failed(pod: &str, what: &'static str) -> impl FnOnce(tonic::Status) -> SandboxError {
     let pod = pod.to_string();
     move |status| SandboxError::Infra { pod, what, source: ContainerdError::call(what, status) }
+}
+
+fn failed_call(pod: &str, what: &'static str) -> impl FnOnce(ContainerdError) -> SandboxError {
+    let pod = pod.to_string();
+    move |source| SandboxError::Infra { pod, what, source }
 }
 
 /// Whether `status` says the object is gone already.
@@ -206,11 +209,7 @@ pub async fn start(
         ..Default::default()
     };
     // The record first: it holds the snapshot against containerd's garbage collector.
-    containerd
-        .containers()
-        .create(CreateContainerRequest { container: Some(container) })
-        .await
-        .map_err(failed(pod, "creating its container"))?;
+    containerd.create_container_record(container).await.map_err(failed_call(pod, "creating its container"))?;
     let infra = Infra { container_id: id.clone(), pid: 0, snapshotter: snapshotter.clone() };
     match start_task(containerd, pod, &id, &snapshotter, &image.top).await {
         Ok(pid) => {
@@ -243,17 +242,10 @@ async fn start_task(
         Ok(response) => response.into_inner().mounts,
         Err(status) => return Err(failed(pod, "preparing its rootfs")(status)),
     };
-    containerd
-        .tasks()
-        .create(CreateTaskRequest { container_id: id.to_string(), rootfs: mounts, ..Default::default() })
-        .await
-        .map_err(failed(pod, "creating its task"))?;
-    let started = containerd
-        .tasks()
-        .start(StartRequest { container_id: id.to_string(), exec_id: String::new() })
-        .await
-        .map_err(failed(pod, "starting its task"))?;
-    Ok(started.into_inner().pid)
+    // No stdio: the task's process gets /dev/null.
+    let task = NewTask { container_id: id.to_string(), rootfs: mounts, ..Default::default() };
+    containerd.create_task(task).await.map_err(failed_call(pod, "creating its task"))?;
+    containerd.start_task(id).await.map_err(failed_call(pod, "starting its task"))
 }
 
 /// Sends `signal` to the task and waits up to `grace` for it to exit; whether it did.
@@ -264,24 +256,20 @@ async fn signal_and_wait(
     signal: u32,
     grace: Duration,
 ) -> Result<bool, SandboxError> {
+    use crisp_errors::GrpcError;
     // containerd answers a wait on a task that exited already at once, so the order of the
     // two does not matter.
-    let (mut waiter, mut killer) = (containerd.tasks(), containerd.tasks());
-    let wait = waiter.wait(WaitRequest { container_id: id.to_string(), exec_id: String::new() });
-    let kill = killer.kill(KillRequest { container_id: id.to_string(), exec_id: String::new(), signal, all: false });
-    let (waited, killed) = tokio::join!(tokio::time::timeout(grace, wait), kill);
+    let (waited, killed) =
+        tokio::join!(tokio::time::timeout(grace, containerd.wait_task(id)), containerd.kill_task(id, signal, false));
     match killed {
-        Ok(_) => {}
-        Err(status) if gone(&status) => return Ok(true),
-        // Killing a task that already exited: containerd says so with NotFound or
-        // FailedPrecondition ("process already finished").
-        Err(status) if status.code() == tonic::Code::FailedPrecondition => return Ok(true),
-        Err(status) => return Err(failed(pod, "signalling it")(status)),
+        Ok(()) => {}
+        // A process that exited already (containerd 1.6 says so with FAILED_PRECONDITION too).
+        Err(err) if err.code() == tonic::Code::FailedPrecondition => return Ok(true),
+        Err(err) => return Err(failed_call(pod, "signalling it")(err)),
     }
     match waited {
         Ok(Ok(_)) => Ok(true),
-        Ok(Err(status)) if gone(&status) => Ok(true),
-        Ok(Err(status)) => Err(failed(pod, "waiting for it")(status)),
+        Ok(Err(err)) => Err(failed_call(pod, "waiting for it")(err)),
         Err(_) => Ok(false),
     }
 }
@@ -293,22 +281,14 @@ pub async fn stop(containerd: &Containerd, pod: &str, infra: &Infra) -> Result<(
         tracing::info!(pod, "infra process still running after SIGTERM: SIGKILL");
         signal_and_wait(containerd, pod, id, nix::sys::signal::Signal::SIGKILL as u32, Duration::from_secs(10)).await?;
     }
-    match containerd.tasks().delete(DeleteTaskRequest { container_id: id.to_string() }).await {
-        Ok(_) => Ok(()),
-        Err(status) if gone(&status) => Ok(()),
-        Err(status) => Err(failed(pod, "deleting its task")(status)),
-    }
+    containerd.delete_task(id).await.map(drop).map_err(failed_call(pod, "deleting its task"))
 }
 
 /// Stops the infra process if it runs and deletes its container and snapshot.
 pub async fn remove(containerd: &Containerd, pod: &str, infra: &Infra) -> Result<(), SandboxError> {
     stop(containerd, pod, infra).await?;
     let id = infra.container_id.clone();
-    match containerd.containers().delete(DeleteContainerRequest { id: id.clone() }).await {
-        Ok(_) => {}
-        Err(status) if gone(&status) => {}
-        Err(status) => return Err(failed(pod, "deleting its container")(status)),
-    }
+    containerd.delete_container_record(&id).await.map_err(failed_call(pod, "deleting its container"))?;
     let request = RemoveSnapshotRequest { snapshotter: infra.snapshotter.clone(), key: id };
     match containerd.snapshots().remove(request).await {
         Ok(_) => Ok(()),

@@ -105,6 +105,8 @@ impl GrpcError for SandboxError {
             | SandboxError::Network { .. }
             | SandboxError::Record { .. } => Code::Internal,
             SandboxError::Image(image::ImageError::Pull { .. }) => Code::Unavailable,
+            // The node lacks its pause binary (`runtime.pause_binary`): fix the node, then retry.
+            SandboxError::Image(image::ImageError::Binary { .. }) => Code::FailedPrecondition,
             SandboxError::Image(image::ImageError::Containerd { source, .. }) => source.code(),
             SandboxError::Image(_) => Code::Internal,
             SandboxError::Infra { source, .. } => source.code(),

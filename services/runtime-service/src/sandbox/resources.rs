@@ -12,6 +12,8 @@
 //! - A pod with no cgroup parent has its resources recorded only. A parent that is not there
 //!   is FAILED_PRECONDITION; a write the kernel refuses (a memory limit below what the pod uses)
 //!   is FAILED_PRECONDITION naming the file, and the record keeps the old resources.
+//! - Hugepage limits (per page size, overhead + resources) are written where the kernel has the
+//!   hugetlb controller and the page size; elsewhere they are recorded only.
 //! - An unknown pod is NOT_FOUND.
 
 use super::SandboxError;
@@ -38,6 +40,8 @@ pub struct Resources {
     pub cpuset_cpus: String,
     pub cpuset_mems: String,
     pub unified: BTreeMap<String, String>,
+    /// HugeTLB limits in bytes by page size (`2MB`).
+    pub hugepage_limits: BTreeMap<String, u64>,
 }
 
 impl From<&LinuxContainerResources> for Resources {
@@ -52,6 +56,7 @@ impl From<&LinuxContainerResources> for Resources {
             cpuset_cpus: r.cpuset_cpus.clone(),
             cpuset_mems: r.cpuset_mems.clone(),
             unified: r.unified.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            hugepage_limits: r.hugepage_limits.iter().map(|h| (h.page_size.clone(), h.limit)).collect(),
         }
     }
 }
@@ -85,6 +90,13 @@ pub fn limits(overhead: Option<&Resources>, resources: Option<&Resources>) -> Li
         cpuset_cpus: (!r.cpuset_cpus.is_empty()).then(|| r.cpuset_cpus.clone()),
         cpuset_mems: (!r.cpuset_mems.is_empty()).then(|| r.cpuset_mems.clone()),
         unified: r.unified.clone(),
+        // Per page size the resources limit, plus the overhead's of that size.
+        hugepages: r
+            .hugepage_limits
+            .iter()
+            .filter(|(_, limit)| **limit > 0)
+            .map(|(size, limit)| (size.clone(), limit + o.hugepage_limits.get(size).copied().unwrap_or(0)))
+            .collect(),
     }
 }
 
@@ -150,6 +162,32 @@ mod tests {
         let l = limits(Some(&res(0, 10_000, 2, 1 << 20)), Some(&res(0, 0, 2, 0)));
         assert_eq!((l.cpu, l.memory, l.shares), (Some((None, 100_000)), Some(None), Some(4)));
         assert_eq!(limits(None, None), Limits::default());
+        // Hugepages add up per page size; a size only the overhead names is no limit.
+        let mut o = res(0, 0, 0, 0);
+        o.hugepage_limits = BTreeMap::from([("2MB".into(), 2 << 20), ("1GB".into(), 1 << 30)]);
+        let mut r = res(0, 0, 0, 0);
+        r.hugepage_limits = BTreeMap::from([("2MB".into(), 4 << 20)]);
+        assert_eq!(limits(Some(&o), Some(&r)).hugepages, BTreeMap::from([("2MB".to_string(), 6 << 20)]));
+    }
+
+    #[test]
+    fn hugepage_limits_are_written_only_where_the_hugetlb_controller_has_the_page_size() {
+        let root = tempfile::tempdir().unwrap();
+        let pod = |c: &str| root.path().join(c).join("kubepods/pod1");
+        std::fs::create_dir_all(pod("cpu")).unwrap();
+        let wanted = Limits {
+            hugepages: BTreeMap::from([("2MB".to_string(), 4 << 20), ("1GB".to_string(), 1 << 30)]),
+            ..Default::default()
+        };
+        // No hugetlb hierarchy: nothing written, no error.
+        apply("p", root.path(), "/kubepods/pod1", &wanted).unwrap();
+        assert!(!root.path().join("hugetlb").exists());
+        // A hierarchy with 2MB pages only: that one is written.
+        std::fs::create_dir_all(pod("hugetlb")).unwrap();
+        std::fs::write(pod("hugetlb").join("hugetlb.2MB.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        apply("p", root.path(), "/kubepods/pod1", &wanted).unwrap();
+        assert_eq!(std::fs::read_to_string(pod("hugetlb").join("hugetlb.2MB.limit_in_bytes")).unwrap(), "4194304");
+        assert!(!pod("hugetlb").join("hugetlb.1GB.limit_in_bytes").exists());
     }
 
     #[test]
