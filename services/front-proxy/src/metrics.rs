@@ -80,26 +80,7 @@ const IMAGE_METHODS: &[&str] =
 /// The label value of a service or method the proxy does not know.
 const UNKNOWN: &str = "unknown";
 
-/// gRPC's codes by number, as `grpc_code` names them.
-const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+use crisp_metrics::GRPC_CODES as CODES;
 const CANCELLED: usize = 1;
 const UNKNOWN_CODE: usize = 2;
 
