@@ -1,6 +1,6 @@
 //! The front proxy: the CRI socket, each call routed undecoded to the crisp service that
 //! answers it. Its behaviour is a short stack of tower layers, composed in one place
-//! ([`stack`]) and each testable alone; the next concern (metrics, limits) is one more layer.
+//! ([`stack`]) and each testable alone; the next concern (limits) is one more layer.
 //!
 //! Top to bottom, for every call:
 //!
