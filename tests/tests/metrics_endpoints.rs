@@ -224,6 +224,37 @@ async fn every_service_serves_metrics_that_move_with_the_calls_made() {
     sandbox_support::remove(&stack, &pod).await.unwrap();
 }
 
+#[tokio::test]
+async fn an_image_replica_that_dies_shows_in_the_proxys_metrics_and_costs_no_call() {
+    let address = free_port();
+    // Health checks far apart: the replica leaves the rotation through a call, not a check.
+    let extra_config = format!("[proxy]\nmetrics_address = \"{address}\"\nhealth_check_interval = \"1h\"\n");
+    let mut stack =
+        Stack::start_with(StackOptions { image_replicas: 2, extra_config, ..Default::default() }).await.unwrap();
+    let mut images = stack.image_client();
+    for _ in 0..4 {
+        images.list_images(ListImagesRequest::default()).await.unwrap();
+    }
+    let before = scrape(address).await;
+    for replica in ["0", "1"] {
+        assert_eq!(before.value(&format!(r#"crisp_proxy_backend_up{{backend="image-{replica}"}}"#)), 1.0);
+        assert_eq!(before.value(&format!(r#"crisp_proxy_image_replica_healthy{{replica="{replica}"}}"#)), 1.0);
+    }
+
+    stack.kill_service("image-1").unwrap();
+    for _ in 0..4 {
+        images.list_images(ListImagesRequest::default()).await.unwrap();
+    }
+    let after = scrape(address).await;
+    assert_eq!(after.value(r#"crisp_proxy_backend_up{backend="image-1"}"#), 0.0);
+    assert_eq!(after.value(r#"crisp_proxy_image_replica_healthy{replica="1"}"#), 0.0);
+    assert_eq!(after.value(r#"crisp_proxy_image_replica_healthy{replica="0"}"#), 1.0);
+    assert!(after.value("crisp_proxy_image_retries_total") >= 1.0, "{}", after.text);
+    let ok =
+        r#"crisp_proxy_calls_total{grpc_service="runtime.v1.ImageService",grpc_method="ListImages",grpc_code="OK"}"#;
+    assert_eq!(after.value(ok), 8.0);
+}
+
 /// Runs `binary` with `args` until it exits (at most 30 s); its status and stderr.
 fn run_until_exit(binary: &str, args: &[String]) -> (std::process::ExitStatus, String) {
     let path = crisp_testkit::bin_dir().unwrap().join(binary);
