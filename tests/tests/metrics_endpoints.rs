@@ -184,6 +184,8 @@ async fn every_service_serves_metrics_that_move_with_the_calls_made() {
     }
     assert_eq!(proxy.value(r#"crisp_proxy_backend_up{backend="image-0"}"#), 1.0);
     assert_eq!(proxy.value(r#"crisp_proxy_backend_up{backend="runtime"}"#), 1.0);
+    // Never called, so never dialled: neither up nor down.
+    assert_eq!(proxy.get(r#"crisp_proxy_backend_up{backend="streaming"}"#), None);
     assert_eq!(proxy.value(r#"crisp_proxy_image_replica_healthy{replica="0"}"#), 1.0);
     assert_eq!(proxy.value("crisp_proxy_image_retries_total"), 0.0);
 

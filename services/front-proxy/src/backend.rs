@@ -7,10 +7,10 @@
 //! A gRPC error the backend answers is a normal response and passes through, as does a stream
 //! the backend resets ([`BackendError::Reset`]): neither is the backend's failure.
 
+use crate::metrics::BackendUp;
 use crate::{Call, Response, ResponseBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -57,7 +57,7 @@ struct Inner {
     /// Held while dialling: calls that find no connection wait for one dial.
     dialling: tokio::sync::Mutex<u64>,
     /// `crisp_proxy_backend_up` of this backend, when the proxy serves metrics.
-    up: Option<Gauge>,
+    up: Option<BackendUp>,
 }
 
 impl Backend {
@@ -68,7 +68,12 @@ impl Backend {
 
     /// [`Backend::new`], keeping `up` at 1 while a connection is open and 0 once one could not
     /// be made or closed.
-    pub fn with_up_gauge(name: impl Into<String>, socket: &Path, connect_timeout: Duration, up: Option<Gauge>) -> Self {
+    pub fn with_up_gauge(
+        name: impl Into<String>,
+        socket: &Path,
+        connect_timeout: Duration,
+        up: Option<BackendUp>,
+    ) -> Self {
         let describe = format!("{} at {}", name.into(), socket.display());
         Self {
             inner: Arc::new(Inner {
@@ -92,7 +97,7 @@ impl Backend {
     }
 
     fn unreachable(&self, why: impl std::fmt::Display) -> BackendError {
-        set_up(&self.inner, 0);
+        set_up(&self.inner, false);
         tracing::warn!(backend = %self.describe(), error = %why, "backend unavailable");
         BackendError::Unreachable(tonic::Status::unavailable(format!("{} is unavailable: {why}", self.describe())))
     }
@@ -147,7 +152,7 @@ impl Backend {
         if let Ok(mut slot) = self.inner.connection.lock() {
             *slot = Some((number, send.clone()));
         }
-        set_up(&self.inner, 1);
+        set_up(&self.inner, true);
         Ok((number, send))
     }
 
@@ -194,13 +199,13 @@ fn forget(inner: &Inner, number: u64) {
         && slot.as_ref().is_some_and(|(n, _)| *n == number)
     {
         *slot = None;
-        set_up(inner, 0);
+        set_up(inner, false);
     }
 }
 
-fn set_up(inner: &Inner, value: i64) {
-    if let Some(up) = &inner.up {
-        up.set(value);
+fn set_up(inner: &Inner, up: bool) {
+    if let Some(gauge) = &inner.up {
+        gauge.set(up);
     }
 }
 

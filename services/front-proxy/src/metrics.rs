@@ -264,9 +264,14 @@ impl ProxyMetrics {
         }
     }
 
-    /// The gauge of a backend's connection (`runtime`, `streaming`, `image-0`...).
-    pub fn backend_up(&self, backend: &str) -> Gauge {
-        self.inner.backend_up.get_or_create_owned(&BackendLabels { backend: backend.to_string() })
+    /// The gauge of a backend's connection (`runtime`, `streaming`, `image-0`...), made at its
+    /// first value.
+    pub fn backend_up(&self, backend: &str) -> BackendUp {
+        BackendUp {
+            family: self.inner.backend_up.clone(),
+            labels: BackendLabels { backend: backend.to_string() },
+            gauge: OnceLock::new(),
+        }
     }
 
     /// The gauge of an image service replica's place in the rotation.
@@ -277,6 +282,20 @@ impl ProxyMetrics {
     /// The counter of calls tried again on another replica.
     pub fn image_retries(&self) -> Counter {
         self.inner.retries.clone()
+    }
+}
+
+/// `crisp_proxy_backend_up` of one backend: absent from the scrape until the proxy first
+/// dials the backend (a backend never called is neither up nor down).
+pub struct BackendUp {
+    family: Family<BackendLabels, Gauge>,
+    labels: BackendLabels,
+    gauge: OnceLock<Gauge>,
+}
+
+impl BackendUp {
+    pub fn set(&self, up: bool) {
+        self.gauge.get_or_init(|| self.family.get_or_create_owned(&self.labels)).set(i64::from(up));
     }
 }
 
