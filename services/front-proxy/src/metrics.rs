@@ -17,6 +17,7 @@
 //! method's metrics are resolved once, when the proxy starts: a call costs a lookup of its path,
 //! a few atomic operations and one uncontended lock (the histogram), and allocates nothing.
 
+use crisp_metrics::GRPC_CODES as CODES;
 use crisp_proto::{IMAGE_SERVICE_NAME, RUNTIME_SERVICE_NAME};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -80,7 +81,7 @@ const IMAGE_METHODS: &[&str] =
 /// The label value of a service or method the proxy does not know.
 const UNKNOWN: &str = "unknown";
 
-use crisp_metrics::GRPC_CODES as CODES;
+/// Indexes in [`CODES`] (gRPC's code numbers).
 const CANCELLED: usize = 1;
 const UNKNOWN_CODE: usize = 2;
 
