@@ -101,6 +101,15 @@ pub struct Stored {
     pub spec: Vec<u8>,
 }
 
+/// Writes `stored`'s config (UpdateContainerResources records new resources there).
+pub async fn save_config(containerd: &Containerd, stored: &Stored) -> Result<(), ContainerError> {
+    let config = prost_types::Any { type_url: CONFIG_TYPE.into(), value: stored.config.encode_to_vec() };
+    containerd
+        .set_container_extension(&stored.id, CONFIG_EXTENSION, config, HashMap::new())
+        .await
+        .map_err(ContainerError::containerd(&stored.id))
+}
+
 fn record_error(id: &str, reason: impl Into<String>) -> ContainerError {
     ContainerError::Record { id: id.to_string(), reason: reason.into() }
 }
