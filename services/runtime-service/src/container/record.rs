@@ -219,15 +219,6 @@ pub async fn save(containerd: &Containerd, stored: &Stored) -> Result<(), Contai
         .map_err(ContainerError::containerd(&stored.id))
 }
 
-/// Writes `stored`'s config (UpdateContainerResources records new resources there).
-pub async fn save_config(containerd: &Containerd, stored: &Stored) -> Result<(), ContainerError> {
-    let config = prost_types::Any { type_url: CONFIG_TYPE.into(), value: stored.config.encode_to_vec() };
-    containerd
-        .set_container_extension(&stored.id, CONFIG_EXTENSION, config, HashMap::new())
-        .await
-        .map_err(ContainerError::containerd(&stored.id))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
