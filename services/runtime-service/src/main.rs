@@ -32,6 +32,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {
+    let _metrics = crisp_metrics::start(config.runtime.metrics_address.map(Into::into), |_| {}).await?;
     let containerd = Containerd::connect_ready(&config.containerd).await?;
     // Before serving: undo what a RunPodSandbox cut short by a crash left.
     if let Err(err) = sandbox::sweep(&containerd, &config).await {

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {
+    let _metrics = crisp_metrics::start(config.streaming.metrics_address.map(Into::into), |_| {}).await?;
     let _containerd = Containerd::connect_ready(&config.containerd).await?;
     let (listener, _socket) = crisp_grpc_server::UnixSocket::bind(&config.streaming.socket, 0o600).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
