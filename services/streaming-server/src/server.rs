@@ -1,0 +1,115 @@
+//! The HTTP side: the URLs the RPCs answer lead here. `GET` or `POST /<kind>/<token>`; an
+//! unknown, used or expired token is 404; the request must then upgrade (SPDY/3.1 or
+//! WebSocket, see `upgrade`) and the session runs on the upgraded connection.
+
+use crate::lookup;
+use crate::portforward;
+use crate::tokens::{Issued, Tokens};
+use crate::upgrade::{self, Body};
+use crate::wsbytes::WsBytes;
+use crisp_config::StreamingConfig;
+use crisp_containerd::Containerd;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::sync::CancellationToken;
+
+/// What every session needs.
+pub struct Sessions {
+    pub containerd: Containerd,
+    pub tokens: Arc<Tokens>,
+    pub config: StreamingConfig,
+}
+
+impl Sessions {
+    pub fn spdy_config(&self) -> crisp_spdy::Config {
+        crisp_spdy::Config { idle_timeout: Some(self.config.stream_idle_timeout), ..Default::default() }
+    }
+}
+
+/// Accepts HTTP connections until `shutdown`.
+pub async fn serve(listener: TcpListener, sessions: Arc<Sessions>, shutdown: CancellationToken) {
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "streaming server: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = socket.set_nodelay(true);
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let sessions = sessions.clone();
+                async move { Ok::<_, Infallible>(handle(sessions, req).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(socket), service)
+                .with_upgrades();
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "streaming HTTP connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(sessions: Arc<Sessions>, mut req: Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::POST {
+        return upgrade::text(StatusCode::METHOD_NOT_ALLOWED, "only GET and POST");
+    }
+    let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
+    let (Some(kind), Some(token)) = (parts.next(), parts.next()) else {
+        return upgrade::text(StatusCode::NOT_FOUND, "not found");
+    };
+    let span = tracing::info_span!("stream", kind, pod = tracing::field::Empty);
+    let _entered = span.enter();
+    let Some(issued) = sessions.tokens.consume(kind, token) else {
+        return upgrade::text(StatusCode::NOT_FOUND, "unknown or expired streaming token");
+    };
+    match issued {
+        Issued::PortForward(request) => {
+            span.record("pod", request.pod_sandbox_id.as_str());
+            let pod = match lookup::ready_pod(&sessions.containerd, &request.pod_sandbox_id).await {
+                Ok(pod) => pod,
+                Err(e) => return upgrade::text(StatusCode::NOT_FOUND, e.to_string()),
+            };
+            let headers = req.headers().clone();
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let spdy = sessions.spdy_config();
+            let creation = sessions.config.stream_creation_timeout;
+            if upgrade::is_websocket(&headers) {
+                let (_, response) = match upgrade::websocket(&headers, &[portforward::TUNNEL_PROTOCOL]) {
+                    Ok(ok) => ok,
+                    Err(refused) => return *refused,
+                };
+                tokio::spawn(async move {
+                    let Ok(upgraded) = on_upgrade.await else { return };
+                    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                    portforward::serve(WsBytes::new(ws), pod, spdy, creation).await;
+                });
+                response
+            } else {
+                let (_, response) = match upgrade::spdy(&headers, &[portforward::PROTOCOL]) {
+                    Ok(ok) => ok,
+                    Err(refused) => return *refused,
+                };
+                tokio::spawn(async move {
+                    let Ok(upgraded) = on_upgrade.await else { return };
+                    portforward::serve(TokioIo::new(upgraded), pod, spdy, creation).await;
+                });
+                response
+            }
+        }
+        Issued::Exec(_) | Issued::Attach(_) => upgrade::text(StatusCode::NOT_IMPLEMENTED, "not implemented yet"),
+    }
+}
