@@ -5,9 +5,11 @@
 //! runtime service's records in containerd (`lookup`).
 
 pub mod error;
+pub mod exec;
 pub mod lookup;
 pub mod netns;
 pub mod portforward;
+pub mod remotecommand;
 pub mod server;
 pub mod service;
 pub mod tokens;

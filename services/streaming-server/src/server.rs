@@ -2,8 +2,10 @@
 //! unknown, used or expired token is 404; the request must then upgrade (SPDY/3.1 or
 //! WebSocket, see `upgrade`) and the session runs on the upgraded connection.
 
+use crate::exec;
 use crate::lookup;
 use crate::portforward;
+use crate::remotecommand::{self, Options, Session};
 use crate::tokens::{Issued, Tokens};
 use crate::upgrade::{self, Body};
 use crate::wsbytes::WsBytes;
@@ -24,6 +26,8 @@ pub struct Sessions {
     pub containerd: Containerd,
     pub tokens: Arc<Tokens>,
     pub config: StreamingConfig,
+    /// Where exec processes' FIFOs are made (one directory each).
+    pub fifo_root: std::path::PathBuf,
 }
 
 impl Sessions {
@@ -110,6 +114,64 @@ async fn handle(sessions: Arc<Sessions>, mut req: Request<Incoming>) -> Response
                 response
             }
         }
-        Issued::Exec(_) | Issued::Attach(_) => upgrade::text(StatusCode::NOT_IMPLEMENTED, "not implemented yet"),
+        Issued::Exec(request) => {
+            let options =
+                Options { stdin: request.stdin, stdout: request.stdout, stderr: request.stderr, tty: request.tty };
+            let config = sessions_config(&sessions);
+            let (containerd, fifo_root) = (sessions.containerd.clone(), sessions.fifo_root.clone());
+            let run = move |session| exec::run(containerd, fifo_root, request, session);
+            remote_command(&mut req, options, run, &config)
+        }
+        Issued::Attach(_) => upgrade::text(StatusCode::NOT_IMPLEMENTED, "attach is not implemented by crisp yet"),
+    }
+}
+
+struct SessionConfig {
+    spdy: crisp_spdy::Config,
+    creation_timeout: std::time::Duration,
+}
+
+fn sessions_config(sessions: &Sessions) -> SessionConfig {
+    SessionConfig { spdy: sessions.spdy_config(), creation_timeout: sessions.config.stream_creation_timeout }
+}
+
+/// Upgrades to a remote command session (SPDY or WebSocket) and runs `then` on it.
+fn remote_command<F, Fut>(
+    req: &mut Request<Incoming>,
+    options: Options,
+    then: F,
+    config: &SessionConfig,
+) -> Response<Body>
+where
+    F: FnOnce(Session) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let headers = req.headers().clone();
+    let on_upgrade = hyper::upgrade::on(req);
+    if upgrade::is_websocket(&headers) {
+        let (protocol, response) = match upgrade::websocket(&headers, remotecommand::WEBSOCKET_PROTOCOLS) {
+            Ok(ok) => ok,
+            Err(refused) => return *refused,
+        };
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else { return };
+            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            then(remotecommand::websocket(ws, &protocol, options)).await;
+        });
+        response
+    } else {
+        let (protocol, response) = match upgrade::spdy(&headers, remotecommand::SPDY_PROTOCOLS) {
+            Ok(ok) => ok,
+            Err(refused) => return *refused,
+        };
+        let (spdy, creation) = (config.spdy.clone(), config.creation_timeout);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else { return };
+            match remotecommand::spdy(TokioIo::new(upgraded), &protocol, options, spdy, creation).await {
+                Ok(session) => then(session).await,
+                Err(e) => tracing::debug!(error = e, "remote command session not started"),
+            }
+        });
+        response
     }
 }

@@ -9,7 +9,7 @@ use crate::server::Sessions;
 use crate::tokens::Issued;
 use crisp_errors::to_status;
 use crisp_proto::cri::runtime_service_server::RuntimeService;
-use crisp_proto::cri::{PortForwardRequest, PortForwardResponse};
+use crisp_proto::cri::{ExecRequest, ExecResponse, PortForwardRequest, PortForwardResponse};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -30,6 +30,18 @@ impl Streaming {
         Ok(format!("{}/{kind}/{token}", self.base_url))
     }
 
+    async fn exec_url(&self, request: ExecRequest) -> Result<String, StreamingError> {
+        if request.container_id.is_empty() {
+            return Err(StreamingError::Invalid("container_id is required".into()));
+        }
+        if request.cmd.is_empty() {
+            return Err(StreamingError::Invalid("cmd is required".into()));
+        }
+        check_streams(request.stdin, request.stdout, request.stderr, request.tty)?;
+        lookup::running_container(&self.sessions.containerd, &request.container_id).await?;
+        self.url_for(Issued::Exec(request))
+    }
+
     async fn port_forward_url(&self, request: PortForwardRequest) -> Result<String, StreamingError> {
         if request.pod_sandbox_id.is_empty() {
             return Err(StreamingError::Invalid("pod_sandbox_id is required".into()));
@@ -42,8 +54,24 @@ impl Streaming {
     }
 }
 
+/// api.proto: one of stdin, stdout and stderr must be true; with a TTY stderr must be false.
+fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), StreamingError> {
+    if tty && stderr {
+        return Err(StreamingError::Invalid("tty and stderr cannot both be true".into()));
+    }
+    if !stdin && !stdout && !stderr {
+        return Err(StreamingError::Invalid("one of stdin, stdout and stderr must be true".into()));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl RuntimeService for Streaming {
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let url = self.exec_url(request.into_inner()).await.map_err(|e| to_status(&e))?;
+        Ok(Response::new(ExecResponse { url }))
+    }
+
     async fn port_forward(
         &self,
         request: Request<PortForwardRequest>,

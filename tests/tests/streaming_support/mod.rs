@@ -214,3 +214,40 @@ pub async fn round_trip(addr: &str, message: &[u8]) -> Vec<u8> {
     tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut answer)).await.unwrap().unwrap();
     answer
 }
+
+/// A running container that crisp's streaming server takes for a CRI container (the runtime
+/// service's `crisp.io/kind=container` record), made with `ctr` on a busybox root file system
+/// in the stack's directory: `sleep` as its process. Its id is `name` made unique (runc's state
+/// directory is the host's, shared by every test's containerd).
+pub fn busybox_container(stack: &crisp_testkit::Stack, name: &str) -> (String, std::path::PathBuf) {
+    let id = format!("{name}-{}", stack.dir().file_name().unwrap().to_string_lossy().to_lowercase());
+    let id = id.as_str();
+    let rootfs = stack.dir().join(format!("rootfs-{id}"));
+    for dir in ["bin", "tmp", "proc", "dev", "etc"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    std::fs::copy("/usr/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for tool in ["sh", "cat", "echo", "sleep", "stty", "tty", "true", "false", "ls", "head", "wc", "env"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+    }
+    let rootfs_arg = rootfs.display().to_string();
+    stack
+        .ctr(&[
+            "run",
+            "-d",
+            "--null-io",
+            "--label",
+            "crisp.io/kind=container",
+            "--env",
+            "PATH=/bin",
+            "--env",
+            "GREETING=from the container",
+            "--rootfs",
+            &rootfs_arg,
+            id,
+            "/bin/sleep",
+            "3600",
+        ])
+        .unwrap();
+    (id.to_string(), rootfs)
+}
