@@ -1,9 +1,11 @@
 //! `crisp-runtime`: the CRI RuntimeService on containerd. Started with the namespace helper's
 //! argument (`sandbox::HELPER_ARG`), the same binary makes a pod's namespaces and exits.
 
+mod cgroup;
 // The container modules land in parts; until each is wired to its RPC, some of it is unused.
 #[allow(dead_code, unused_imports)]
 mod container;
+mod events;
 #[allow(dead_code)]
 mod logs;
 mod pod_cidr;
@@ -39,7 +41,10 @@ async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Err
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RuntimeServiceServer<service::Runtime>>().await;
 
-    let runtime = RuntimeServiceServer::new(service::Runtime::new(containerd, config))
+    let service = service::Runtime::new(containerd, config);
+    // Exits from containerd's events; first, the exits that happened while the service was down.
+    let _exits = service.containers().watch_exits();
+    let runtime = RuntimeServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     crisp_grpc_server::serve_until_shutdown(|shutdown| {

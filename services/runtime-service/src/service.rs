@@ -2,11 +2,13 @@
 //! Exec, Attach and PortForward are the streaming server's; the proxy never routes them here.
 //! Every RPC not built here answers `UNIMPLEMENTED` through the generated default methods.
 
-use crate::{pod_cidr, sandbox, status, version};
+use crate::container::{metrics as container_metrics, stats as container_stats, update as container_update};
+use crate::{container, events, logs, pod_cidr, sandbox, status, version};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
 use crisp_proto::cri::runtime_service_server::RuntimeService;
 use crisp_proto::cri::*;
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 pub struct Runtime {
@@ -14,20 +16,41 @@ pub struct Runtime {
     config: Config,
     reservations: sandbox::Reservations,
     cpu_samples: sandbox::CpuSamples,
+    containers: container::Containers,
+    /// What the container stats keep between calls (CPU samples apart from the pods').
+    container_samples: container_stats::Samples,
 }
 
 impl Runtime {
     pub fn new(containerd: Containerd, config: Config) -> Self {
+        let containers = container::Containers::new(
+            containerd.clone(),
+            std::sync::Arc::new(config.clone()),
+            events::Hub::default(),
+            container::spec::HostFeatures::default(),
+        );
         Self {
+            containers,
             containerd,
             config,
             reservations: sandbox::Reservations::default(),
             cpu_samples: sandbox::CpuSamples::default(),
+            container_samples: container_stats::Samples::default(),
         }
     }
 }
 
+impl Runtime {
+    pub fn containers(&self) -> &container::Containers {
+        &self.containers
+    }
+}
+
 fn status_of(err: sandbox::SandboxError) -> Status {
+    crisp_errors::to_status(&err)
+}
+
+fn container_status(err: container::ContainerError) -> Status {
     crisp_errors::to_status(&err)
 }
 
@@ -68,6 +91,8 @@ impl RuntimeService for Runtime {
         let id = sandbox::run(&self.containerd, &self.config, &self.reservations, request.into_inner())
             .await
             .map_err(status_of)?;
+        self.containers.publish_pod(&id, ContainerEventType::ContainerCreatedEvent).await;
+        self.containers.publish_pod(&id, ContainerEventType::ContainerStartedEvent).await;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
     }
 
@@ -76,7 +101,9 @@ impl RuntimeService for Runtime {
         request: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
+        container::stop_pod_containers(&self.containers, &id).await.map_err(container_status)?;
         sandbox::stop(&self.containerd, &self.config, &id).await.map_err(status_of)?;
+        self.containers.publish_pod(&id, ContainerEventType::ContainerStoppedEvent).await;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
 
@@ -85,7 +112,9 @@ impl RuntimeService for Runtime {
         request: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
+        container::remove_pod_containers(&self.containers, &id).await.map_err(container_status)?;
         sandbox::remove(&self.containerd, &self.config, &id).await.map_err(status_of)?;
+        self.containers.publish_pod(&id, ContainerEventType::ContainerDeletedEvent).await;
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
@@ -121,6 +150,11 @@ impl RuntimeService for Runtime {
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
         let stats = sandbox::stats(&self.containerd, &self.cpu_samples, &id).await.map_err(status_of)?;
+        let mut stats = [stats];
+        container_stats::add_to_pods(&self.containerd, &self.container_samples, &mut stats)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        let [stats] = stats;
         Ok(Response::new(PodSandboxStatsResponse { stats: Some(stats) }))
     }
 
@@ -128,9 +162,149 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        let stats = sandbox::list_stats(&self.containerd, &self.cpu_samples, request.into_inner().filter)
+        let mut stats = sandbox::list_stats(&self.containerd, &self.cpu_samples, request.into_inner().filter)
             .await
             .map_err(status_of)?;
+        container_stats::add_to_pods(&self.containerd, &self.container_samples, &mut stats)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let container_id = container::create(&self.containers, request.into_inner()).await.map_err(container_status)?;
+        Ok(Response::new(CreateContainerResponse { container_id }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        container::start(&self.containers, &id).await.map_err(container_status)?;
+        Ok(Response::new(StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        container::stop(&self.containers, &request.container_id, request.timeout).await.map_err(container_status)?;
+        Ok(Response::new(StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        container::remove(&self.containers, &id).await.map_err(container_status)?;
+        Ok(Response::new(RemoveContainerResponse {}))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        let request = request.into_inner();
+        let response = container::status(&self.containers, &request.container_id, request.verbose)
+            .await
+            .map_err(container_status)?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let containers =
+            container::list(&self.containers, request.into_inner().filter).await.map_err(container_status)?;
+        Ok(Response::new(ListContainersResponse { containers }))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        request: Request<CheckpointContainerRequest>,
+    ) -> Result<Response<CheckpointContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        container::checkpoint(&self.containers, &id).await.map_err(container_status)?;
+        Ok(Response::new(CheckpointContainerResponse {}))
+    }
+
+    async fn get_container_events(
+        &self,
+        _request: Request<GetEventsRequest>,
+    ) -> Result<Response<BoxStream<ContainerEventResponse>>, Status> {
+        Ok(Response::new(self.containers.hub.subscribe()))
+    }
+
+    async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+        let response = container::exec_sync::exec_sync(&self.containerd, &self.config, request.into_inner())
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(response))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        let id = request.into_inner().container_id;
+        logs::reopen::reopen(&self.containerd, self.containers.log_writers(), &id)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let stats = container_stats::stats(&self.containerd, &self.container_samples, &id)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        let stats = container_stats::list(&self.containerd, &self.container_samples, request.into_inner().filter)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(ListContainerStatsResponse { stats }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        container_update::update(&self.containerd, request.into_inner())
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(ListMetricDescriptorsResponse { descriptors: container_metrics::descriptors() }))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        let pod_metrics = container_metrics::list(&self.containerd, &self.cpu_samples)
+            .await
+            .map_err(|e| crisp_errors::to_status(&e))?;
+        Ok(Response::new(ListPodSandboxMetricsResponse { pod_metrics }))
     }
 }

@@ -3,15 +3,28 @@
 //! RuntimeReady is true when containerd answers. NetworkReady is true when the CNI
 //! configuration directory holds a valid network whose every plugin binary is found, and the
 //! `loopback` plugin every pod needs; the reason `NetworkPluginNotReady` is the one
-//! containerd's CRI plugin gives.
+//! containerd's CRI plugin gives. The handlers' features are what this node's runc can do.
 
+use crate::container::spec::HostFeatures;
 use crisp_config::Config;
 use crisp_containerd::Containerd;
-use crisp_proto::cri::{RuntimeCondition, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusResponse};
+use crisp_proto::cri::{
+    RuntimeCondition, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusResponse,
+};
 use std::collections::HashMap;
 use std::time::Duration;
 
 const RUNTIME_READY: &str = "RuntimeReady";
+
+/// What Status advertises if detection could not run.
+static NO_FEATURES: HostFeatures = HostFeatures {
+    recursive_read_only: false,
+    apparmor: false,
+    min_oom_score_adj: 0,
+    cgroup_v2: false,
+    swap_limit: false,
+    hugetlb: false,
+};
 const NETWORK_READY: &str = "NetworkReady";
 
 /// How long Status waits for containerd before calling it not ready.
@@ -82,6 +95,9 @@ pub async fn status(containerd: &Containerd, config: &Config, verbose: bool) -> 
         Err(err) => Err(("NetworkPluginNotReady", format!("Network plugin returns error: {err}"))),
     };
 
+    // Detected once (it runs `runc features`), off the async threads.
+    let host = tokio::task::spawn_blocking(HostFeatures::node).await.unwrap_or(&NO_FEATURES);
+
     if verbose && let Ok(json) = serde_json::to_string(config) {
         info.insert("config".to_string(), json);
     }
@@ -91,14 +107,19 @@ pub async fn status(containerd: &Containerd, config: &Config, verbose: bool) -> 
             conditions: vec![condition(RUNTIME_READY, runtime), condition(NETWORK_READY, network)],
         }),
         info,
-        // The default handler and its name; neither feature is built yet.
+        // The default handler and its name: recursive read-only mounts where runc has them; no
+        // user namespaces.
         runtime_handlers: ["", "runc"]
             .into_iter()
             .map(|name| RuntimeHandler {
                 name: name.into(),
-                features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+                features: Some(RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: host.recursive_read_only,
+                    user_namespaces: false,
+                }),
             })
             .collect(),
-        features: None,
+        // Advertised once ContainerStatus.user reports the identity the spec gave the process.
+        features: Some(RuntimeFeatures { supplemental_groups_policy: false, user_namespaces_host_network: false }),
     }
 }

@@ -1,6 +1,6 @@
 //! Command-line flags and environment variables: one for every field of the file.
 
-use crate::{Config, LogFormat};
+use crate::{Config, LogFormat, MetricsAddress};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,6 +50,9 @@ pub struct ConfigArgs {
     /// proxy.connect_timeout
     #[arg(long, env = "CRISP_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = duration)]
     pub proxy_connect_timeout: Option<Duration>,
+    /// proxy.metrics_address
+    #[arg(long, env = "CRISP_PROXY_METRICS_ADDRESS", value_name = "ADDR")]
+    pub proxy_metrics_address: Option<MetricsAddress>,
 
     /// image.socket
     #[arg(long, env = "CRISP_IMAGE_SOCKET", value_name = "SOCKET")]
@@ -69,6 +72,9 @@ pub struct ConfigArgs {
     /// image.sandbox_image
     #[arg(long, env = "CRISP_IMAGE_SANDBOX_IMAGE", value_name = "REF")]
     pub image_sandbox_image: Option<String>,
+    /// image.metrics_address
+    #[arg(long, env = "CRISP_IMAGE_METRICS_ADDRESS", value_name = "ADDR")]
+    pub image_metrics_address: Option<MetricsAddress>,
 
     /// runtime.socket
     #[arg(long, env = "CRISP_RUNTIME_SOCKET", value_name = "SOCKET")]
@@ -88,6 +94,17 @@ pub struct ConfigArgs {
     /// runtime.runtime_type
     #[arg(long, env = "CRISP_RUNTIME_RUNTIME_TYPE", value_name = "NAME")]
     pub runtime_runtime_type: Option<String>,
+    /// runtime.max_container_log_line_size (-1: no limit)
+    #[arg(
+        long,
+        env = "CRISP_RUNTIME_MAX_CONTAINER_LOG_LINE_SIZE",
+        value_name = "BYTES",
+        allow_negative_numbers = true
+    )]
+    pub runtime_max_container_log_line_size: Option<i64>,
+    /// runtime.metrics_address
+    #[arg(long, env = "CRISP_RUNTIME_METRICS_ADDRESS", value_name = "ADDR")]
+    pub runtime_metrics_address: Option<MetricsAddress>,
 
     /// streaming.socket
     #[arg(long, env = "CRISP_STREAMING_SOCKET", value_name = "SOCKET")]
@@ -104,6 +121,9 @@ pub struct ConfigArgs {
     /// streaming.stream_idle_timeout
     #[arg(long, env = "CRISP_STREAMING_IDLE_TIMEOUT", value_name = "DURATION", value_parser = duration)]
     pub streaming_idle_timeout: Option<Duration>,
+    /// streaming.metrics_address
+    #[arg(long, env = "CRISP_STREAMING_METRICS_ADDRESS", value_name = "ADDR")]
+    pub streaming_metrics_address: Option<MetricsAddress>,
 
     /// telemetry.log_format
     #[arg(long, env = "CRISP_LOG_FORMAT", value_name = "FORMAT")]
@@ -139,6 +159,9 @@ impl ConfigArgs {
         set(&mut c.proxy.image_endpoints, &self.proxy_image_endpoints);
         set(&mut c.proxy.health_check_interval, &self.proxy_health_check_interval);
         set(&mut c.proxy.connect_timeout, &self.proxy_connect_timeout);
+        if self.proxy_metrics_address.is_some() {
+            c.proxy.metrics_address = self.proxy_metrics_address;
+        }
 
         set(&mut c.image.socket, &self.image_socket);
         set(&mut c.image.snapshotter, &self.image_snapshotter);
@@ -148,6 +171,9 @@ impl ConfigArgs {
         set(&mut c.image.max_concurrent_downloads, &self.image_max_concurrent_downloads);
         set(&mut c.image.pull_progress_timeout, &self.image_pull_progress_timeout);
         set(&mut c.image.sandbox_image, &self.image_sandbox_image);
+        if self.image_metrics_address.is_some() {
+            c.image.metrics_address = self.image_metrics_address;
+        }
 
         set(&mut c.runtime.socket, &self.runtime_socket);
         set(&mut c.runtime.root_dir, &self.runtime_root_dir);
@@ -155,12 +181,19 @@ impl ConfigArgs {
         set(&mut c.runtime.cni_bin_dirs, &self.runtime_cni_bin_dirs);
         set(&mut c.runtime.cni_conf_dir, &self.runtime_cni_conf_dir);
         set(&mut c.runtime.runtime_type, &self.runtime_runtime_type);
+        set(&mut c.runtime.max_container_log_line_size, &self.runtime_max_container_log_line_size);
+        if self.runtime_metrics_address.is_some() {
+            c.runtime.metrics_address = self.runtime_metrics_address;
+        }
 
         set(&mut c.streaming.socket, &self.streaming_socket);
         set(&mut c.streaming.address, &self.streaming_address);
         set(&mut c.streaming.port, &self.streaming_port);
         set(&mut c.streaming.token_ttl, &self.streaming_token_ttl);
         set(&mut c.streaming.stream_idle_timeout, &self.streaming_idle_timeout);
+        if self.streaming_metrics_address.is_some() {
+            c.streaming.metrics_address = self.streaming_metrics_address;
+        }
 
         set(&mut c.telemetry.log_format, &self.log_format);
         set(&mut c.telemetry.log_level, &self.log_level);

@@ -1,6 +1,7 @@
 //! The configuration model: one section per concern, each field with its built-in default.
 
 use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -62,6 +63,8 @@ pub struct ProxyConfig {
     /// How long the proxy waits to connect to a backend before answering `UNAVAILABLE`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Where the proxy serves Prometheus metrics; none serves none.
+    pub metrics_address: Option<MetricsAddress>,
 }
 
 impl Default for ProxyConfig {
@@ -75,6 +78,7 @@ impl Default for ProxyConfig {
             image_endpoints: vec![PathBuf::from("/run/crisp/image.sock")],
             health_check_interval: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
+            metrics_address: None,
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct ImageConfig {
     pub pull_progress_timeout: Duration,
     /// The pod sandbox (pause) image; it is pinned.
     pub sandbox_image: String,
+    /// Where this replica serves Prometheus metrics; none serves none.
+    pub metrics_address: Option<MetricsAddress>,
 }
 
 impl Default for ImageConfig {
@@ -108,6 +114,7 @@ impl Default for ImageConfig {
             max_concurrent_downloads: 3,
             pull_progress_timeout: Duration::from_secs(5 * 60),
             sandbox_image: "registry.k8s.io/pause:3.10".into(),
+            metrics_address: None,
         }
     }
 }
@@ -128,6 +135,18 @@ pub struct RuntimeConfig {
     pub cni_conf_dir: PathBuf,
     /// The OCI runtime containerd runs containers with.
     pub runtime_type: String,
+    /// Where the runtime service serves Prometheus metrics; none serves none.
+    pub metrics_address: Option<MetricsAddress>,
+    /// A container's log line longer than this many bytes is split into partial lines (`P`);
+    /// -1: never split (containerd's `max_container_log_line_size`).
+    pub max_container_log_line_size: i64,
+}
+
+impl RuntimeConfig {
+    /// `max_container_log_line_size` as the longest line a log writer writes whole (`None`: no limit).
+    pub fn max_log_line_bytes(&self) -> Option<usize> {
+        usize::try_from(self.max_container_log_line_size).ok().filter(|n| *n > 0)
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -139,6 +158,8 @@ impl Default for RuntimeConfig {
             cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             runtime_type: "io.containerd.runc.v2".into(),
+            metrics_address: None,
+            max_container_log_line_size: 16 * 1024,
         }
     }
 }
@@ -164,6 +185,8 @@ pub struct StreamingConfig {
     /// How long the client has to open the streams of a session after the upgrade.
     #[serde(with = "humantime_serde")]
     pub stream_creation_timeout: Duration,
+    /// Where the streaming server serves Prometheus metrics; none serves none.
+    pub metrics_address: Option<MetricsAddress>,
 }
 
 impl Default for StreamingConfig {
@@ -176,6 +199,7 @@ impl Default for StreamingConfig {
             max_tokens: 1000,
             stream_idle_timeout: Duration::from_secs(4 * 3600),
             stream_creation_timeout: Duration::from_secs(30),
+            metrics_address: None,
         }
     }
 }
@@ -203,4 +227,43 @@ impl Default for TelemetryConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// The TCP address a service serves its Prometheus metrics on: `host:port` (`127.0.0.1:9310`,
+/// `[::1]:9310`, `0.0.0.0:9310` to be scraped from other machines), or a port alone (`9310` or
+/// `:9310`), which is loopback (`127.0.0.1`): metrics leave the node only when an address says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MetricsAddress(pub SocketAddr);
+
+impl std::str::FromStr for MetricsAddress {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Ok(address) = text.parse::<SocketAddr>() {
+            return Ok(MetricsAddress(address));
+        }
+        match text.strip_prefix(':').unwrap_or(text).parse::<u16>() {
+            Ok(port) => Ok(MetricsAddress(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))),
+            Err(_) => Err(format!("`{text}` is not an address like 127.0.0.1:9310, [::1]:9310 or a port alone")),
+        }
+    }
+}
+
+impl TryFrom<String> for MetricsAddress {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<MetricsAddress> for String {
+    fn from(address: MetricsAddress) -> String {
+        address.0.to_string()
+    }
+}
+
+impl From<MetricsAddress> for SocketAddr {
+    fn from(address: MetricsAddress) -> SocketAddr {
+        address.0
+    }
 }

@@ -52,6 +52,20 @@ fn a_bad_value_is_named() {
     c.containerd.namespace = "no spaces".into();
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("containerd.namespace"), "{err}");
+
+    let mut c = Config::default();
+    c.runtime.max_container_log_line_size = 0;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("runtime.max_container_log_line_size"), "{err}");
+}
+
+#[test]
+fn the_log_line_limit_is_16_kib_by_default_and_minus_one_lifts_it() {
+    let mut c = Config::default();
+    assert_eq!(c.runtime.max_log_line_bytes(), Some(16 * 1024));
+    c.runtime.max_container_log_line_size = -1;
+    c.validate().unwrap();
+    assert_eq!(c.runtime.max_log_line_bytes(), None);
 }
 
 #[test]
@@ -100,4 +114,30 @@ fn a_config_written_as_toml_reads_back_the_same() {
     config.image.max_concurrent_downloads = 7;
     let written = toml::to_string(&config).unwrap();
     assert_eq!(Config::from_toml(&written).unwrap(), config);
+}
+
+#[test]
+fn metrics_addresses_are_off_by_default_and_a_port_alone_is_loopback() {
+    let c = Config::default();
+    assert_eq!(
+        (c.proxy.metrics_address, c.image.metrics_address, c.runtime.metrics_address, c.streaming.metrics_address),
+        (None, None, None, None)
+    );
+    let c = Config::from_toml(
+        "[proxy]\nmetrics_address = \"9310\"\n[image]\nmetrics_address = \":9311\"\n[runtime]\nmetrics_address = \"0.0.0.0:9312\"\n[streaming]\nmetrics_address = \"[::1]:9313\"\n",
+    )
+    .unwrap();
+    let address = |a: Option<MetricsAddress>| a.map(|a| a.0.to_string());
+    assert_eq!(address(c.proxy.metrics_address).as_deref(), Some("127.0.0.1:9310"));
+    assert_eq!(address(c.image.metrics_address).as_deref(), Some("127.0.0.1:9311"));
+    assert_eq!(address(c.runtime.metrics_address).as_deref(), Some("0.0.0.0:9312"));
+    assert_eq!(address(c.streaming.metrics_address).as_deref(), Some("[::1]:9313"));
+
+    let err = Config::from_toml("[proxy]\nmetrics_address = \"localhost:http\"\n").unwrap_err();
+    assert!(err.contains("metrics_address") && err.contains("localhost:http"), "{err}");
+    let cli = Cli::try_parse_from(["crisp", "--image-metrics-address", "9400"]).unwrap();
+    let mut c = Config::default();
+    cli.config.apply(&mut c);
+    assert_eq!(address(c.image.metrics_address).as_deref(), Some("127.0.0.1:9400"));
+    assert!(Cli::try_parse_from(["crisp", "--proxy-metrics-address", "nowhere"]).is_err());
 }

@@ -102,6 +102,12 @@ impl Config {
         if self.runtime.runtime_type.trim().is_empty() {
             return Err(invalid("runtime.runtime_type", "is empty"));
         }
+        if self.runtime.max_container_log_line_size == 0 || self.runtime.max_container_log_line_size < -1 {
+            return Err(invalid(
+                "runtime.max_container_log_line_size",
+                "must be a number of bytes, or -1 for no limit",
+            ));
+        }
 
         socket("streaming.socket", &self.streaming.socket)?;
         if self.streaming.address.parse::<std::net::IpAddr>().is_err() {

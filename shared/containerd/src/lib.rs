@@ -13,16 +13,21 @@
 //!   clients on that channel: no service builds a containerd client itself;
 //! - thin typed calls where crisp needs more than the raw RPC: [`lease`] (the [`Lease`]
 //!   guard), [`content`] (blobs, ingests), [`snapshots`] (prepare, commit, diff apply,
-//!   usage), [`images`] (image records), [`Containerd::plugin_root`];
+//!   usage), [`images`] (image records), [`containers`] (container records), [`tasks`]
+//!   (create, start, kill, wait, delete), [`events`] (task exits and OOM kills),
+//!   [`Containerd::plugin_root`];
 //! - [`labels`]: the label names containerd, its CRI plugin and crisp use;
 //! - [`error`]: the one place containerd's answers become crisp's errors.
 
+pub mod containers;
 pub mod content;
 pub mod error;
+pub mod events;
 pub mod images;
 pub mod labels;
 pub mod lease;
 pub mod snapshots;
+pub mod tasks;
 
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::content_client::ContentClient;

@@ -1,9 +1,242 @@
 //! Containers: CreateContainer, StartContainer, StopContainer, RemoveContainer, ListContainers,
-//! ContainerStatus, and the RPCs on a container's process, stats and logs.
+//! ContainerStatus, CheckpointContainer, their exits and recovery, and the RPCs on a
+//! container's process, stats and logs.
 //!
 //! A container is a containerd container record (`crisp.io/kind=container`, labelled with its
-//! pod, name, attempt and state) whose OCI spec is built by [`spec`] from the CRI request and
-//! the image, a snapshot of the image's top layer, and a containerd task while it runs.
+//! pod, name, attempt and state; [`record`]) whose OCI spec is built by [`spec`] from the CRI
+//! request and the image, a snapshot of the image's top layer, and a containerd task while it
+//! runs. Exits come from containerd's event stream ([`exits`]), never from polling. Nothing is
+//! kept in memory that a restart would need: [`Containers::recover`] rebuilds the log writers
+//! of running containers and records the exits that happened while the service was down.
+//!
+//! One operation per file; [`ContainerError`] is this module's one error type, mapped to a
+//! `tonic::Status` by `crisp_errors::to_status`.
 
+mod checkpoint;
+mod create;
+pub mod exec_sync;
+mod exits;
+mod list;
+pub mod metrics;
+mod pod;
+pub mod record;
+mod remove;
+mod rootfs;
 pub mod select;
 pub mod spec;
+mod start;
+pub mod stats;
+mod status;
+mod stop;
+pub mod update;
+
+pub use checkpoint::checkpoint;
+pub use create::create;
+pub use list::list;
+pub use pod::{remove_all as remove_pod_containers, stop_all as stop_pod_containers};
+pub use remove::remove;
+pub use start::start;
+pub use status::{cri_status, status};
+pub use stop::stop;
+
+use crate::events::Hub;
+use crate::logs::LogWriter;
+use crate::sandbox::SandboxError;
+use crisp_config::Config;
+use crisp_containerd::{Containerd, ContainerdError};
+use crisp_errors::GrpcError;
+use crisp_image_model::ImageStore;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("container config: `{0}` is required")]
+    MissingField(&'static str),
+    #[error("container `{0}` not found")]
+    NotFound(String),
+    #[error("container id prefix `{0}` matches more than one container")]
+    Ambiguous(String),
+    #[error("pod sandbox `{0}` not found")]
+    PodNotFound(String),
+    #[error("pod sandbox `{0}` is not ready")]
+    PodNotReady(String),
+    #[error("image `{0}` not found")]
+    ImageNotFound(String),
+    #[error("failed to reserve container name `{name}`: name is reserved for `{existing}`")]
+    NameReserved { name: String, existing: String },
+    #[error("container `{id}` is {state}, not {wanted}")]
+    WrongState { id: String, state: &'static str, wanted: &'static str },
+    #[error("{0}")]
+    Sandbox(#[from] SandboxError),
+    #[error("container `{id}`: {source}")]
+    Containerd { id: String, source: ContainerdError },
+    #[error("container `{id}`: image: {source}")]
+    Image { id: String, source: crisp_image_model::StoreError },
+    #[error("container `{id}`: {source}")]
+    Spec { id: String, source: spec::SpecError },
+    #[error("container `{id}`: {what} {path}: {source}")]
+    Io { id: String, what: &'static str, path: String, source: std::io::Error },
+    #[error("container `{id}`: its containerd record is unreadable: {reason}")]
+    Record { id: String, reason: String },
+    #[error("container `{id}`: {reason}")]
+    Internal { id: String, reason: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Unimplemented(String),
+}
+
+impl GrpcError for ContainerError {
+    fn code(&self) -> Code {
+        match self {
+            ContainerError::MissingField(_) | ContainerError::Ambiguous(_) => Code::InvalidArgument,
+            ContainerError::NotFound(_) | ContainerError::PodNotFound(_) | ContainerError::ImageNotFound(_) => {
+                Code::NotFound
+            }
+            ContainerError::PodNotReady(_) | ContainerError::WrongState { .. } | ContainerError::Unsupported(_) => {
+                Code::FailedPrecondition
+            }
+            ContainerError::NameReserved { .. } => Code::AlreadyExists,
+            ContainerError::Unimplemented(_) => Code::Unimplemented,
+            ContainerError::Sandbox(err) => err.code(),
+            ContainerError::Containerd { source, .. } => source.code(),
+            ContainerError::Image { source: crisp_image_model::StoreError::Containerd(source), .. } => source.code(),
+            ContainerError::Spec { source, .. } => source.code(),
+            ContainerError::Image { .. }
+            | ContainerError::Io { .. }
+            | ContainerError::Record { .. }
+            | ContainerError::Internal { .. } => Code::Internal,
+        }
+    }
+}
+
+impl ContainerError {
+    fn containerd(id: &str) -> impl FnOnce(ContainerdError) -> ContainerError {
+        let id = id.to_string();
+        move |source| ContainerError::Containerd { id, source }
+    }
+
+    fn io(id: &str, what: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ContainerError {
+        let id = id.to_string();
+        let path = path.display().to_string();
+        move |source| ContainerError::Io { id, what, path, source }
+    }
+}
+
+/// The container side of the runtime service: what every container RPC shares. Cheap to clone.
+#[derive(Clone)]
+pub struct Containers {
+    pub(crate) containerd: Containerd,
+    pub(crate) config: Arc<Config>,
+    pub(crate) images: ImageStore,
+    pub(crate) hub: Hub,
+    pub(crate) host: Arc<spec::HostFeatures>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Names a CreateContainer in flight is making, with their ids.
+    names: Mutex<HashMap<String, String>>,
+    /// The log writer of each running container.
+    writers: crate::logs::Writers,
+    /// One lock per container: a start, a stop and the recording of an exit never interleave.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Containers whose cgroup reported an OOM kill (`/tasks/oom`) since they started.
+    oom: Mutex<HashSet<String>>,
+}
+
+/// The longest log line before it is split (a `P` line), as containerd's default.
+pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+
+impl Containers {
+    pub fn new(containerd: Containerd, config: Arc<Config>, hub: Hub, host: spec::HostFeatures) -> Self {
+        Self {
+            images: ImageStore::new(containerd.clone()),
+            containerd,
+            config,
+            hub,
+            host: Arc::new(host),
+            inner: Arc::default(),
+        }
+    }
+
+    /// The log writers of the running containers (ReopenContainerLog reopens a file).
+    pub fn log_writers(&self) -> &crate::logs::Writers {
+        &self.inner.writers
+    }
+
+    /// The log writer of a running container (ReopenContainerLog reopens its file).
+    pub fn log_writer(&self, id: &str) -> Option<Arc<LogWriter>> {
+        self.inner.writers.get(id)
+    }
+
+    fn set_log_writer(&self, id: &str, writer: Arc<LogWriter>) {
+        self.inner.writers.insert(id, writer);
+    }
+
+    fn take_log_writer(&self, id: &str) -> Option<Arc<LogWriter>> {
+        self.inner.writers.remove(id)
+    }
+
+    /// Holds the container's lock (start, exit recording and removal take it).
+    async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock =
+            self.inner.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().clone();
+        lock.lock_owned().await
+    }
+
+    fn forget(&self, id: &str) {
+        self.inner.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.inner.oom.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.take_log_writer(id);
+    }
+
+    fn mark_oom(&self, id: &str) {
+        self.inner.oom.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string());
+    }
+
+    fn take_oom(&self, id: &str) -> bool {
+        self.inner.oom.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
+    }
+
+    /// The container's directory under `runtime.root_dir` (kept across reboots).
+    pub fn root_dir(&self, id: &str) -> std::path::PathBuf {
+        self.config.runtime.root_dir.join("containers").join(id)
+    }
+
+    /// The container's directory under `runtime.state_dir` (its FIFOs; gone after a reboot).
+    pub fn state_dir(&self, id: &str) -> std::path::PathBuf {
+        self.config.runtime.state_dir.join("containers").join(id)
+    }
+}
+
+/// A name reserved by a CreateContainer in flight; released when dropped.
+struct Reserved {
+    containers: Containers,
+    name: String,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.containers.inner.names.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name);
+    }
+}
+
+impl Containers {
+    fn reserve(&self, name: &str, id: &str) -> Result<Reserved, ContainerError> {
+        let mut names = self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = names.get(name) {
+            return Err(ContainerError::NameReserved { name: name.to_string(), existing: existing.clone() });
+        }
+        names.insert(name.to_string(), id.to_string());
+        Ok(Reserved { containers: self.clone(), name: name.to_string() })
+    }
+}
+
+/// Unix nanoseconds now.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or_default()
+}

@@ -35,7 +35,7 @@ pub use record::{Sandbox, State, Stored, find as find_record};
 pub use remove::remove;
 pub use resources::update as update_resources;
 pub use run::{Reservations, run};
-pub use stats::{CpuSamples, list_stats, stats};
+pub use stats::{CpuSamples, list_stats, list_with_link_counters, stats};
 pub use status::status;
 pub use stop::stop;
 pub use sweep::sweep;

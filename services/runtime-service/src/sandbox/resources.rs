@@ -16,13 +16,12 @@
 
 use super::SandboxError;
 use super::record;
+use crate::cgroup::{self, Limits};
 use crisp_containerd::Containerd;
 use crisp_proto::cri::{LinuxContainerResources, UpdatePodSandboxResourcesRequest};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+use std::path::Path;
 /// The kernel's default CFS period, microseconds.
 const DEFAULT_PERIOD: i64 = 100_000;
 
@@ -57,18 +56,6 @@ impl From<&LinuxContainerResources> for Resources {
     }
 }
 
-/// What the pod's cgroup is set to: `None` leaves a setting as it is, `Some(None)` is "max".
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Limits {
-    pub shares: Option<u64>,
-    /// (quota or none, period), microseconds.
-    pub cpu: Option<(Option<i64>, i64)>,
-    pub memory: Option<Option<i64>>,
-    pub cpuset_cpus: Option<String>,
-    pub cpuset_mems: Option<String>,
-    pub unified: BTreeMap<String, String>,
-}
-
 /// The pod's limits: overhead + resources.
 pub fn limits(overhead: Option<&Resources>, resources: Option<&Resources>) -> Limits {
     let zero = Resources::default();
@@ -101,90 +88,13 @@ pub fn limits(overhead: Option<&Resources>, resources: Option<&Resources>) -> Li
     }
 }
 
-/// runc's conversion of cgroup v1 shares (2-262144) to a v2 weight (1-10000).
-fn weight(shares: u64) -> u64 {
-    1 + (shares.clamp(2, 262_144) - 2) * 9_999 / 262_142
-}
-
-/// Whether `root` is a cgroup v2 (unified) mount.
-fn is_v2(root: &Path) -> bool {
-    nix::sys::statfs::statfs(root).map(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC).unwrap_or(
-        // Not a mount point (a test's tree): the unified layout has cgroup.controllers at its root.
-        root.join("cgroup.controllers").exists(),
-    )
-}
-
-/// The files to write, in order, as (path, value).
-pub fn writes(root: &Path, v2: bool, parent: &str, limits: &Limits) -> Vec<(PathBuf, String)> {
-    let parent = parent.trim_start_matches('/');
-    let mut out = vec![];
-    if v2 {
-        let dir = root.join(parent);
-        if let Some(shares) = limits.shares {
-            out.push((dir.join("cpu.weight"), weight(shares).to_string()));
-        }
-        if let Some((quota, period)) = limits.cpu {
-            let quota = quota.map_or("max".to_string(), |q| q.to_string());
-            out.push((dir.join("cpu.max"), format!("{quota} {period}")));
-        }
-        if let Some(memory) = limits.memory {
-            out.push((dir.join("memory.max"), memory.map_or("max".to_string(), |m| m.to_string())));
-        }
-        if let Some(cpus) = &limits.cpuset_cpus {
-            out.push((dir.join("cpuset.cpus"), cpus.clone()));
-        }
-        if let Some(mems) = &limits.cpuset_mems {
-            out.push((dir.join("cpuset.mems"), mems.clone()));
-        }
-        for (file, value) in &limits.unified {
-            out.push((dir.join(file), value.clone()));
-        }
-    } else {
-        let cpu = root.join("cpu").join(parent);
-        if let Some(shares) = limits.shares {
-            out.push((cpu.join("cpu.shares"), shares.to_string()));
-        }
-        if let Some((quota, period)) = limits.cpu {
-            // The period first: a quota is checked against the period in place.
-            out.push((cpu.join("cpu.cfs_quota_us"), "-1".into()));
-            out.push((cpu.join("cpu.cfs_period_us"), period.to_string()));
-            out.push((cpu.join("cpu.cfs_quota_us"), quota.unwrap_or(-1).to_string()));
-        }
-        if let Some(memory) = limits.memory {
-            out.push((
-                root.join("memory").join(parent).join("memory.limit_in_bytes"),
-                memory.unwrap_or(-1).to_string(),
-            ));
-        }
-        let cpuset = root.join("cpuset").join(parent);
-        if let Some(cpus) = &limits.cpuset_cpus {
-            out.push((cpuset.join("cpuset.cpus"), cpus.clone()));
-        }
-        if let Some(mems) = &limits.cpuset_mems {
-            out.push((cpuset.join("cpuset.mems"), mems.clone()));
-        }
-    }
-    out
-}
-
+/// Writes `limits` to the pod's cgroup `parent` under `root`.
 fn apply(pod: &str, root: &Path, parent: &str, limits: &Limits) -> Result<(), SandboxError> {
-    let v2 = is_v2(root);
-    let dir = if v2 {
-        root.join(parent.trim_start_matches('/'))
-    } else {
-        root.join("cpu").join(parent.trim_start_matches('/'))
-    };
-    if !dir.is_dir() {
-        return Err(SandboxError::Cgroup { pod: pod.to_string(), path: dir.display().to_string(), source: None });
-    }
-    for (path, value) in writes(root, v2, parent, limits) {
-        std::fs::write(&path, &value).map_err(|source| SandboxError::Cgroup {
-            pod: pod.to_string(),
-            path: format!("{} (writing {value})", path.display()),
-            source: Some(source),
-        })?;
-    }
-    Ok(())
+    cgroup::apply(root, parent, limits).map_err(|e| SandboxError::Cgroup {
+        pod: pod.to_string(),
+        path: e.path,
+        source: e.source,
+    })
 }
 
 pub async fn update(containerd: &Containerd, request: UpdatePodSandboxResourcesRequest) -> Result<(), SandboxError> {
@@ -204,7 +114,7 @@ pub async fn update(containerd: &Containerd, request: UpdatePodSandboxResourcesR
     if !sandbox.cgroup_parent.is_empty() {
         let limits = limits(sandbox.overhead.as_ref(), sandbox.resources.as_ref());
         let (pod, parent) = (sandbox.id.clone(), sandbox.cgroup_parent.clone());
-        tokio::task::spawn_blocking(move || apply(&pod, Path::new(CGROUP_ROOT), &parent, &limits))
+        tokio::task::spawn_blocking(move || apply(&pod, Path::new(cgroup::ROOT), &parent, &limits))
             .await
             .map_err(|e| SandboxError::Task { pod: id.clone(), what: "writing its cgroup", source: e })??;
     }
@@ -240,32 +150,6 @@ mod tests {
         let l = limits(Some(&res(0, 10_000, 2, 1 << 20)), Some(&res(0, 0, 2, 0)));
         assert_eq!((l.cpu, l.memory, l.shares), (Some((None, 100_000)), Some(None), Some(4)));
         assert_eq!(limits(None, None), Limits::default());
-    }
-
-    #[test]
-    fn limits_become_v1_and_v2_cgroup_files() {
-        let l = limits(None, Some(&res(100_000, 50_000, 1024, 256 << 20)));
-        let v1 = writes(Path::new("/cg"), false, "/kubepods/pod1", &l);
-        let v1: Vec<(String, String)> = v1.into_iter().map(|(p, v)| (p.display().to_string(), v)).collect();
-        assert!(v1.contains(&("/cg/cpu/kubepods/pod1/cpu.shares".into(), "1024".into())));
-        assert!(v1.contains(&("/cg/cpu/kubepods/pod1/cpu.cfs_period_us".into(), "100000".into())));
-        assert_eq!(v1.iter().rfind(|(p, _)| p.ends_with("cfs_quota_us")).unwrap().1, "50000");
-        assert!(v1.contains(&("/cg/memory/kubepods/pod1/memory.limit_in_bytes".into(), (256 << 20).to_string())));
-        let v2 = writes(Path::new("/cg"), true, "/kubepods/pod1", &l);
-        let v2: Vec<(String, String)> = v2.into_iter().map(|(p, v)| (p.display().to_string(), v)).collect();
-        assert!(v2.contains(&("/cg/kubepods/pod1/cpu.max".into(), "50000 100000".into())));
-        assert!(v2.contains(&("/cg/kubepods/pod1/cpu.weight".into(), "39".into())));
-        assert!(v2.contains(&("/cg/kubepods/pod1/memory.max".into(), (256 << 20).to_string())));
-        let none = writes(Path::new("/cg"), true, "/p", &limits(None, Some(&res(0, 0, 0, 0))));
-        assert!(none.iter().any(|(p, v)| p.ends_with("cpu.max") && v == "max 100000"));
-        assert!(none.iter().any(|(p, v)| p.ends_with("memory.max") && v == "max"));
-    }
-
-    #[test]
-    fn shares_convert_to_weights_as_runc_does() {
-        assert_eq!(weight(2), 1);
-        assert_eq!(weight(1024), 39);
-        assert_eq!(weight(262_144), 10_000);
     }
 
     #[test]

@@ -6,6 +6,20 @@
 //!
 //! INTERFACE (fixed; the `spec` helper fills in the body, the container lifecycle calls it).
 
+mod host;
+mod mounts;
+mod namespaces;
+mod process;
+mod resources;
+mod seccomp;
+mod security;
+#[cfg(test)]
+mod tests;
+mod user;
+
+pub use host::rro_in_features;
+pub use process::parse_signal;
+
 use crate::sandbox::Sandbox;
 use crisp_errors::GrpcError;
 use crisp_proto::cri::{ContainerConfig, PodSandboxConfig};
@@ -53,6 +67,10 @@ pub struct HostFeatures {
     pub min_oom_score_adj: i32,
     /// The cgroup hierarchy is v2 (unified).
     pub cgroup_v2: bool,
+    /// The memory controller limits swap (a memory limit then also caps swap).
+    pub swap_limit: bool,
+    /// The hugetlb controller is there (else hugepage limits are left out, as containerd does).
+    pub hugetlb: bool,
 }
 
 /// The identity the container's process gets.
@@ -92,8 +110,128 @@ impl GrpcError for SpecError {
     }
 }
 
+/// The annotations containerd's CRI plugin sets on a container's spec.
+pub mod annotations {
+    pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+    pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+    pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+    pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+    pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+    pub const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
+    pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+}
+
+fn oci(what: &str) -> impl FnOnce(oci_spec::OciSpecError) -> SpecError + '_ {
+    move |e| SpecError::Build(format!("{what}: {e}"))
+}
+
 /// Builds the OCI spec for `input`.
 pub fn build(input: &SpecInput) -> Result<Built, SpecError> {
-    let _ = input;
-    Err(SpecError::Build("the OCI spec builder is not written yet".into()))
+    use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, RootBuilder, SpecBuilder, UserBuilder};
+
+    let config = input.config;
+    let image = input.image.config().as_ref();
+    let linux = config.linux.as_ref();
+    let sc = linux.and_then(|l| l.security_context.as_ref());
+    let container_resources = linux.and_then(|l| l.resources.as_ref());
+    let privileged = security::privileged(sc, input.pod)?;
+    let readonly_rootfs = sc.is_some_and(|s| s.readonly_rootfs);
+
+    // The process.
+    let user = user::resolve(sc, image.and_then(|i| i.user().as_deref()), input.image_files)?;
+    let hostname = match input.sandbox.hostname.as_str() {
+        "" => nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        name => name.to_string(),
+    };
+    let capabilities = security::capabilities(sc, privileged)?;
+    let mut process = ProcessBuilder::default()
+        .terminal(config.tty)
+        .user(
+            UserBuilder::default()
+                .uid(user.uid)
+                .gid(user.gid)
+                .additional_gids(user.supplemental_groups.clone())
+                .build()
+                .map_err(oci("user"))?,
+        )
+        .args(process::args(config, image)?)
+        .env(process::env(config, image, &hostname))
+        .cwd(process::cwd(config, image))
+        .capabilities(capabilities.clone())
+        .no_new_privileges(sc.is_some_and(|s| s.no_new_privs))
+        .oom_score_adj(resources::oom_score_adj(container_resources, input.host));
+    if let Some(profile) = security::apparmor_profile(sc, input.host.apparmor)? {
+        process = process.apparmor_profile(profile);
+    }
+    let mut process = process.build().map_err(oci("process"))?;
+    // No rlimits: the container inherits the shim's, as with containerd's CRI plugin.
+    process.set_rlimits(None);
+
+    // The filesystem.
+    let image_volumes: Vec<String> = image.and_then(|i| i.volumes().clone()).unwrap_or_default();
+    let mounts = mounts::build(&mounts::MountInput {
+        requested: &config.mounts,
+        pod_dir: &input.sandbox.dir,
+        pod_shm: &input.sandbox.shm,
+        image_volumes: &image_volumes,
+        container_dir: input.container_dir,
+        readonly_rootfs,
+        privileged,
+        rro_supported: input.host.recursive_read_only,
+    })?;
+
+    // Namespaces, cgroup, devices, confinement.
+    let (mut device_nodes, allowed) = resources::requested_devices(&config.devices)?;
+    if privileged {
+        device_nodes = resources::host_devices()?;
+    }
+    let rules = resources::device_rules(privileged, allowed)?;
+    let empty = Default::default();
+    let bounding = capabilities.bounding().as_ref().unwrap_or(&empty);
+    let (masked, readonly) = security::masked_and_readonly_paths(sc, privileged);
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces::build(input.sandbox, sc, input.pid_namespace, input.host.cgroup_v2 && !privileged)?)
+        .cgroups_path(resources::cgroups_path(&input.sandbox.cgroup_parent, input.id))
+        .resources(resources::build(container_resources, rules, input.host)?)
+        .devices(device_nodes)
+        .masked_paths(masked)
+        .readonly_paths(readonly);
+    if let Some(propagation) = &mounts.rootfs_propagation {
+        linux = linux.rootfs_propagation(propagation.clone());
+    }
+    if let Some(filter) = seccomp::build(sc, privileged, bounding)? {
+        linux = linux.seccomp(filter);
+    }
+    let linux = linux.build().map_err(oci("linux"))?;
+
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2-dev")
+        .root(RootBuilder::default().path("rootfs").readonly(readonly_rootfs).build().map_err(oci("root"))?)
+        .process(process)
+        .mounts(mounts.mounts)
+        .annotations(annotations_for(input))
+        .linux(linux)
+        .build()
+        .map_err(oci("spec"))?;
+    // The pod's UTS namespace already has the pod's hostname (or is the node's): set none.
+    spec.set_hostname(None);
+    Ok(Built { spec, create_dirs: mounts.create_dirs, user, stop_signal: process::stop_signal(config, image)? })
+}
+
+/// The container's annotations, then the CRI ones and the shim group (which win).
+fn annotations_for(input: &SpecInput) -> std::collections::HashMap<String, String> {
+    use annotations::*;
+    let pod = input.pod.metadata.clone().unwrap_or_default();
+    let mut out = input.config.annotations.clone();
+    out.extend([
+        (CONTAINER_TYPE.to_string(), "container".to_string()),
+        (CONTAINER_NAME.to_string(), input.config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()),
+        (SANDBOX_ID.to_string(), input.sandbox.id.clone()),
+        (SANDBOX_NAME.to_string(), pod.name),
+        (SANDBOX_NAMESPACE.to_string(), pod.namespace),
+        (SANDBOX_UID.to_string(), pod.uid),
+        (IMAGE_NAME.to_string(), input.config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default()),
+        (crisp_containerd::labels::RUNC_SHIM_GROUP.to_string(), input.sandbox.id.clone()),
+    ]);
+    out
 }

@@ -1,0 +1,227 @@
+//! Exits and recovery. A container's exit comes from containerd's event stream (`/tasks/exit`
+//! for its own process; `/tasks/oom` marks an OOM kill), never from polling: its finished
+//! time, exit code and reason (`Completed`, `Error`, `OOMKilled` from the OOM event or the
+//! cgroup's OOM kill count) are recorded, the state becomes `exited`, its task is deleted and
+//! a STOPPED event goes to GetContainerEvents' subscribers.
+//!
+//! Each time the stream is (re)subscribed — at start, and after containerd went away — the
+//! containers are reconciled with their tasks before the stream is read: a task that stopped
+//! (or vanished) meanwhile gets its exit recorded; a running one gets its log writer back.
+//! Recording an exit is idempotent, so an exit seen twice is recorded once.
+
+use super::record::{self, State};
+use super::select::Selector;
+use super::{Containers, MAX_LOG_LINE_BYTES, now_nanos};
+use crate::logs::{Fifos, LogWriter};
+use crisp_containerd::events::TaskEvent;
+use crisp_containerd::tasks::{Exit, is_stopped};
+use crisp_proto::cri::ContainerEventType;
+use futures::StreamExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an exit waits for the log writer to drain what the container wrote.
+const LOG_DRAIN: Duration = Duration::from_secs(2);
+/// How long a new subscription is given to reach containerd before the tasks are asked.
+const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(200);
+/// The exit code of a container whose exit was lost (its task vanished), as containerd's.
+const UNKNOWN_EXIT_CODE: i32 = 255;
+
+/// OOM kills the container's cgroup counted (cgroup v1 `memory.oom_control`, v2 `memory.events`).
+fn cgroup_oom_kills(cgroup: &str) -> u64 {
+    if cgroup.is_empty() {
+        return 0;
+    }
+    let relative = cgroup.trim_start_matches('/');
+    let root = Path::new("/sys/fs/cgroup");
+    let files =
+        [root.join("memory").join(relative).join("memory.oom_control"), root.join(relative).join("memory.events")];
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|line| line.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()))
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+impl Containers {
+    /// Records that container `id` exited (`exit`: how, when known). Idempotent.
+    pub async fn record_exit(&self, id: &str, exit: Option<Exit>) {
+        let _lock = self.lock(id).await;
+        let record = match self.containerd.container_record(id).await {
+            Ok(Some(record)) if record::is_container(&record) => record,
+            Ok(_) => return,
+            Err(err) => {
+                tracing::warn!(id, error = %crisp_errors::message_chain(&err), "reading a container to record its exit");
+                return;
+            }
+        };
+        let mut stored = match record::read(record) {
+            Ok(stored) => stored,
+            Err(err) => {
+                tracing::warn!(id, error = %err, "an unreadable container record: its exit is not recorded");
+                return;
+            }
+        };
+        if stored.state == State::Exited {
+            let _ = self.containerd.delete_task(id).await;
+            return;
+        }
+        if let Some(writer) = self.take_log_writer(id)
+            && tokio::time::timeout(LOG_DRAIN, writer.closed()).await.is_err()
+        {
+            tracing::warn!(id, "the container's output did not drain within {LOG_DRAIN:?}");
+        }
+        // The cgroup goes with the task: read its OOM count first.
+        let oom = self.take_oom(id) || cgroup_oom_kills(&stored.info.cgroup) > 0;
+        let deleted = match self.containerd.delete_task(id).await {
+            Ok(deleted) => deleted,
+            Err(err) => {
+                tracing::warn!(id, error = %crisp_errors::message_chain(&err), "deleting an exited task");
+                None
+            }
+        };
+        let exit = exit.or(deleted);
+        stored.state = State::Exited;
+        stored.info.finished_at = exit.map(|e| e.at).filter(|at| *at > 0).unwrap_or_else(now_nanos);
+        stored.info.exit_code = exit.map(|e| e.code as i32).unwrap_or(UNKNOWN_EXIT_CODE);
+        stored.info.reason = match (oom, exit) {
+            (true, _) => "OOMKilled",
+            (false, Some(e)) if e.code == 0 => "Completed",
+            (false, Some(_)) => "Error",
+            (false, None) => "Unknown",
+        }
+        .to_string();
+        if exit.is_none() {
+            stored.info.message = "the container's task was gone; its exit status is lost".into();
+        }
+        if let Err(err) = record::save(&self.containerd, &stored).await {
+            tracing::warn!(id, error = %crisp_errors::message_chain(&err), "recording a container's exit");
+            return;
+        }
+        tracing::info!(id, code = stored.info.exit_code, reason = %stored.info.reason, "container exited");
+        self.publish(id, &stored.info.sandbox_id, ContainerEventType::ContainerStoppedEvent).await;
+    }
+
+    /// Follows containerd's task events for as long as the service runs: subscribe, reconcile,
+    /// read; again after the stream breaks. containerd answers a subscription only with its
+    /// first event, so the stream is read in a task of its own while the reconciliation runs.
+    pub fn watch_exits(&self) -> tokio::task::JoinHandle<()> {
+        let containers = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
+                let containerd = containers.containerd.clone();
+                let reader = tokio::spawn(async move {
+                    match containerd.task_events().await {
+                        Ok(stream) => {
+                            let mut stream = std::pin::pin!(stream);
+                            while let Some(event) = stream.next().await {
+                                if sender.send(event).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        Err(err) => {
+                            let _ = sender.send(Err(err));
+                        }
+                    }
+                });
+                // The subscription reaches containerd before the reconciliation asks for tasks.
+                tokio::time::sleep(SUBSCRIBE_SETTLE).await;
+                containers.reconcile().await;
+                while let Some(event) = events.recv().await {
+                    match event {
+                        Ok(event) => {
+                            delay = Duration::from_millis(100);
+                            containers.handle(event)
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %crisp_errors::message_chain(&err), "containerd's event stream broke");
+                            break;
+                        }
+                    }
+                }
+                reader.abort();
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        })
+    }
+
+    fn handle(&self, event: TaskEvent) {
+        match event {
+            TaskEvent::Oom { container_id } => self.mark_oom(&container_id),
+            TaskEvent::Exit { container_id, exec_id, code, at } => {
+                // An exec's process exits too; only the container's own is its exit.
+                if !exec_id.is_empty() && exec_id != container_id {
+                    return;
+                }
+                let containers = self.clone();
+                tokio::spawn(async move { containers.record_exit(&container_id, Some(Exit { code, at })).await });
+            }
+        }
+    }
+
+    /// Brings every running container's record in line with its task: exits that happened
+    /// unseen are recorded; a running task without a log writer gets one.
+    pub async fn reconcile(&self) {
+        let running = Selector { state: Some(State::Running.label().into()), ..Default::default() };
+        let stored = match record::list(&self.containerd, &running).await {
+            Ok(stored) => stored,
+            Err(err) => {
+                tracing::warn!(error = %crisp_errors::message_chain(&err), "listing running containers to reconcile");
+                return;
+            }
+        };
+        for container in stored {
+            let id = container.id.clone();
+            match self.containerd.task(&id).await {
+                Ok(None) => self.record_exit(&id, None).await,
+                Ok(Some(process)) if is_stopped(&process) => {
+                    let at = crisp_containerd::tasks::unix_nanos(process.exited_at.as_ref());
+                    self.record_exit(&id, Some(Exit { code: process.exit_status, at })).await
+                }
+                Ok(Some(_)) if self.log_writer(&id).is_none() => self.reattach(&container),
+                Ok(Some(_)) => {}
+                Err(err) => {
+                    tracing::warn!(id, error = %crisp_errors::message_chain(&err), "asking containerd for a task")
+                }
+            }
+        }
+    }
+
+    /// A new log writer on a running container's FIFOs (after a restart of the service).
+    fn reattach(&self, container: &record::Stored) {
+        let dir = self.state_dir(&container.id).join("io");
+        if !dir.exists() {
+            return;
+        }
+        let fifos = Fifos::existing(&dir, container.config.stdin, container.config.tty);
+        let log_path = (!container.info.log_path.is_empty()).then(|| PathBuf::from(&container.info.log_path));
+        match LogWriter::open(&fifos, log_path, MAX_LOG_LINE_BYTES) {
+            Ok(writer) => {
+                writer.start();
+                self.set_log_writer(&container.id, Arc::new(writer));
+                tracing::info!(id = %container.id, "log writer reattached");
+            }
+            Err(err) => tracing::warn!(id = %container.id, error = %err, "cannot reattach the container's log writer"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_that_is_not_there_counted_no_oom_kill() {
+        assert_eq!(cgroup_oom_kills(""), 0);
+        assert_eq!(cgroup_oom_kills("/crisp/not-there-at-all"), 0);
+    }
+}

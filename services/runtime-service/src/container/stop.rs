@@ -1,0 +1,83 @@
+//! StopContainer: "stops a running container with a grace period (i.e., timeout). This call
+//! is idempotent, and must not return an error if the container has already been stopped."
+//!
+//! The stop signal is the one the CreateContainer request named (`stop_signal`), else the
+//! image's `STOPSIGNAL`, else SIGTERM (what the spec builder recorded). After `timeout`
+//! seconds (0: at once) every process of the container gets SIGKILL. The call returns once
+//! the exit is recorded. An unknown id, or a container not running, is stopped already.
+
+use super::record::{self, State};
+use super::{ContainerError, Containers};
+use crisp_containerd::tasks::Exit;
+use crisp_proto::cri::Signal;
+use nix::libc;
+use std::time::Duration;
+
+/// How long a SIGKILLed container may take to be reaped before the stop gives up.
+const KILL_WAIT: Duration = Duration::from_secs(30);
+
+/// The number of a CRI `Signal` (None for `RUNTIME_DEFAULT` or one this system lacks).
+pub fn signal_number(signal: i32) -> Option<i32> {
+    let signal = Signal::try_from(signal).ok()?;
+    let name = signal.as_str_name();
+    if let Some(offset) = name.strip_prefix("SIGRTMINPLUS") {
+        return Some(libc::SIGRTMIN() + offset.parse::<i32>().ok()?);
+    }
+    if let Some(offset) = name.strip_prefix("SIGRTMAXMINUS") {
+        return Some(libc::SIGRTMAX() - offset.parse::<i32>().ok()?);
+    }
+    Some(match name {
+        "SIGRTMIN" => libc::SIGRTMIN(),
+        "SIGRTMAX" => libc::SIGRTMAX(),
+        "SIGCLD" => libc::SIGCHLD,
+        "SIGPOLL" => libc::SIGIO,
+        "SIGIOT" => libc::SIGABRT,
+        other => other.parse::<nix::sys::signal::Signal>().ok()? as i32,
+    })
+}
+
+pub async fn stop(containers: &Containers, id: &str, timeout: i64) -> Result<(), ContainerError> {
+    let Some(stored) = record::find(&containers.containerd, id).await? else {
+        tracing::debug!(id, "StopContainer of an unknown container: nothing to do");
+        return Ok(());
+    };
+    if stored.state != State::Running {
+        return Ok(());
+    }
+    let id = stored.id.clone();
+    let signal = signal_number(stored.config.stop_signal)
+        .or((stored.info.stop_signal > 0).then_some(stored.info.stop_signal))
+        .unwrap_or(libc::SIGTERM);
+    let containerd = &containers.containerd;
+    if timeout > 0 {
+        containerd.kill_task(&id, signal as u32, false).await.map_err(ContainerError::containerd(&id))?;
+        let grace = Duration::from_secs(timeout as u64);
+        if let Ok(waited) = tokio::time::timeout(grace, containerd.wait_task(&id)).await {
+            let exit = waited.map_err(ContainerError::containerd(&id))?;
+            containers.record_exit(&id, exit).await;
+            return Ok(());
+        }
+        tracing::info!(id, ?grace, "the container outlived its grace period: killing it");
+    }
+    containerd.kill_task(&id, libc::SIGKILL as u32, true).await.map_err(ContainerError::containerd(&id))?;
+    let exit = tokio::time::timeout(KILL_WAIT, containerd.wait_task(&id)).await.map_err(|_| {
+        ContainerError::Internal { id: id.clone(), reason: format!("still running {KILL_WAIT:?} after SIGKILL") }
+    })?;
+    let exit: Option<Exit> = exit.map_err(ContainerError::containerd(&id))?;
+    containers.record_exit(&id, exit).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_signals_become_numbers() {
+        assert_eq!(signal_number(Signal::RuntimeDefault as i32), None);
+        assert_eq!(signal_number(Signal::Sigterm as i32), Some(libc::SIGTERM));
+        assert_eq!(signal_number(Signal::Sigusr1 as i32), Some(libc::SIGUSR1));
+        assert_eq!(signal_number(Signal::Sigrtminplus3 as i32), Some(libc::SIGRTMIN() + 3));
+        assert_eq!(signal_number(Signal::Sigcld as i32), Some(libc::SIGCHLD));
+    }
+}
