@@ -2,8 +2,10 @@
 //! and a SPDY client written here for each protocol version: output and exit codes, stdin and
 //! its end, a TTY with a resize, a client that goes away; the RPC's checks.
 
+mod container_support;
 mod streaming_support;
 
+use container_support::Node;
 use crisp_proto::cri::*;
 use crisp_testkit::Stack;
 use std::process::Stdio;
@@ -11,6 +13,32 @@ use std::time::Duration;
 use streaming_support::*;
 use tokio::io::AsyncWriteExt;
 use tonic::Code;
+
+/// A node with a running busybox container (`sleep`) made through the CRI, and its id; the
+/// container's task is deleted with the guard (its shim would outlive the test's containerd).
+async fn node_with_container() -> (Node, String, Cleanup) {
+    let node = Node::start().await.unwrap();
+    let pod = node.pod("shell").await.unwrap();
+    let mut config = node.config("box", &["sleep", "3600"]);
+    config.envs = vec![KeyValue { key: "GREETING".into(), value: b"from the container".to_vec() }];
+    let id = node.run(&pod, config).await.unwrap();
+    let cleanup = Cleanup { address: node.stack.containerd_address().to_path_buf(), id: id.clone() };
+    (node, id, cleanup)
+}
+
+struct Cleanup {
+    address: std::path::PathBuf,
+    id: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let address = self.address.display().to_string();
+        let _ = std::process::Command::new("ctr")
+            .args(["--address", &address, "--namespace", "crisp", "task", "delete", "--force", &self.id])
+            .output();
+    }
+}
 
 async fn exec_url(stack: &Stack, request: ExecRequest) -> Result<String, tonic::Status> {
     Ok(stack.runtime_client().exec(request).await?.into_inner().url)
@@ -53,11 +81,11 @@ async fn crictl_exec(stack: &Stack, args: &[&str], input: &[u8]) -> (i32, String
 
 #[tokio::test]
 async fn crictl_exec_runs_commands_with_output_exit_codes_and_stdin_over_both_transports() {
-    let stack = Stack::start().await.unwrap();
-    let (id, _) = busybox_container(&stack, "box");
+    let (node, id, _cleanup) = node_with_container().await;
+    let stack = &node.stack;
     for transport in ["spdy", "websocket"] {
         let (code, out, err) =
-            crictl_exec(&stack, &["--transport", transport, &id, "sh", "-c", "echo out; echo err >&2; exit 3"], b"")
+            crictl_exec(stack, &["--transport", transport, &id, "sh", "-c", "echo out; echo err >&2; exit 3"], b"")
                 .await;
         // crictl exits 1 on any failure; the code it read from the status is in its message.
         assert_eq!(code, 1, "{transport}: {out} / {err}");
@@ -66,11 +94,11 @@ async fn crictl_exec_runs_commands_with_output_exit_codes_and_stdin_over_both_tr
         assert!(err.lines().any(|l| l == "err"), "{transport}: {err}");
 
         let (code, out, _) =
-            crictl_exec(&stack, &["--transport", transport, &id, "sh", "-c", "echo $GREETING"], b"").await;
+            crictl_exec(stack, &["--transport", transport, &id, "sh", "-c", "echo $GREETING"], b"").await;
         assert_eq!((code, out.as_str()), (0, "from the container\n"), "{transport}");
 
         let (code, out, err) =
-            crictl_exec(&stack, &["--transport", transport, "-i", &id, "wc", "-c"], &[b'x'; 100_000]).await;
+            crictl_exec(stack, &["--transport", transport, "-i", &id, "busybox", "wc", "-c"], &[b'x'; 100_000]).await;
         assert_eq!((code, out.trim()), (0, "100000"), "{transport}: stdin to its end: {err}");
     }
 }
@@ -89,13 +117,13 @@ async fn spdy_session(url: &str, protocol: &str) -> SpdyClient {
 
 #[tokio::test]
 async fn each_spdy_protocol_version_reports_the_exit_as_it_defines() {
-    let stack = Stack::start().await.unwrap();
-    let (id, _) = busybox_container(&stack, "box");
+    let (node, id, _cleanup) = node_with_container().await;
+    let stack = &node.stack;
     for protocol in
         ["v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"]
     {
         for (script, code) in [("echo hi; exit 0", 0), ("echo hi; exit 7", 7)] {
-            let url = exec_url(&stack, exec_request(&id, &["sh", "-c", script], false, false)).await.unwrap();
+            let url = exec_url(stack, exec_request(&id, &["sh", "-c", script], false, false)).await.unwrap();
             let mut client = spdy_session(&url, protocol).await;
             let error = client.open(&[("streamType", "error")]).await;
             let stdout = client.open(&[("streamType", "stdout")]).await;
@@ -122,10 +150,10 @@ async fn each_spdy_protocol_version_reports_the_exit_as_it_defines() {
 
 #[tokio::test]
 async fn a_tty_exec_gets_its_resize_and_its_stdin() {
-    let stack = Stack::start().await.unwrap();
-    let (id, _) = busybox_container(&stack, "box");
+    let (node, id, _cleanup) = node_with_container().await;
+    let stack = &node.stack;
     let script = "read line; stty size; echo got $line";
-    let url = exec_url(&stack, exec_request(&id, &["sh", "-c", script], true, true)).await.unwrap();
+    let url = exec_url(stack, exec_request(&id, &["sh", "-c", script], true, true)).await.unwrap();
     let mut client = spdy_session(&url, "v4.channel.k8s.io").await;
     let error = client.open(&[("streamType", "error")]).await;
     let stdin = client.open(&[("streamType", "stdin")]).await;
@@ -144,41 +172,45 @@ async fn a_tty_exec_gets_its_resize_and_its_stdin() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_leaves_no_exec_process_behind() {
-    let stack = Stack::start().await.unwrap();
-    let (id, rootfs) = busybox_container(&stack, "box");
-    let marker = rootfs.join("tmp").join("still-running");
-    let script = "while true; do touch /tmp/still-running; sleep 0.2; done";
-    let url = exec_url(&stack, exec_request(&id, &["sh", "-c", script], false, false)).await.unwrap();
+    let (node, id, _cleanup) = node_with_container().await;
+    let stack = &node.stack;
+    let script = "sleep 1000";
+    let url = exec_url(stack, exec_request(&id, &["sh", "-c", script], false, false)).await.unwrap();
     let mut client = spdy_session(&url, "v4.channel.k8s.io").await;
     client.open(&[("streamType", "error")]).await;
     client.open(&[("streamType", "stdout")]).await;
     client.open(&[("streamType", "stderr")]).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(marker.exists(), "the loop ran");
+    let processes = || stack.ctr(&["task", "ps", &id]).unwrap().lines().count() - 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while processes() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the exec process started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(client);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    std::fs::remove_file(&marker).unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!marker.exists(), "the exec process was killed when its client went away");
-    let processes = stack.ctr(&["task", "ps", &id]).unwrap();
-    assert_eq!(processes.lines().count(), 2, "only the container's own process is left: {processes}");
+    while processes() > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the exec process was killed when its client went away: {}",
+            stack.ctr(&["task", "ps", &id]).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
 async fn exec_requests_are_checked() {
-    let stack = Stack::start().await.unwrap();
-    let (id, _) = busybox_container(&stack, "box");
+    let (node, id, _cleanup) = node_with_container().await;
+    let stack = &node.stack;
     let mut bad = exec_request(&id, &["true"], false, true);
     bad.stderr = true;
-    assert_eq!(exec_url(&stack, bad).await.unwrap_err().code(), Code::InvalidArgument, "tty with stderr");
+    assert_eq!(exec_url(stack, bad).await.unwrap_err().code(), Code::InvalidArgument, "tty with stderr");
     let mut none = exec_request(&id, &["true"], false, false);
     (none.stdout, none.stderr) = (false, false);
-    assert_eq!(exec_url(&stack, none).await.unwrap_err().code(), Code::InvalidArgument, "no stream");
-    assert_eq!(exec_url(&stack, exec_request(&id, &[], false, false)).await.unwrap_err().code(), Code::InvalidArgument);
-    let missing = exec_url(&stack, exec_request("nothing", &["true"], false, false)).await.unwrap_err();
+    assert_eq!(exec_url(stack, none).await.unwrap_err().code(), Code::InvalidArgument, "no stream");
+    assert_eq!(exec_url(stack, exec_request(&id, &[], false, false)).await.unwrap_err().code(), Code::InvalidArgument);
+    let missing = exec_url(stack, exec_request("nothing", &["true"], false, false)).await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
-    stack.ctr(&["task", "kill", "-s", "KILL", &id]).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let stopped = exec_url(&stack, exec_request(&id, &["true"], false, false)).await.unwrap_err();
+    node.stop(&id, 0).await.unwrap();
+    let stopped = exec_url(stack, exec_request(&id, &["true"], false, false)).await.unwrap_err();
     assert_eq!(stopped.code(), Code::FailedPrecondition, "{stopped:?}");
 }
