@@ -4,6 +4,7 @@
 //! to ports inside a pod's network namespace (`netns`). Pods and containers are read from the
 //! runtime service's records in containerd (`lookup`).
 
+pub mod attach;
 pub mod error;
 pub mod exec;
 pub mod lookup;

@@ -26,7 +26,8 @@ async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Err
 
     let tokens = Arc::new(Tokens::new(streaming.token_ttl, streaming.max_tokens));
     let fifo_root = config.runtime.state_dir.join("streaming").join("exec");
-    let sessions = Arc::new(Sessions { containerd, tokens, config: streaming, fifo_root });
+    let runtime_socket = config.runtime.socket.clone();
+    let sessions = Arc::new(Sessions { containerd, tokens, config: streaming, fifo_root, runtime_socket });
     let stop_http = CancellationToken::new();
     let http = tokio::spawn(server::serve(listener, sessions.clone(), stop_http.clone()));
 

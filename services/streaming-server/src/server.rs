@@ -2,6 +2,7 @@
 //! unknown, used or expired token is 404; the request must then upgrade (SPDY/3.1 or
 //! WebSocket, see `upgrade`) and the session runs on the upgraded connection.
 
+use crate::attach;
 use crate::exec;
 use crate::lookup;
 use crate::portforward;
@@ -28,6 +29,8 @@ pub struct Sessions {
     pub config: StreamingConfig,
     /// Where exec processes' FIFOs are made (one directory each).
     pub fifo_root: std::path::PathBuf,
+    /// The runtime service's socket (its `ContainerIo` API, for attach).
+    pub runtime_socket: std::path::PathBuf,
 }
 
 impl Sessions {
@@ -122,7 +125,14 @@ async fn handle(sessions: Arc<Sessions>, mut req: Request<Incoming>) -> Response
             let run = move |session| exec::run(containerd, fifo_root, request, session);
             remote_command(&mut req, options, run, &config)
         }
-        Issued::Attach(_) => upgrade::text(StatusCode::NOT_IMPLEMENTED, "attach is not implemented by crisp yet"),
+        Issued::Attach(request) => {
+            let options =
+                Options { stdin: request.stdin, stdout: request.stdout, stderr: request.stderr, tty: request.tty };
+            let config = sessions_config(&sessions);
+            let (containerd, socket) = (sessions.containerd.clone(), sessions.runtime_socket.clone());
+            let run = move |session| attach::run(containerd, socket, request, session);
+            remote_command(&mut req, options, run, &config)
+        }
     }
 }
 

@@ -9,7 +9,9 @@ use crate::server::Sessions;
 use crate::tokens::Issued;
 use crisp_errors::to_status;
 use crisp_proto::cri::runtime_service_server::RuntimeService;
-use crisp_proto::cri::{ExecRequest, ExecResponse, PortForwardRequest, PortForwardResponse};
+use crisp_proto::cri::{
+    AttachRequest, AttachResponse, ExecRequest, ExecResponse, PortForwardRequest, PortForwardResponse,
+};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -42,6 +44,15 @@ impl Streaming {
         self.url_for(Issued::Exec(request))
     }
 
+    async fn attach_url(&self, request: AttachRequest) -> Result<String, StreamingError> {
+        if request.container_id.is_empty() {
+            return Err(StreamingError::Invalid("container_id is required".into()));
+        }
+        check_streams(request.stdin, request.stdout, request.stderr, request.tty)?;
+        lookup::running_container(&self.sessions.containerd, &request.container_id).await?;
+        self.url_for(Issued::Attach(request))
+    }
+
     async fn port_forward_url(&self, request: PortForwardRequest) -> Result<String, StreamingError> {
         if request.pod_sandbox_id.is_empty() {
             return Err(StreamingError::Invalid("pod_sandbox_id is required".into()));
@@ -70,6 +81,11 @@ impl RuntimeService for Streaming {
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
         let url = self.exec_url(request.into_inner()).await.map_err(|e| to_status(&e))?;
         Ok(Response::new(ExecResponse { url }))
+    }
+
+    async fn attach(&self, request: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        let url = self.attach_url(request.into_inner()).await.map_err(|e| to_status(&e))?;
+        Ok(Response::new(AttachResponse { url }))
     }
 
     async fn port_forward(
