@@ -263,7 +263,7 @@ where
 }
 
 /// Serves the channel protocol on an upgraded WebSocket.
-pub fn websocket<S>(ws: WebSocketStream<S>, protocol: &str, options: Options) -> Session
+pub fn websocket<S>(ws: WebSocketStream<S>, protocol: &str, options: Options, idle: Duration) -> Session
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -274,10 +274,14 @@ where
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(32);
     let gone = CancellationToken::new();
 
+    // Traffic either way keeps the session; `idle` without any closes it.
+    let activity = std::sync::Arc::new(Activity::new());
     // Writer: every channel's messages, in order, then the close.
     let writer_gone = gone.clone();
+    let writer_activity = activity.clone();
     let done = tokio::spawn(async move {
         while let Some(message) = out_rx.recv().await {
+            writer_activity.touch();
             let closing = matches!(message, Message::Close(_));
             if sink.send(message).await.is_err() {
                 writer_gone.cancel();
@@ -295,7 +299,16 @@ where
     let reader_gone = gone.clone();
     tokio::spawn(async move {
         let mut stdin = Some(stdin_tx);
-        while let Some(message) = source.next().await {
+        loop {
+            let message = tokio::select! {
+                m = source.next() => m,
+                _ = activity.idle_for(idle) => {
+                    tracing::debug!("WebSocket session idle, closing");
+                    None
+                }
+            };
+            let Some(message) = message else { break };
+            activity.touch();
             let (channel, data) = match message {
                 Ok(Message::Binary(data)) if !data.is_empty() && !base64 => (data[0], data.slice(1..)),
                 Ok(Message::Text(text)) if base64 && !text.is_empty() => {
@@ -357,6 +370,34 @@ where
     }
 }
 
+/// When a session last carried anything.
+struct Activity {
+    start: tokio::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { start: tokio::time::Instant::now(), last_ms: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing happened for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+            let since = self.start.elapsed().saturating_sub(last);
+            if since >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - since).await;
+        }
+    }
+}
+
 fn frame(channel: u8, data: &[u8], base64: bool) -> Message {
     if base64 {
         use base64::Engine;
@@ -404,5 +445,37 @@ impl AsyncWrite for ChannelWriter {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_of_each_outcome_is_what_client_go_decodes() {
+        let cmd = vec!["sh".to_string(), "-c".to_string(), "exit 3".to_string()];
+        assert_eq!(status_message(&cmd, &Outcome::Exited(0), true).unwrap(), r#"{"metadata":{},"status":"Success"}"#);
+        assert_eq!(status_message(&cmd, &Outcome::Exited(0), false), None);
+        let failure: serde_json::Value =
+            serde_json::from_str(&status_message(&cmd, &Outcome::Exited(3), true).unwrap()).unwrap();
+        assert_eq!(failure["status"], "Failure");
+        assert_eq!(failure["reason"], "NonZeroExitCode");
+        assert_eq!(failure["details"]["causes"][0], serde_json::json!({"reason": "ExitCode", "message": "3"}));
+        assert!(failure["message"].as_str().unwrap().contains("non-zero exit code"));
+        let text = status_message(&cmd, &Outcome::Failed("no such thing".into()), false).unwrap();
+        assert_eq!(text, "no such thing");
+    }
+
+    #[tokio::test]
+    async fn sizes_split_across_reads_and_back_to_back_are_all_read() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut sizes = sizes_from(rx);
+        tx.write_all(br#"{"Width":80,"Hei"#).await.unwrap();
+        tx.write_all(br#"ght":24}{"Width":100,"Height":50}"#).await.unwrap();
+        assert_eq!(sizes.recv().await, Some(TermSize { width: 80, height: 24 }));
+        assert_eq!(sizes.recv().await, Some(TermSize { width: 100, height: 50 }));
+        drop(tx);
+        assert_eq!(sizes.recv().await, None);
     }
 }

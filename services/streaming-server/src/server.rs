@@ -158,6 +158,7 @@ where
 {
     let headers = req.headers().clone();
     let on_upgrade = hyper::upgrade::on(req);
+    let idle = config.spdy.idle_timeout.unwrap_or(std::time::Duration::MAX);
     if upgrade::is_websocket(&headers) {
         let (protocol, response) = match upgrade::websocket(&headers, remotecommand::WEBSOCKET_PROTOCOLS) {
             Ok(ok) => ok,
@@ -166,7 +167,7 @@ where
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else { return };
             let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            then(remotecommand::websocket(ws, &protocol, options)).await;
+            then(remotecommand::websocket(ws, &protocol, options, idle)).await;
         });
         response
     } else {
