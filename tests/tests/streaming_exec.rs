@@ -214,3 +214,26 @@ async fn exec_requests_are_checked() {
     let stopped = exec_url(stack, exec_request(&id, &["true"], false, false)).await.unwrap_err();
     assert_eq!(stopped.code(), Code::FailedPrecondition, "{stopped:?}");
 }
+
+#[tokio::test]
+async fn crictl_exec_it_in_a_terminal_gets_a_tty_of_the_terminals_size() {
+    let (node, id, _cleanup) = node_with_container().await;
+    let endpoint = format!("unix://{}", node.stack.proxy_socket().display());
+    for transport in ["spdy", "websocket"] {
+        // `script` gives crictl a terminal; crictl sends its size, the command sees it.
+        let inner = format!(
+            "stty cols 77 rows 22; crictl --runtime-endpoint {endpoint} exec -it --transport {transport} {id} sh -c 'tty; stty size'"
+        );
+        let output = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new("script").args(["-qec", &inner, "/dev/null"]).output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let out = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{transport}: {out} {}", String::from_utf8_lossy(&output.stderr));
+        assert!(out.contains("/dev/pts/"), "{transport}: a terminal: {out}");
+        assert!(out.contains("22 77"), "{transport}: the terminal's size: {out}");
+    }
+}

@@ -19,6 +19,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 
 const PROCESS_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+/// How long a TTY exec waits for the client's first terminal size before it starts.
+const FIRST_SIZE: Duration = Duration::from_millis(500);
 /// How long the output may go on draining after the process exited.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -87,7 +89,11 @@ fn mkfifo(path: &Path) -> Result<(), String> {
 }
 
 /// The container's process settings with the request's argv and TTY.
-async fn process_spec(containerd: &Containerd, request: &ExecRequest) -> Result<prost_types::Any, String> {
+async fn process_spec(
+    containerd: &Containerd,
+    request: &ExecRequest,
+    size: Option<TermSize>,
+) -> Result<prost_types::Any, String> {
     let container = containerd
         .containers()
         .get(GetContainerRequest { id: request.container_id.clone() })
@@ -102,8 +108,16 @@ async fn process_spec(containerd: &Containerd, request: &ExecRequest) -> Result<
     let mut process = spec.get("process").cloned().unwrap_or_else(|| serde_json::json!({"cwd": "/"}));
     process["args"] = serde_json::json!(request.cmd);
     process["terminal"] = serde_json::json!(request.tty);
-    if let Some(p) = process.as_object_mut() {
-        p.remove("consoleSize");
+    match size {
+        // The terminal starts at the client's size: a command that asks at once sees it.
+        Some(TermSize { width, height }) => {
+            process["consoleSize"] = serde_json::json!({"height": height, "width": width})
+        }
+        None => {
+            if let Some(p) = process.as_object_mut() {
+                p.remove("consoleSize");
+            }
+        }
     }
     Ok(prost_types::Any { type_url: PROCESS_TYPE.into(), value: process.to_string().into_bytes() })
 }
@@ -115,7 +129,12 @@ async fn exec(
     session: &mut Session,
 ) -> Result<u32, String> {
     let container_id = request.container_id.clone();
-    let spec = process_spec(containerd, request).await?;
+    // Clients send the terminal's size as soon as the session is up: wait a moment for it.
+    let first_size = match session.resize.as_mut() {
+        Some(sizes) if request.tty => tokio::time::timeout(FIRST_SIZE, sizes.recv()).await.ok().flatten(),
+        _ => None,
+    };
+    let spec = process_spec(containerd, request, first_size).await?;
     let exec_id = exec_id();
     let dir = fifo_root.join(&exec_id);
     std::fs::create_dir_all(&dir).map_err(|e| format!("making {}: {e}", dir.display()))?;
