@@ -158,3 +158,42 @@ async fn urls_work_once_and_expire_and_bad_requests_are_refused() {
     let stopped = port_forward_url(&stack, &id).await.unwrap_err();
     assert_eq!(stopped.code(), Code::FailedPrecondition, "{stopped:?}");
 }
+
+#[tokio::test]
+async fn the_streaming_server_serves_tls_with_a_configured_certificate() {
+    // A self-signed certificate for localhost and 127.0.0.1.
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let options = StackOptions {
+        extra_config: format!(
+            "[streaming]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start_with(options).await.unwrap();
+    let _network = write_network(&stack, "pfwd5", 45, &[]);
+    let id = run(&stack, pod_config("tls", "uid-pf-tls")).await.unwrap();
+    let netns = pod_dir(&stack, &id).join("ns").join("net");
+    let _server = echo(listen_in(Some(&netns), 8080));
+
+    let url = port_forward_url(&stack, &id).await.unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let (ca, key) = (cert.display().to_string(), key.display().to_string());
+    // crictl wants a client pair too (the server asks for none; the same pair serves).
+    let flags = ["--tls-ca", &ca, "--tls-cert", &ca, "--tls-key", &key];
+    for transport in ["spdy", "websocket"] {
+        let crictl = Crictl::port_forward_with(stack.proxy_socket(), &id, 8080, transport, &flags).await;
+        assert_eq!(round_trip(&crictl.local, b"over TLS").await, b"over TLS", "{transport}");
+    }
+}

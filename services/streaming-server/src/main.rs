@@ -21,7 +21,11 @@ async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Err
     let ip: IpAddr = streaming.address.parse()?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, streaming.port)).await?;
     let bound = listener.local_addr()?;
-    let base_url = format!("http://{bound}");
+    let tls = match (&streaming.tls_cert_file, &streaming.tls_key_file) {
+        (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let base_url = format!("{}://{bound}", if tls.is_some() { "https" } else { "http" });
     tracing::info!(url = %base_url, "streaming HTTP server listening");
 
     let tokens = Arc::new(Tokens::new(streaming.token_ttl, streaming.max_tokens));
@@ -29,7 +33,7 @@ async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Err
     let runtime_socket = config.runtime.socket.clone();
     let sessions = Arc::new(Sessions { containerd, tokens, config: streaming, fifo_root, runtime_socket });
     let stop_http = CancellationToken::new();
-    let http = tokio::spawn(server::serve(listener, sessions.clone(), stop_http.clone()));
+    let http = tokio::spawn(server::serve(listener, sessions.clone(), tls, stop_http.clone()));
 
     let (listener, _socket) = crisp_grpc_server::UnixSocket::bind(&config.streaming.socket, 0o600).await?;
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -39,8 +39,13 @@ impl Sessions {
     }
 }
 
-/// Accepts HTTP connections until `shutdown`.
-pub async fn serve(listener: TcpListener, sessions: Arc<Sessions>, shutdown: CancellationToken) {
+/// Accepts HTTP connections (over TLS when `tls` is given) until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    sessions: Arc<Sessions>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     loop {
         let (socket, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -55,19 +60,53 @@ pub async fn serve(listener: TcpListener, sessions: Arc<Sessions>, shutdown: Can
         };
         let _ = socket.set_nodelay(true);
         let sessions = sessions.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let sessions = sessions.clone();
-                async move { Ok::<_, Infallible>(handle(sessions, req).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(socket), service)
-                .with_upgrades();
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "streaming HTTP connection ended with an error");
+            match tls {
+                None => serve_connection(socket, sessions, peer).await,
+                Some(acceptor) => match acceptor.accept(socket).await {
+                    Ok(stream) => serve_connection(stream, sessions, peer).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "streaming TLS handshake failed"),
+                },
             }
         });
     }
+}
+
+async fn serve_connection<IO>(io: IO, sessions: Arc<Sessions>, peer: std::net::SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let sessions = sessions.clone();
+        async move { Ok::<_, Infallible>(handle(sessions, req).await) }
+    });
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades();
+    if let Err(e) = connection.await {
+        tracing::debug!(%peer, error = %e, "streaming HTTP connection ended with an error");
+    }
+}
+
+/// The TLS acceptor for `cert_file` and `key_file` (PEM).
+pub fn tls_acceptor(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("reading {}: {e}", cert_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| format!("reading {}: {e}", key_file.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the streaming certificate and key: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn handle(sessions: Arc<Sessions>, mut req: Request<Incoming>) -> Response<Body> {

@@ -185,6 +185,10 @@ pub struct StreamingConfig {
     /// How long the client has to open the streams of a session after the upgrade.
     #[serde(with = "humantime_serde")]
     pub stream_creation_timeout: Duration,
+    /// Serve the streaming endpoint over TLS with this certificate (PEM, chain first) and key;
+    /// both or neither. The URLs are then `https://`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     /// Where the streaming server serves Prometheus metrics; none serves none.
     pub metrics_address: Option<MetricsAddress>,
 }
@@ -199,6 +203,8 @@ impl Default for StreamingConfig {
             max_tokens: 1000,
             stream_idle_timeout: Duration::from_secs(4 * 3600),
             stream_creation_timeout: Duration::from_secs(30),
+            tls_cert_file: None,
+            tls_key_file: None,
             metrics_address: None,
         }
     }

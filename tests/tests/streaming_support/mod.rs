@@ -178,17 +178,31 @@ pub struct Crictl {
 
 impl Crictl {
     pub async fn port_forward(proxy: &Path, pod: &str, remote_port: u16, transport: &str) -> Crictl {
+        Crictl::port_forward_with(proxy, pod, remote_port, transport, &[]).await
+    }
+
+    /// With `extra` flags of `crictl port-forward` (TLS).
+    pub async fn port_forward_with(
+        proxy: &Path,
+        pod: &str,
+        remote_port: u16,
+        transport: &str,
+        extra: &[&str],
+    ) -> Crictl {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new("crictl")
             .arg("--runtime-endpoint")
             .arg(format!("unix://{}", proxy.display()))
-            .args(["port-forward", "--transport", transport, pod, &format!(":{remote_port}")])
+            .args(["port-forward", "--transport", transport])
+            .args(extra)
+            .args([pod, &format!(":{remote_port}")])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("crictl runs");
         let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut stderr = child.stderr.take().unwrap();
         let local = tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 // "Forwarding from 127.0.0.1:41235 -> 8080"
@@ -196,7 +210,9 @@ impl Crictl {
                     return format!("127.0.0.1:{}", rest.split(' ').next().unwrap());
                 }
             }
-            panic!("crictl ended without forwarding");
+            let mut err = String::new();
+            let _ = stderr.read_to_string(&mut err).await;
+            panic!("crictl ended without forwarding: {err}");
         })
         .await
         .expect("crictl forwards in time");
