@@ -53,6 +53,8 @@ fi
 echo "up: building crisp (release)"
 cargo build --release --bins -q
 bin=target/release
+# The pause binary, static, where runtime.pause_binary expects it by default.
+install -D -m 0755 "$(./deploy/build-pause.sh)" /usr/local/libexec/crisp/crisp-pause
 
 for service in crisp-runtime crisp-image crisp-streaming crisp-proxy; do
   "$bin/$service" >>"$log_dir/$service.log" 2>&1 &

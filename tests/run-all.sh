@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 
 # The end-to-end tests run the service binaries: build them first, in the tests' profile.
 cargo build --workspace --bins --locked
+# crisp's pause binary, static (its own cargo invocation); the test kit gives its path to the runtime.
+./deploy/build-pause.sh --locked >/dev/null
 
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"

@@ -52,14 +52,19 @@ async fn a_mirror_in_hosts_toml_serves_an_upstream_name() -> anyhow::Result<()> 
     let mirrors = [down.to_string(), mirror.host()];
     let mirrors: Vec<&str> = mirrors.iter().map(String::as_str).collect();
     write_hosts_toml(hosts.path(), "registry.k8s.io", &mirrors, &format!("http://{closed}"))?;
-    let stack = stack_with(&format!("registry_config_path = \"{}\"", hosts.path().display())).await?;
+    // A registry sandbox image, as a node configures one (crisp's own is the default).
+    let stack = stack_with(&format!(
+        "registry_config_path = \"{}\"\nsandbox_image = \"registry.k8s.io/pause:3.10\"",
+        hosts.path().display()
+    ))
+    .await?;
     let mut client = stack.image_client();
 
     assert_eq!(pull(&mut client, "registry.k8s.io/pause:3.10").await?, pause.id());
     let names = ctr_images(&stack)?;
     assert!(names.contains(&"registry.k8s.io/pause:3.10".to_string()), "{names:?}");
     assert!(names.contains(&format!("registry.k8s.io/pause@{}", pause.manifest.digest)), "{names:?}");
-    // The sandbox image (the default registry.k8s.io/pause:3.10) is pinned.
+    // The configured sandbox image is pinned.
     let s = status(&mut client, "registry.k8s.io/pause:3.10").await?.expect("status");
     assert!(s.pinned);
     let labels = stack.ctr(&["images", "ls"])?;

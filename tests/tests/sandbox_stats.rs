@@ -72,7 +72,7 @@ async fn pod_stats_come_from_its_cgroup_and_its_link_and_move() {
     let _network = write_network(&stack, "stats", 18, &[]);
     let cgroup = PodCgroup::new("crisp-stats-test");
     let mut config = pod_config("web", "uid-web");
-    config.linux = Some(LinuxPodSandboxConfig { cgroup_parent: cgroup.parent.clone(), ..Default::default() });
+    config.linux.get_or_insert_default().cgroup_parent = cgroup.parent.clone();
     let id = run(&stack, config).await.unwrap();
     let other = run(&stack, pod_config("db", "uid-db")).await.unwrap();
     let ip = status(&stack, &id).await.unwrap().status.unwrap().network.unwrap().ip;

@@ -246,8 +246,11 @@ impl Body for BackendBody {
         }
     }
 
+    /// True already for a trailers-only answer (the backend ended the stream with its headers):
+    /// the proxy must then answer trailers-only too, as gRPC clients other than C-core read a
+    /// status in headers only from a HEADERS frame that ends the stream.
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done || self.stream.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -19,6 +19,7 @@ pub struct Runtime {
     containers: container::Containers,
     /// What the container stats keep between calls (CPU samples apart from the pods').
     container_samples: container_stats::Samples,
+    sandbox_image: sandbox::SandboxImage,
 }
 
 impl Runtime {
@@ -27,7 +28,8 @@ impl Runtime {
             containerd.clone(),
             std::sync::Arc::new(config.clone()),
             events::Hub::default(),
-            container::spec::HostFeatures::default(),
+            // Detected once (it runs `runc features`), before the service serves.
+            container::spec::HostFeatures::node().clone(),
         );
         Self {
             containers,
@@ -36,6 +38,7 @@ impl Runtime {
             reservations: sandbox::Reservations::default(),
             cpu_samples: sandbox::CpuSamples::default(),
             container_samples: container_stats::Samples::default(),
+            sandbox_image: sandbox::SandboxImage::default(),
         }
     }
 }
@@ -88,9 +91,10 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        let id = sandbox::run(&self.containerd, &self.config, &self.reservations, request.into_inner())
-            .await
-            .map_err(status_of)?;
+        let id =
+            sandbox::run(&self.containerd, &self.config, &self.reservations, &self.sandbox_image, request.into_inner())
+                .await
+                .map_err(status_of)?;
         self.containers.publish_pod(&id, ContainerEventType::ContainerCreatedEvent).await;
         self.containers.publish_pod(&id, ContainerEventType::ContainerStartedEvent).await;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
@@ -285,7 +289,7 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        container_update::update(&self.containerd, request.into_inner())
+        container_update::update(&self.containers, request.into_inner())
             .await
             .map_err(|e| crisp_errors::to_status(&e))?;
         Ok(Response::new(UpdateContainerResourcesResponse {}))

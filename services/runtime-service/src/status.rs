@@ -24,6 +24,7 @@ static NO_FEATURES: HostFeatures = HostFeatures {
     cgroup_v2: false,
     swap_limit: false,
     hugetlb: false,
+    bounding_capabilities: None,
 };
 const NETWORK_READY: &str = "NetworkReady";
 
@@ -119,7 +120,7 @@ pub async fn status(containerd: &Containerd, config: &Config, verbose: bool) -> 
                 }),
             })
             .collect(),
-        // Advertised once ContainerStatus.user reports the identity the spec gave the process.
-        features: Some(RuntimeFeatures { supplemental_groups_policy: false, user_namespaces_host_network: false }),
+        // ContainerStatus.user reports the identity the spec gave the process (Merge or Strict).
+        features: Some(RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false }),
     }
 }

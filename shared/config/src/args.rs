@@ -1,6 +1,6 @@
 //! Command-line flags and environment variables: one for every field of the file.
 
-use crate::{Config, LogFormat, MetricsAddress};
+use crate::{Config, InfraContainer, LogFormat, MetricsAddress};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -94,6 +94,12 @@ pub struct ConfigArgs {
     /// runtime.runtime_type
     #[arg(long, env = "CRISP_RUNTIME_RUNTIME_TYPE", value_name = "NAME")]
     pub runtime_runtime_type: Option<String>,
+    /// runtime.infra_container
+    #[arg(long, env = "CRISP_RUNTIME_INFRA_CONTAINER", value_name = "WHEN")]
+    pub runtime_infra_container: Option<InfraContainer>,
+    /// runtime.pause_binary
+    #[arg(long, env = "CRISP_RUNTIME_PAUSE_BINARY", value_name = "FILE")]
+    pub runtime_pause_binary: Option<PathBuf>,
     /// runtime.max_container_log_line_size (-1: no limit)
     #[arg(
         long,
@@ -181,6 +187,8 @@ impl ConfigArgs {
         set(&mut c.runtime.cni_bin_dirs, &self.runtime_cni_bin_dirs);
         set(&mut c.runtime.cni_conf_dir, &self.runtime_cni_conf_dir);
         set(&mut c.runtime.runtime_type, &self.runtime_runtime_type);
+        set(&mut c.runtime.infra_container, &self.runtime_infra_container);
+        set(&mut c.runtime.pause_binary, &self.runtime_pause_binary);
         set(&mut c.runtime.max_container_log_line_size, &self.runtime_max_container_log_line_size);
         if self.runtime_metrics_address.is_some() {
             c.runtime.metrics_address = self.runtime_metrics_address;

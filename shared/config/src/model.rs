@@ -83,6 +83,11 @@ impl Default for ProxyConfig {
     }
 }
 
+/// crisp's own sandbox image: its pause binary, as one layer, made by the runtime service.
+/// `localhost/` is a registry no one pulls from (as podman names local images); the tag is
+/// crisp's version.
+pub const CRISP_SANDBOX_IMAGE: &str = concat!("localhost/crisp/pause:", env!("CARGO_PKG_VERSION"));
+
 /// The image service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -99,7 +104,9 @@ pub struct ImageConfig {
     /// A pull that makes no progress for this long fails.
     #[serde(with = "humantime_serde")]
     pub pull_progress_timeout: Duration,
-    /// The pod sandbox (pause) image; it is pinned.
+    /// The pod sandbox (pause) image; it is pinned. crisp's own ([`CRISP_SANDBOX_IMAGE`]) is
+    /// written into containerd by the runtime service from `runtime.pause_binary` (no
+    /// registry); any other is pulled through the image service.
     pub sandbox_image: String,
     /// Where this replica serves Prometheus metrics; none serves none.
     pub metrics_address: Option<MetricsAddress>,
@@ -113,7 +120,7 @@ impl Default for ImageConfig {
             registry_config_path: None,
             max_concurrent_downloads: 3,
             pull_progress_timeout: Duration::from_secs(5 * 60),
-            sandbox_image: "registry.k8s.io/pause:3.10".into(),
+            sandbox_image: CRISP_SANDBOX_IMAGE.into(),
             metrics_address: None,
         }
     }
@@ -135,6 +142,10 @@ pub struct RuntimeConfig {
     pub cni_conf_dir: PathBuf,
     /// The OCI runtime containerd runs containers with.
     pub runtime_type: String,
+    /// When a pod gets an infra (pause) process.
+    pub infra_container: InfraContainer,
+    /// crisp's static pause binary, the content of crisp's own sandbox image.
+    pub pause_binary: PathBuf,
     /// Where the runtime service serves Prometheus metrics; none serves none.
     pub metrics_address: Option<MetricsAddress>,
     /// A container's log line longer than this many bytes is split into partial lines (`P`);
@@ -149,6 +160,16 @@ impl RuntimeConfig {
     }
 }
 
+/// When a pod gets an infra (pause) process: only where its containers share one PID
+/// namespace (`when-needed`, as CRI-O's `drop_infra_ctr`), or for every pod (`always`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum InfraContainer {
+    #[default]
+    WhenNeeded,
+    Always,
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
@@ -158,6 +179,8 @@ impl Default for RuntimeConfig {
             cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             runtime_type: "io.containerd.runc.v2".into(),
+            infra_container: InfraContainer::WhenNeeded,
+            pause_binary: PathBuf::from("/usr/local/libexec/crisp/crisp-pause"),
             metrics_address: None,
             max_container_log_line_size: 16 * 1024,
         }

@@ -102,6 +102,7 @@ impl Config {
         if self.runtime.runtime_type.trim().is_empty() {
             return Err(invalid("runtime.runtime_type", "is empty"));
         }
+        absolute_dir("runtime.pause_binary", &self.runtime.pause_binary)?;
         if self.runtime.max_container_log_line_size == 0 || self.runtime.max_container_log_line_size < -1 {
             return Err(invalid(
                 "runtime.max_container_log_line_size",

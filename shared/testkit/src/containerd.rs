@@ -108,6 +108,51 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 }
 
+/// A test's containerd takes its shims with it: a shim outlives containerd by design (its
+/// containers keep running through a restart), so without this every container a test left
+/// running would stay on the machine, with its shim, after the test.
+impl Drop for ContainerdProcess {
+    fn drop(&mut self) {
+        kill_shims_of(&self.address);
+    }
+}
+
+/// SIGKILLs every `containerd-shim-runc-v2` serving the containerd at `address`, and every
+/// process below each (the containers' processes, which the shim reaps as subreaper).
+fn kill_shims_of(address: &Path) {
+    let address = address.as_os_str().as_encoded_bytes();
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    let mut shims: Vec<i32> = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses, so read after the last `)`.
+        let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+        else {
+            continue;
+        };
+        parents.push((pid, ppid));
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_shim = args.first().is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"));
+        if is_shim && args.windows(2).any(|w| w[0] == b"-address" && w[1] == address) {
+            shims.push(pid);
+        }
+    }
+    let mut doomed = shims.clone();
+    let mut i = 0;
+    while i < doomed.len() {
+        let parent = doomed[i];
+        doomed.extend(parents.iter().filter(|(_, ppid)| *ppid == parent).map(|(pid, _)| *pid));
+        i += 1;
+    }
+    // Children first, so that no shim reaps and reports what is about to go anyway.
+    for pid in doomed.iter().rev() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// The path of a program on `PATH`.
 pub(crate) fn which(program: &str) -> anyhow::Result<String> {
     let path = std::env::var_os("PATH").unwrap_or_default();

@@ -37,6 +37,28 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
+/// crisp's static pause binary (`deploy/build-pause.sh`), built by it when it is not there yet.
+/// `CRISP_PAUSE_BINARY` names another.
+pub fn pause_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("CRISP_PAUSE_BINARY") {
+        return Ok(PathBuf::from(path));
+    }
+    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(path) = built.as_ref() {
+        return Ok(path.clone());
+    }
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = bin_dir()?.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| workspace.join("target"));
+    let path = target.join("x86_64-unknown-linux-gnu/release/crisp-pause");
+    if !path.is_file() {
+        let status = std::process::Command::new(workspace.join("deploy/build-pause.sh")).status()?;
+        anyhow::ensure!(status.success(), "deploy/build-pause.sh failed: {status}");
+    }
+    *built = Some(path.clone());
+    Ok(path)
+}
+
 /// A CRI channel to a unix socket.
 pub fn cri_channel(socket: &std::path::Path) -> tonic::transport::Channel {
     crisp_grpc_dial::unix_channel(socket, std::time::Duration::from_secs(5))

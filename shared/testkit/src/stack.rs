@@ -94,6 +94,7 @@ impl Stack {
         settings.runtime.root_dir = path.join("lib");
         settings.runtime.state_dir = path.join("run");
         settings.runtime.cni_conf_dir = path.join("cni");
+        settings.runtime.pause_binary = crate::pause_binary()?;
         settings.streaming.socket = path.join("streaming.sock");
         settings.telemetry.log_level =
             "info,crisp_proxy=debug,crisp_runtime=debug,crisp_image=debug,crisp_streaming=debug".into();

@@ -56,6 +56,13 @@ impl RawClient {
         let response = send.send_request(request).await?;
         let (head, body) = response.into_parts();
         if let Some(ended) = status_in(&head.headers) {
+            // As grpc-go reads it: a status in the response head counts only in a trailers-only
+            // answer, whose HEADERS frame ends the stream; otherwise the call "closed the stream
+            // without sending trailers".
+            anyhow::ensure!(
+                hyper::body::Body::is_end_stream(&body),
+                "a status in the headers of a stream that goes on (not trailers-only): {ended:?}"
+            );
             return Ok(ended);
         }
         let collected = body.collect().await?;

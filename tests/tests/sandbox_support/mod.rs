@@ -38,8 +38,22 @@ pub fn write_network(stack: &Stack, tag: &str, octet: u8, extra: &[&str]) -> Tes
     TestNetwork { store: store.join(format!("test-{tag}")), bridge: format!("crisp-{tag}") }
 }
 
+/// A pod as the kubelet sends one without `shareProcessNamespace`: the pod's network and IPC,
+/// a PID namespace per container (so no infra process).
 pub fn pod_config(name: &str, uid: &str) -> PodSandboxConfig {
     PodSandboxConfig {
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Pod as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         metadata: Some(PodSandboxMetadata {
             name: name.into(),
             uid: uid.into(),

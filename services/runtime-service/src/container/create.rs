@@ -203,6 +203,7 @@ pub async fn create(containers: &Containers, request: CreateContainerRequest) ->
         .map_err(ContainerError::io(&id, "reading /etc/passwd and /etc/group of", &state_dir))?;
 
     let default_pod = PodSandboxConfig::default();
+    let pid_namespace = pod.pid_namespace();
     let input = SpecInput {
         id: &id,
         config,
@@ -211,7 +212,7 @@ pub async fn create(containers: &Containers, request: CreateContainerRequest) ->
         image: &image.details.config,
         image_files: &image_files,
         container_dir: &root_dir,
-        pid_namespace: None,
+        pid_namespace: pid_namespace.as_deref(),
         host: &containers.host,
     };
     let mut built = spec::build(&input).map_err(|source| ContainerError::Spec { id: id.clone(), source })?;

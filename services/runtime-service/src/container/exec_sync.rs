@@ -12,14 +12,14 @@
 //! guard also when the caller goes away mid-way. An unknown container is `NOT_FOUND`, one not
 //! running `FAILED_PRECONDITION`.
 
+use super::ContainerError;
+use super::record::{self, State};
 use crate::logs::{Fifos, Stream};
 use crisp_config::Config;
 use crisp_containerd::containerd_client::services::v1::{
-    Container, DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest, StartRequest,
-    WaitRequest,
+    DeleteProcessRequest, ExecProcessRequest, GetRequest, KillRequest, StartRequest, WaitRequest,
 };
 use crisp_containerd::containerd_client::types::v1::Status as TaskStatus;
-use crisp_containerd::labels::crisp::{KIND, KIND_CONTAINER};
 use crisp_containerd::{Containerd, ContainerdError};
 use crisp_errors::GrpcError;
 use crisp_proto::cri::{ExecSyncRequest, ExecSyncResponse};
@@ -47,10 +47,10 @@ const PROCESS_SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec
 pub enum ExecError {
     #[error("ExecSync: `cmd` is empty")]
     EmptyCommand,
+    #[error("ExecSync: {0}")]
+    Container(#[source] ContainerError),
     #[error("container `{0}` not found")]
     NotFound(String),
-    #[error("container id prefix `{0}` matches more than one container")]
-    Ambiguous(String),
     #[error("container `{id}` is not running ({state})")]
     NotRunning { id: String, state: &'static str },
     #[error("container `{id}`: its OCI spec cannot be read: {reason}")]
@@ -68,7 +68,8 @@ pub enum ExecError {
 impl GrpcError for ExecError {
     fn code(&self) -> Code {
         match self {
-            ExecError::EmptyCommand | ExecError::Ambiguous(_) => Code::InvalidArgument,
+            ExecError::EmptyCommand => Code::InvalidArgument,
+            ExecError::Container(e) => e.code(),
             ExecError::NotFound(_) => Code::NotFound,
             ExecError::NotRunning { .. } => Code::FailedPrecondition,
             ExecError::Spec { .. } | ExecError::Io { .. } => Code::Internal,
@@ -88,145 +89,117 @@ pub async fn exec_sync(
     if request.cmd.is_empty() {
         return Err(ExecError::EmptyCommand);
     }
-    let container = find(containerd, &request.container_id).await?;
+    let container = record::find(containerd, &request.container_id)
+        .await
+        .map_err(ExecError::Container)?
+        .ok_or_else(|| ExecError::NotFound(request.container_id.clone()))?;
     let id = container.id.clone();
+    if container.state != State::Running {
+        return Err(ExecError::NotRunning { id, state: container.state.label() });
+    }
     ensure_running(containerd, &id).await?;
-    let process = process_spec(&container, &request.cmd)?;
+    let process = process_spec(&id, &container.spec, &request.cmd)?;
 
     let exec_id =
         new_exec_id().map_err(|source| ExecError::Io { id: id.clone(), doing: "making an exec id", source })?;
     let dir = config.runtime.state_dir.join("containers").join(&id).join("exec").join(&exec_id);
-    let mut exec = Exec::new(containerd.clone(), id.clone(), exec_id.clone(), dir.clone());
-    let fifos = Fifos::create(&dir, false, false).map_err(|source| ExecError::Io {
-        id: id.clone(),
-        doing: "making the FIFOs",
-        source,
-    })?;
-    let stderr_path = fifos.stderr.clone().unwrap_or_default();
-    let io_error = |doing: &'static str| {
-        let id = id.clone();
-        move |source| ExecError::Io { id, doing, source }
-    };
-    // The read ends are open before containerd's shim opens the write ends, so its open never blocks.
-    let stdout = open_reader(&fifos.stdout).map_err(io_error("opening stdout"))?;
-    let stderr = open_reader(&stderr_path).map_err(io_error("opening stderr"))?;
-    let (stop, stopped) = watch::channel(false);
-    let (overflow_tx, mut overflow) = mpsc::channel(2);
-    let stdout = tokio::spawn(collect(stdout, Stream::Stdout, stopped.clone(), overflow_tx.clone()));
-    let stderr = tokio::spawn(collect(stderr, Stream::Stderr, stopped, overflow_tx));
-
-    let call = |operation| {
-        let id = container.id.clone();
-        move |status| ExecError::Containerd { id, source: ContainerdError::call(operation, status) }
-    };
-    let mut tasks = containerd.tasks();
-    tasks
-        .exec(ExecProcessRequest {
-            container_id: container.id.clone(),
-            exec_id: exec_id.clone(),
-            stdin: String::new(),
-            stdout: fifos.stdout.display().to_string(),
-            stderr: stderr_path.display().to_string(),
-            terminal: false,
-            spec: Some(prost_types::Any { type_url: PROCESS_SPEC_TYPE.into(), value: process }),
-        })
-        .await
-        .map_err(not_running_or(&container.id, call("creating the exec process")))?;
-    exec.created = true;
-    tasks
-        .start(StartRequest { container_id: container.id.clone(), exec_id: exec_id.clone() })
-        .await
-        .map_err(not_running_or(&container.id, call("starting the exec process")))?;
-
-    let mut waiter = containerd.tasks();
-    let wait = waiter.wait(WaitRequest { container_id: container.id.clone(), exec_id: exec_id.clone() });
-    // A timeout too far away to be a deadline is no timeout.
-    let deadline = u64::try_from(request.timeout)
-        .ok()
-        .filter(|t| *t > 0)
-        .and_then(|secs| tokio::time::Instant::now().checked_add(Duration::from_secs(secs)));
-    let timeout = async {
-        match deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            None => std::future::pending().await,
-        }
-    };
-    let exit_code = tokio::select! {
-        exited = wait => exited.map_err(call("waiting for the exec process"))?.into_inner().exit_status,
-        _ = timeout => {
-            exec.kill_and_wait().await;
-            return Err(ExecError::Timeout(request.timeout));
-        }
-        Some(stream) = overflow.recv() => {
-            exec.kill_and_wait().await;
-            return Err(ExecError::OutputTooLarge {
-                id: container.id.clone(),
-                stream: stream.as_str(),
-                limit: MAX_STREAM_BYTES,
-            });
-        }
-    };
-
-    // The output ends when every holder of the pipe closed it; past the grace, deleting the
-    // exec closes the shim's side, and past that the collectors stop with what they have.
-    let drained = async { (stdout.await, stderr.await) };
-    tokio::pin!(drained);
-    let (stdout, stderr) = match tokio::time::timeout(DRAIN_GRACE, &mut drained).await {
-        Ok(both) => both,
-        Err(_) => {
-            tracing::debug!(exec_id = %exec_id, "exec output still held open after its exit; deleting the exec");
-            exec.delete().await;
-            match tokio::time::timeout(DELETE_GRACE, &mut drained).await {
-                Ok(both) => both,
-                Err(_) => {
-                    let _ = stop.send(true);
-                    drained.await
-                }
+    let mut exec = Exec::new(containerd.clone(), id.clone(), exec_id, dir.clone());
+    let mut output = Output::collect(&id, &dir)?;
+    exec.create_and_start(process, &output.fifos).await?;
+    match exec.wait(deadline(request.timeout), &mut output.overflow).await? {
+        Ended::Exited(exit_code) => {
+            let (stdout, stderr, overflowed) = output.drain(&mut exec).await;
+            exec.cleanup().await;
+            if let Some(stream) = overflowed {
+                // Past the bound after the exit: still more than the caller may be given.
+                return Err(ExecError::OutputTooLarge { id, stream: stream.as_str(), limit: MAX_STREAM_BYTES });
             }
+            Ok(ExecSyncResponse { stdout, stderr, exit_code: exit_code as i32 })
         }
-    };
-    exec.cleanup().await;
-    if overflow.try_recv().is_ok() {
-        // Past the bound after the exit: still more than the caller may be given.
-        return Err(ExecError::OutputTooLarge { id: container.id, stream: "output", limit: MAX_STREAM_BYTES });
+        Ended::TimedOut => {
+            exec.kill_and_wait().await;
+            Err(ExecError::Timeout(request.timeout))
+        }
+        Ended::Overflowed(stream) => {
+            exec.kill_and_wait().await;
+            Err(ExecError::OutputTooLarge { id, stream: stream.as_str(), limit: MAX_STREAM_BYTES })
+        }
     }
-    Ok(ExecSyncResponse {
-        stdout: stdout.unwrap_or_default(),
-        stderr: stderr.unwrap_or_default(),
-        exit_code: exit_code as i32,
-    })
 }
 
-/// The container record by full id or unique id prefix; only crisp's containers count.
-pub(crate) async fn find(containerd: &Containerd, id: &str) -> Result<Container, ExecError> {
-    if id.is_empty() {
-        return Err(ExecError::NotFound(String::new()));
+/// The request's timeout as a deadline; none for 0 (or one too far away to be a deadline).
+fn deadline(timeout_secs: i64) -> Option<tokio::time::Instant> {
+    u64::try_from(timeout_secs)
+        .ok()
+        .filter(|t| *t > 0)
+        .and_then(|secs| tokio::time::Instant::now().checked_add(Duration::from_secs(secs)))
+}
+
+/// How the wait for an exec ended.
+enum Ended {
+    Exited(u32),
+    TimedOut,
+    Overflowed(Stream),
+}
+
+/// An exec's FIFOs and the tasks reading them, which stop when this goes away.
+struct Output {
+    fifos: Fifos,
+    stop: watch::Sender<bool>,
+    overflow: mpsc::Receiver<Stream>,
+    stdout: tokio::task::JoinHandle<Vec<u8>>,
+    stderr: tokio::task::JoinHandle<Vec<u8>>,
+}
+
+impl Output {
+    /// Makes the FIFOs in `dir` and starts reading them. The read ends are open before
+    /// containerd's shim opens the write ends, so its open never blocks.
+    fn collect(id: &str, dir: &Path) -> Result<Output, ExecError> {
+        let io_error = |doing: &'static str| {
+            let id = id.to_string();
+            move |source| ExecError::Io { id, doing, source }
+        };
+        let fifos = Fifos::create(dir, false, false).map_err(io_error("making the FIFOs"))?;
+        let stderr_path = fifos.stderr.clone().unwrap_or_default();
+        let stdout = open_reader(&fifos.stdout).map_err(io_error("opening stdout"))?;
+        let stderr = open_reader(&stderr_path).map_err(io_error("opening stderr"))?;
+        let (stop, stopped) = watch::channel(false);
+        let (overflow_tx, overflow) = mpsc::channel(2);
+        Ok(Output {
+            fifos,
+            stop,
+            overflow,
+            stdout: tokio::spawn(collect(stdout, Stream::Stdout, stopped.clone(), overflow_tx.clone())),
+            stderr: tokio::spawn(collect(stderr, Stream::Stderr, stopped, overflow_tx)),
+        })
     }
-    let containerd_error = |source| ExecError::Containerd { id: id.to_string(), source };
-    let exact = containerd.containers().get(GetContainerRequest { id: id.to_string() }).await;
-    match exact {
-        Ok(found) => {
-            let container = found.into_inner().container.ok_or_else(|| ExecError::NotFound(id.to_string()))?;
-            if container.labels.get(KIND).map(String::as_str) == Some(KIND_CONTAINER) {
-                return Ok(container);
+
+    /// Both streams once the process exited. They end when every holder of the pipe closed
+    /// it; past [`DRAIN_GRACE`] the exec is deleted, which closes the shim's side, and past
+    /// [`DELETE_GRACE`] the readers stop with what they have. Also a stream that overflowed.
+    async fn drain(mut self, exec: &mut Exec) -> (Vec<u8>, Vec<u8>, Option<Stream>) {
+        let both = async { (self.stdout.await, self.stderr.await) };
+        tokio::pin!(both);
+        let (stdout, stderr) = match tokio::time::timeout(DRAIN_GRACE, &mut both).await {
+            Ok(both) => both,
+            Err(_) => {
+                tracing::debug!(exec_id = %exec.exec_id, "exec output still held open after its exit; deleting the exec");
+                exec.delete().await;
+                match tokio::time::timeout(DELETE_GRACE, &mut both).await {
+                    Ok(both) => both,
+                    Err(_) => {
+                        let _ = self.stop.send(true);
+                        both.await
+                    }
+                }
             }
-            Err(ExecError::NotFound(id.to_string()))
-        }
-        Err(status) if status.code() == Code::NotFound => {
-            let selector = super::select::Selector { id: Some(id.to_string()), ..Default::default() };
-            let mut matches = super::select::select(containerd, &selector).await.map_err(containerd_error)?;
-            match matches.len() {
-                0 => Err(ExecError::NotFound(id.to_string())),
-                1 => Ok(matches.remove(0)),
-                _ => Err(ExecError::Ambiguous(id.to_string())),
-            }
-        }
-        Err(status) => Err(containerd_error(ContainerdError::call("reading the container", status))),
+        };
+        (stdout.unwrap_or_default(), stderr.unwrap_or_default(), self.overflow.try_recv().ok())
     }
 }
 
 /// The container's task exists and runs.
-pub(crate) async fn ensure_running(containerd: &Containerd, id: &str) -> Result<(), ExecError> {
+async fn ensure_running(containerd: &Containerd, id: &str) -> Result<(), ExecError> {
     let task = containerd.tasks().get(GetRequest { container_id: id.to_string(), exec_id: String::new() }).await;
     let status = match task {
         Ok(response) => response.into_inner().process.map(|p| p.status).unwrap_or_default(),
@@ -260,10 +233,12 @@ fn not_running_or(
 }
 
 /// The container's process spec (JSON, every field kept) with `cmd` as args and no terminal.
-fn process_spec(container: &Container, cmd: &[String]) -> Result<Vec<u8>, ExecError> {
-    let error = |reason: String| ExecError::Spec { id: container.id.clone(), reason };
-    let spec = container.spec.as_ref().ok_or_else(|| error("the container record has no spec".into()))?;
-    let mut spec: serde_json::Value = serde_json::from_slice(&spec.value).map_err(|e| error(e.to_string()))?;
+fn process_spec(id: &str, spec: &[u8], cmd: &[String]) -> Result<Vec<u8>, ExecError> {
+    let error = |reason: String| ExecError::Spec { id: id.to_string(), reason };
+    if spec.is_empty() {
+        return Err(error("the container record has no spec".into()));
+    }
+    let mut spec: serde_json::Value = serde_json::from_slice(spec).map_err(|e| error(e.to_string()))?;
     let process = spec
         .get_mut("process")
         .and_then(serde_json::Value::as_object_mut)
@@ -333,6 +308,62 @@ struct Exec {
 impl Exec {
     fn new(containerd: Containerd, container_id: String, exec_id: String, dir: PathBuf) -> Self {
         Exec { containerd, container_id, exec_id, dir, created: false, cleaned: false }
+    }
+
+    fn call(&self, operation: &'static str) -> impl FnOnce(tonic::Status) -> ExecError {
+        let id = self.container_id.clone();
+        move |status| ExecError::Containerd { id, source: ContainerdError::call(operation, status) }
+    }
+
+    /// Has containerd create the process (`process`: its spec as JSON) with `fifos` as its
+    /// output, and start it.
+    async fn create_and_start(&mut self, process: Vec<u8>, fifos: &Fifos) -> Result<(), ExecError> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let mut tasks = self.containerd.tasks();
+        let request = ExecProcessRequest {
+            container_id: self.container_id.clone(),
+            exec_id: self.exec_id.clone(),
+            stdin: String::new(),
+            stdout: fifos.stdout.display().to_string(),
+            stderr: path(&fifos.stderr),
+            terminal: false,
+            spec: Some(prost_types::Any { type_url: PROCESS_SPEC_TYPE.into(), value: process }),
+        };
+        tasks
+            .exec(request)
+            .await
+            .map_err(not_running_or(&self.container_id, self.call("creating the exec process")))?;
+        self.created = true;
+        let request = StartRequest { container_id: self.container_id.clone(), exec_id: self.exec_id.clone() };
+        tasks
+            .start(request)
+            .await
+            .map_err(not_running_or(&self.container_id, self.call("starting the exec process")))?;
+        Ok(())
+    }
+
+    /// Waits until the process exits, the deadline passes or a stream overflows.
+    async fn wait(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+        overflow: &mut mpsc::Receiver<Stream>,
+    ) -> Result<Ended, ExecError> {
+        let mut tasks = self.containerd.tasks();
+        let wait = tasks.wait(WaitRequest { container_id: self.container_id.clone(), exec_id: self.exec_id.clone() });
+        let timeout = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            exited = wait => {
+                let exited = exited.map_err(self.call("waiting for the exec process"))?;
+                Ok(Ended::Exited(exited.into_inner().exit_status))
+            }
+            _ = timeout => Ok(Ended::TimedOut),
+            Some(stream) = overflow.recv() => Ok(Ended::Overflowed(stream)),
+        }
     }
 
     /// SIGKILL, then waits (bounded) until containerd reports the exit.
@@ -415,15 +446,8 @@ fn remove_dir(dir: &Path) {
 mod tests {
     use super::*;
 
-    fn container(spec: serde_json::Value) -> Container {
-        Container {
-            id: "c1".into(),
-            spec: Some(prost_types::Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-                value: serde_json::to_vec(&spec).unwrap(),
-            }),
-            ..Default::default()
-        }
+    fn spec_of(spec: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&spec).unwrap()
     }
 
     #[test]
@@ -440,9 +464,10 @@ mod tests {
             },
             "root": {"path": "rootfs"}
         });
-        let process: serde_json::Value =
-            serde_json::from_slice(&process_spec(&container(spec), &["sh".into(), "-c".into(), "id".into()]).unwrap())
-                .unwrap();
+        let process: serde_json::Value = serde_json::from_slice(
+            &process_spec("c1", &spec_of(spec), &["sh".into(), "-c".into(), "id".into()]).unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             process,
             serde_json::json!({
@@ -458,7 +483,8 @@ mod tests {
 
     #[test]
     fn a_spec_without_process_is_an_internal_error_naming_the_container() {
-        let err = process_spec(&container(serde_json::json!({"ociVersion": "1.0.2"})), &["true".into()]).unwrap_err();
+        let err =
+            process_spec("c1", &spec_of(serde_json::json!({"ociVersion": "1.0.2"})), &["true".into()]).unwrap_err();
         assert_eq!(err.code(), Code::Internal);
         assert!(err.to_string().contains("`c1`"), "{err}");
     }

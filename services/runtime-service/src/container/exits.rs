@@ -11,7 +11,7 @@
 
 use super::record::{self, State};
 use super::select::Selector;
-use super::{Containers, MAX_LOG_LINE_BYTES, now_nanos};
+use super::{Containers, now_nanos};
 use crate::logs::{Fifos, LogWriter};
 use crisp_containerd::events::TaskEvent;
 use crisp_containerd::tasks::{Exit, is_stopped};
@@ -204,7 +204,7 @@ impl Containers {
         }
         let fifos = Fifos::existing(&dir, container.config.stdin, container.config.tty);
         let log_path = (!container.info.log_path.is_empty()).then(|| PathBuf::from(&container.info.log_path));
-        match LogWriter::open(&fifos, log_path, MAX_LOG_LINE_BYTES) {
+        match LogWriter::open(&fifos, log_path, self.config.runtime.max_log_line_bytes().unwrap_or(0)) {
             Ok(writer) => {
                 writer.start();
                 self.set_log_writer(&container.id, Arc::new(writer));

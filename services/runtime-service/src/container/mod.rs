@@ -148,9 +148,6 @@ struct Inner {
     oom: Mutex<HashSet<String>>,
 }
 
-/// The longest log line before it is split (a `P` line), as containerd's default.
-pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
-
 impl Containers {
     pub fn new(containerd: Containerd, config: Arc<Config>, hub: Hub, host: spec::HostFeatures) -> Self {
         Self {

@@ -8,7 +8,7 @@
 //! containerd's CRI plugin does, and kills and deletes what it made.
 
 use super::record::{self, State, Stored};
-use super::{ContainerError, Containers, MAX_LOG_LINE_BYTES, now_nanos};
+use super::{ContainerError, Containers, now_nanos};
 use crate::logs::{Fifos, LogWriter};
 use crisp_containerd::containerd_client::services::v1::snapshots::MountsRequest;
 use crisp_containerd::tasks::NewTask;
@@ -33,7 +33,7 @@ fn open_io(containers: &Containers, stored: &Stored) -> Option<(Fifos, Arc<LogWr
         }
     };
     let log_path = (!stored.info.log_path.is_empty()).then(|| PathBuf::from(&stored.info.log_path));
-    match LogWriter::open(&fifos, log_path, MAX_LOG_LINE_BYTES) {
+    match LogWriter::open(&fifos, log_path, containers.config.runtime.max_log_line_bytes().unwrap_or(0)) {
         Ok(writer) => Some((fifos, Arc::new(writer))),
         Err(err) => {
             tracing::warn!(id = %stored.id, error = %err, "cannot open the container's log writer: it runs without stdio");

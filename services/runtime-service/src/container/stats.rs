@@ -11,8 +11,8 @@
 //!   and inodes), on the snapshotter's root as the image service's ImageFsInfo names it, so the
 //!   kubelet matches the two; a snapshot gone reports zero. A usage is reused for 10 s, as
 //!   containerd's plugin refreshes its own.
-//! - Attributes: id, metadata (name, attempt) and labels from the record's labels, annotations
-//!   from the OCI spec's (the CRI annotations crisp puts there, without the runtime's own keys).
+//! - Attributes: id, metadata, labels and annotations from the CRI config in the record; for a
+//!   record without one, from its labels and the OCI spec's annotations (without the runtime's).
 //! - ListContainerStats filters by id (or unique prefix), pod sandbox id and labels, all ANDed;
 //!   ContainerStats with an unknown id is NOT_FOUND.
 
@@ -89,8 +89,17 @@ pub fn cgroup_path(spec: &serde_json::Value) -> Option<&str> {
     spec.pointer("/linux/cgroupsPath")?.as_str().filter(|p| !p.is_empty())
 }
 
-/// The container's CRI attributes from its record.
+/// The container's CRI attributes from its record: the CRI config CreateContainer recorded
+/// (metadata, labels and annotations as the kubelet sent them), else its labels and spec.
 pub fn attributes(container: &Container, spec: &serde_json::Value) -> ContainerAttributes {
+    if let Ok(stored) = super::record::read(container.clone()) {
+        return ContainerAttributes {
+            id: container.id.clone(),
+            metadata: stored.config.metadata,
+            labels: stored.config.labels,
+            annotations: stored.config.annotations,
+        };
+    }
     let labels = &container.labels;
     let labels_out =
         labels.iter().filter_map(|(k, v)| Some((k.strip_prefix(POD_LABEL_PREFIX)?.to_string(), v.clone()))).collect();
@@ -265,6 +274,9 @@ pub async fn add_to_pods(
     samples: &Samples,
     pods: &mut [PodSandboxStats],
 ) -> Result<(), StatsError> {
+    if pods.is_empty() {
+        return Ok(());
+    }
     let ids: HashSet<String> = pods.iter().filter_map(|p| Some(p.attributes.as_ref()?.id.clone())).collect();
     let selector = match pods {
         [one] => Selector { sandbox: one.attributes.as_ref().map(|a| a.id.clone()), ..Selector::default() },

@@ -5,16 +5,21 @@
 //! 1. the request's Linux resources are checked (ranges the kernel takes) and merged into the
 //!    container's OCI spec (`linux.resources`: CPU shares/quota/period/cpuset, memory limit and
 //!    swap, hugepages, `unified`; a zero or empty value leaves the setting as it is);
-//! 2. the new spec is recorded in containerd's container record (field mask `spec`), where
-//!    ContainerStatus reads the resources and a restart finds them;
+//! 2. the new spec is recorded in containerd's container record (field mask `spec`), where a
+//!    restart finds them, and the merged CRI resources in the record's CRI config, where
+//!    ContainerStatus reads them;
 //! 3. a container with a live task gets the new `linux.resources` through containerd's task
 //!    update (runc applies them to the cgroup); a container not started, or whose task is gone,
-//!    is recorded only. If the task refuses the update the record is put back as it was, and the
-//!    error is answered.
+//!    is recorded only. If the task refuses the update the record (spec and config) is put back as
+//!    it was, and the error is answered.
 //!
-//! An unknown id is NOT_FOUND; an exited container is FAILED_PRECONDITION (there is nothing to
+//! The container's lock is held throughout (as its start and exit take it). An unknown id is
+//! NOT_FOUND; an exited container is FAILED_PRECONDITION (there is nothing to
 //! update); an out-of-range value is INVALID_ARGUMENT naming the field.
 
+use super::Containers;
+use super::record::{self, Stored};
+use super::spec::HostFeatures;
 use super::stats::{self, StatsError};
 use crisp_containerd::containerd_client::services::v1::{
     Container, GetRequest, UpdateContainerRequest, UpdateTaskRequest,
@@ -41,6 +46,8 @@ pub enum UpdateError {
     Spec { id: String },
     #[error("container `{id}`: {source}")]
     Containerd { id: String, source: ContainerdError },
+    #[error("{0}")]
+    Record(#[from] super::ContainerError),
 }
 
 impl GrpcError for UpdateError {
@@ -51,6 +58,7 @@ impl GrpcError for UpdateError {
             UpdateError::Exited(_) => Code::FailedPrecondition,
             UpdateError::Spec { .. } => Code::Internal,
             UpdateError::Containerd { source, .. } => source.code(),
+            UpdateError::Record(source) => source.code(),
         }
     }
 }
@@ -118,8 +126,10 @@ fn object<'a>(object: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<Stri
     entry.as_object_mut().unwrap_or_else(|| unreachable!("made an object above"))
 }
 
-/// `spec` with `r` merged into its `linux.resources`; none if `spec` is not an object.
-pub fn merge(spec: &Value, r: &LinuxContainerResources) -> Option<Value> {
+/// `spec` with `r` merged into its `linux.resources`; none if `spec` is not an object. As the
+/// spec builder does on this `host`: a new memory limit caps swap too unless a swap limit is
+/// asked (where swap is accounted), hugepage limits only where the hugetlb controller is.
+pub fn merge(spec: &Value, r: &LinuxContainerResources, host: &HostFeatures) -> Option<Value> {
     let mut spec = spec.clone();
     let resources = object(object(spec.as_object_mut()?, "linux"), "resources");
     let cpu = object(resources, "cpu");
@@ -141,11 +151,14 @@ pub fn merge(spec: &Value, r: &LinuxContainerResources) -> Option<Value> {
     let memory = object(resources, "memory");
     if r.memory_limit_in_bytes != 0 {
         memory.insert("limit".into(), json!(r.memory_limit_in_bytes));
+        if r.memory_swap_limit_in_bytes == 0 && host.swap_limit {
+            memory.insert("swap".into(), json!(r.memory_limit_in_bytes));
+        }
     }
-    if r.memory_swap_limit_in_bytes != 0 {
+    if r.memory_swap_limit_in_bytes != 0 && host.swap_limit {
         memory.insert("swap".into(), json!(r.memory_swap_limit_in_bytes));
     }
-    if !r.hugepage_limits.is_empty() {
+    if !r.hugepage_limits.is_empty() && host.hugetlb {
         let limits: Vec<Value> =
             r.hugepage_limits.iter().map(|h| json!({"pageSize": h.page_size, "limit": h.limit})).collect();
         resources.insert("hugepageLimits".into(), json!(limits));
@@ -235,22 +248,39 @@ async fn update_task(containerd: &Containerd, id: &str, resources: &Value) -> Re
     }
 }
 
-pub async fn update(containerd: &Containerd, request: UpdateContainerResourcesRequest) -> Result<(), UpdateError> {
+/// The container's record as the lifecycle keeps it, its config's resources set to `resources`.
+fn with_resources(mut stored: Stored, resources: LinuxContainerResources) -> Stored {
+    stored.config.linux.get_or_insert_with(Default::default).resources = Some(resources);
+    stored
+}
+
+pub async fn update(containers: &Containers, request: UpdateContainerResourcesRequest) -> Result<(), UpdateError> {
+    let containerd = &containers.containerd;
     if let Some(r) = &request.linux {
         validate(r)?;
     }
-    let container = stats::find(containerd, &request.container_id).await?;
-    let id = container.id.clone();
+    let id = stats::find(containerd, &request.container_id).await?.id;
+    // A start (which reads the spec to make the task) or an exit never interleaves with this;
+    // the record is read again under the lock.
+    let _lock = containers.lock(&id).await;
+    let container = stats::find(containerd, &id).await?;
     if container.labels.get(CONTAINER_STATE).is_some_and(|s| s == "exited") {
         return Err(UpdateError::Exited(id));
     }
     let Some(resources) = &request.linux else {
         return Ok(());
     };
+    // The CRI config as CreateContainer recorded it, where ContainerStatus reads the resources.
+    let stored = record::read(container.clone()).ok();
     let old = stats::spec_json(&container);
-    let new = merge(&old, resources).ok_or_else(|| UpdateError::Spec { id: id.clone() })?;
+    let new = merge(&old, resources, &containers.host).ok_or_else(|| UpdateError::Spec { id: id.clone() })?;
     record(containerd, &container, &new).await?;
     let applied = async {
+        if let Some(stored) = &stored {
+            let old_resources = stored.config.linux.as_ref().and_then(|l| l.resources.clone()).unwrap_or_default();
+            let updated = with_resources(stored.clone(), merge_cri(&old_resources, resources));
+            record::save_config(containerd, &updated).await?;
+        }
         if has_live_task(containerd, &id).await? {
             update_task(containerd, &id, &new["linux"]["resources"]).await?;
         }
@@ -259,8 +289,15 @@ pub async fn update(containerd: &Containerd, request: UpdateContainerResourcesRe
     .await;
     if let Err(err) = applied {
         // Put the record back as it was: the update is all or nothing.
-        if let Err(rollback) = record(containerd, &container, &old).await {
-            tracing::error!(container = %id, error = %crisp_errors::message_chain(&rollback), "cannot restore the container's spec after a failed update");
+        let restored = async {
+            record(containerd, &container, &old).await?;
+            if let Some(stored) = &stored {
+                record::save_config(containerd, stored).await?;
+            }
+            Ok::<_, UpdateError>(())
+        };
+        if let Err(rollback) = restored.await {
+            tracing::error!(container = %id, error = %crisp_errors::message_chain(&rollback), "cannot restore the container's record after a failed update");
         }
         return Err(err);
     }
@@ -292,10 +329,12 @@ mod tests {
             unified: [("memory.high".to_string(), "1000000".to_string())].into(),
             ..Default::default()
         };
-        let merged = merge(&spec, &request).unwrap();
+        let host = HostFeatures { swap_limit: true, hugetlb: true, ..Default::default() };
+        let merged = merge(&spec, &request, &host).unwrap();
         let r = &merged["linux"]["resources"];
         assert_eq!(r["cpu"], json!({"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"}));
-        assert_eq!(r["memory"], json!({"limit": 64 << 20}));
+        // Swap is capped at the new memory limit, as at create.
+        assert_eq!(r["memory"], json!({"limit": 64 << 20, "swap": 64 << 20}));
         assert_eq!(r["hugepageLimits"], json!([{"pageSize": "2MB", "limit": 0}]));
         assert_eq!(r["unified"], json!({"memory.high": "1000000"}));
         // Everything else is untouched.
@@ -303,9 +342,13 @@ mod tests {
         assert_eq!(merged["process"], spec["process"]);
         assert_eq!(merged["linux"]["cgroupsPath"], "/p/c");
         // A spec without resources gets them.
-        let bare = merge(&json!({}), &LinuxContainerResources { cpu_period: 50_000, ..Default::default() }).unwrap();
-        assert_eq!(bare["linux"]["resources"]["cpu"]["period"], 50_000);
-        assert!(merge(&Value::Null, &request).is_none());
+        let bare = merge(&json!({}), &LinuxContainerResources { cpu_period: 50_000, ..Default::default() }, &host);
+        assert_eq!(bare.unwrap()["linux"]["resources"]["cpu"]["period"], 50_000);
+        assert!(merge(&Value::Null, &request, &host).is_none());
+        // Where swap is not accounted and there is no hugetlb controller: neither is set.
+        let plain = merge(&json!({}), &request, &HostFeatures::default()).unwrap();
+        assert_eq!(plain["linux"]["resources"]["memory"], json!({"limit": 64 << 20}));
+        assert!(plain["linux"]["resources"].get("hugepageLimits").is_none());
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! ReopenContainerLog: the kubelet renamed a running container's log file and asks for a
 //! fresh one at the same path. Only for a running container whose output crisp is writing
-//! ([`Writers`]); on error nothing is created and the old file stays in use.
+//! ([`Writers`]; else `FAILED_PRECONDITION`, as the kubelet rotates only running containers'
+//! logs); on error nothing is created and the old file stays in use.
 
 use super::LogWriter;
-use crate::container::exec_sync::{self, ExecError};
+use crate::container::ContainerError;
+use crate::container::record::{self, State};
 use crisp_containerd::Containerd;
 use crisp_errors::GrpcError;
 use std::collections::HashMap;
@@ -37,9 +39,13 @@ impl Writers {
 #[derive(Debug, thiserror::Error)]
 pub enum ReopenError {
     #[error("ReopenContainerLog: {0}")]
-    Container(#[source] ExecError),
-    #[error("ReopenContainerLog: container `{0}` is not running: its log cannot be reopened")]
-    NotRunning(String),
+    Container(#[source] ContainerError),
+    #[error("ReopenContainerLog: container `{0}` not found")]
+    NotFound(String),
+    #[error("ReopenContainerLog: container `{id}` is {state}, not running: its log cannot be reopened")]
+    NotRunning { id: String, state: &'static str },
+    #[error("ReopenContainerLog: container `{0}` runs without a log writer (its FIFOs could not be made)")]
+    NoWriter(String),
     #[error("ReopenContainerLog: container `{id}`: {source}")]
     Io { id: String, source: std::io::Error },
 }
@@ -48,7 +54,8 @@ impl GrpcError for ReopenError {
     fn code(&self) -> Code {
         match self {
             ReopenError::Container(e) => e.code(),
-            ReopenError::NotRunning(_) => Code::FailedPrecondition,
+            ReopenError::NotFound(_) => Code::NotFound,
+            ReopenError::NotRunning { .. } | ReopenError::NoWriter(_) => Code::FailedPrecondition,
             ReopenError::Io { .. } => Code::Internal,
         }
     }
@@ -56,12 +63,17 @@ impl GrpcError for ReopenError {
 
 /// Opens a fresh log file for the running container `container_id` (full id or unique prefix).
 pub async fn reopen(containerd: &Containerd, writers: &Writers, container_id: &str) -> Result<(), ReopenError> {
-    let id = exec_sync::find(containerd, container_id).await.map_err(ReopenError::Container)?.id;
-    match exec_sync::ensure_running(containerd, &id).await {
-        Ok(()) => {}
-        Err(ExecError::NotRunning { id, .. }) => return Err(ReopenError::NotRunning(id)),
-        Err(e) => return Err(ReopenError::Container(e)),
+    let stored = record::find(containerd, container_id)
+        .await
+        .map_err(ReopenError::Container)?
+        .ok_or_else(|| ReopenError::NotFound(container_id.to_string()))?;
+    let id = stored.id;
+    if stored.state != State::Running {
+        return Err(ReopenError::NotRunning { id, state: stored.state.label() });
     }
-    let writer = writers.get(&id).filter(|w| !w.is_closed()).ok_or_else(|| ReopenError::NotRunning(id.clone()))?;
+    let writer = writers.get(&id).ok_or_else(|| ReopenError::NoWriter(id.clone()))?;
+    if writer.is_closed() {
+        return Err(ReopenError::NotRunning { id, state: "exiting" });
+    }
     writer.reopen().await.map_err(|source| ReopenError::Io { id, source })
 }

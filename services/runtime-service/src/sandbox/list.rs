@@ -76,6 +76,7 @@ mod tests {
                 ips: vec![],
                 overhead: None,
                 resources: None,
+                infra: None,
             },
             state,
             recorded_state: state,

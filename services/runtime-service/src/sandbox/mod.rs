@@ -15,6 +15,8 @@
 //! `tonic::Status` by `crisp_errors::to_status`.
 
 mod files;
+mod image;
+mod infra;
 mod list;
 mod namespaces;
 mod network;
@@ -28,6 +30,7 @@ mod stop;
 mod sweep;
 mod validate;
 
+pub use image::SandboxImage;
 pub use list::list;
 pub use namespaces::{HELPER_ARG, helper_main};
 #[allow(unused_imports)]
@@ -74,6 +77,10 @@ pub enum SandboxError {
     Cgroup { pod: String, path: String, source: Option<std::io::Error> },
     #[error("pod `{pod}`: its containerd record is unreadable: {reason}")]
     Record { pod: String, reason: String },
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error("pod `{pod}`: its infra process: {what}: {source}")]
+    Infra { pod: String, what: &'static str, source: ContainerdError },
 }
 
 impl GrpcError for SandboxError {
@@ -97,6 +104,10 @@ impl GrpcError for SandboxError {
             | SandboxError::Namespaces { .. }
             | SandboxError::Network { .. }
             | SandboxError::Record { .. } => Code::Internal,
+            SandboxError::Image(image::ImageError::Pull { .. }) => Code::Unavailable,
+            SandboxError::Image(image::ImageError::Containerd { source, .. }) => source.code(),
+            SandboxError::Image(_) => Code::Internal,
+            SandboxError::Infra { source, .. } => source.code(),
         }
     }
 }

@@ -39,7 +39,7 @@ impl State {
 }
 
 /// What crisp keeps about a pod (the extension's JSON).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sandbox {
     pub id: String,
     pub name: String,
@@ -75,6 +75,9 @@ pub struct Sandbox {
     pub overhead: Option<super::resources::Resources>,
     #[serde(default)]
     pub resources: Option<super::resources::Resources>,
+    /// The pod's infra (pause) process, where it has one ([`super::infra`]).
+    #[serde(default)]
+    pub infra: Option<super::infra::Infra>,
 }
 
 /// A record read back: the pod and its mutable labels.
@@ -98,6 +101,15 @@ impl Sandbox {
     /// The pod uses the node's IPC namespace and `/dev/shm`.
     pub fn host_ipc(&self) -> bool {
         self.ipc_mode == crisp_proto::cri::NamespaceMode::Node as i32
+    }
+
+    /// The pod's shared PID namespace, which its containers join: its infra process's, where
+    /// the pod shares one PID namespace among its containers (`pid == POD`) and has one.
+    pub fn pid_namespace(&self) -> Option<PathBuf> {
+        if self.pid_mode != crisp_proto::cri::NamespaceMode::Pod as i32 {
+            return None;
+        }
+        self.infra.as_ref().map(|infra| PathBuf::from(format!("/proc/{}/ns/pid", infra.pid)))
     }
 
     /// The name containerd's CRI plugin reserves: `name_namespace_uid_attempt`.
@@ -173,7 +185,10 @@ fn read(container: Container) -> Result<Stored, SandboxError> {
     let sandbox: Sandbox = serde_json::from_slice(&extension.value).map_err(|e| bad(e.to_string()))?;
     // A pod whose namespaces or files are gone (the node rebooted: `runtime.state_dir` is
     // cleared) is no longer ready, whatever its record says.
-    let intact = sandbox.dir.join("hostname").exists() && sandbox.netns.as_ref().is_none_or(|ns| ns.exists());
+    // So is one whose infra process died.
+    let intact = sandbox.dir.join("hostname").exists()
+        && sandbox.netns.as_ref().is_none_or(|ns| ns.exists())
+        && sandbox.infra.as_ref().is_none_or(|infra| super::infra::alive(&sandbox, infra));
     let recorded_state = match container.labels.get(STATE).map(String::as_str) {
         Some("ready") => State::Ready,
         _ => State::NotReady,
@@ -212,10 +227,31 @@ pub async fn list_all(containerd: &Containerd) -> Result<Vec<Stored>, SandboxErr
         .collect())
 }
 
+/// The length of a pod id crisp makes (32 random bytes in hex).
+const FULL_ID_CHARS: usize = 64;
+
+/// The pod whose id is exactly `id`.
+async fn get(containerd: &Containerd, id: &str) -> Result<Option<Stored>, SandboxError> {
+    use crisp_containerd::containerd_client::services::v1::GetContainerRequest;
+    let container = match containerd.containers().get(GetContainerRequest { id: id.to_string() }).await {
+        Ok(response) => response.into_inner().container,
+        Err(status) if status.code() == tonic::Code::NotFound => None,
+        Err(status) => return Err(containerd_error(id)(ContainerdError::call("getting the pod's record", status))),
+    };
+    match container {
+        Some(c) if c.labels.get(KIND).map(String::as_str) == Some(KIND_SANDBOX) => read(c).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// The pod whose id is `id` or starts with it (as containerd's CRI plugin resolves ids).
 pub async fn find(containerd: &Containerd, id: &str) -> Result<Option<Stored>, SandboxError> {
     if id.is_empty() {
         return Err(SandboxError::MissingField("pod_sandbox_id"));
+    }
+    // A whole id (what the kubelet sends) is one record to get, not every pod to list.
+    if id.len() == FULL_ID_CHARS {
+        return get(containerd, id).await;
     }
     let all = list_all(containerd).await?;
     resolve(all, id)
@@ -233,14 +269,19 @@ pub fn resolve(all: Vec<Stored>, id: &str) -> Result<Option<Stored>, SandboxErro
     }
 }
 
-async fn set_label(containerd: &Containerd, id: &str, key: &str, value: &str) -> Result<(), SandboxError> {
-    let container =
-        Container { id: id.to_string(), labels: HashMap::from([(key.into(), value.into())]), ..Default::default() };
+/// Sets `labels` on the pod's record in one update (one containerd metadata transaction).
+async fn set_labels(containerd: &Containerd, id: &str, labels: &[(&str, &str)]) -> Result<(), SandboxError> {
+    if labels.is_empty() {
+        return Ok(());
+    }
+    let paths = labels.iter().map(|(key, _)| format!("labels.{key}")).collect();
+    let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let container = Container { id: id.to_string(), labels, ..Default::default() };
     containerd
         .containers()
         .update(UpdateContainerRequest {
             container: Some(container),
-            update_mask: Some(prost_types::FieldMask { paths: vec![format!("labels.{key}")] }),
+            update_mask: Some(prost_types::FieldMask { paths }),
         })
         .await
         .map_err(|s| ContainerdError::call("updating the pod's record", s))
@@ -248,12 +289,21 @@ async fn set_label(containerd: &Containerd, id: &str, key: &str, value: &str) ->
     Ok(())
 }
 
-pub async fn set_state(containerd: &Containerd, id: &str, state: State) -> Result<(), SandboxError> {
-    set_label(containerd, id, STATE, state.label()).await
-}
-
-pub async fn set_network_detached(containerd: &Containerd, id: &str) -> Result<(), SandboxError> {
-    set_label(containerd, id, NETWORK, "detached").await
+/// Records a stop: the pod NOTREADY (`not_ready`) and its network detached (`detached`).
+pub async fn set_stopped(
+    containerd: &Containerd,
+    id: &str,
+    not_ready: bool,
+    detached: bool,
+) -> Result<(), SandboxError> {
+    let mut labels = vec![];
+    if not_ready {
+        labels.push((STATE, State::NotReady.label()));
+    }
+    if detached {
+        labels.push((NETWORK, "detached"));
+    }
+    set_labels(containerd, id, &labels).await
 }
 
 /// Deletes the record; one already gone is fine.
@@ -293,6 +343,7 @@ mod tests {
             ips: vec![],
             overhead: None,
             resources: None,
+            infra: None,
         }
     }
 

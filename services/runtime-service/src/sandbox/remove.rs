@@ -2,12 +2,13 @@
 //! sandbox, they must be forcibly terminated and removed ... must not return an error if
 //! the sandbox has already been removed."
 //!
-//! Stops the pod if needed (CNI DEL when still owed), unmounts its `/dev/shm` and namespace
-//! pins, removes its directories, and deletes its record last: a step that fails leaves the
+//! Stops the pod if needed (CNI DEL when still owed), deletes its infra container and its
+//! snapshot, unmounts its `/dev/shm` and namespace pins, removes its directories, and deletes
+//! its record last: a step that fails leaves the
 //! record, so a retry finds the pod and finishes.
 
 use super::record;
-use super::{SandboxError, files, stop};
+use super::{SandboxError, files, infra, stop};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
 
@@ -17,6 +18,9 @@ pub async fn remove(containerd: &Containerd, config: &Config, id: &str) -> Resul
         return Ok(());
     };
     stop::stop_pod(containerd, config, &stored).await?;
+    if let Some(infra) = &stored.sandbox.infra {
+        infra::remove(containerd, &stored.sandbox.id, infra).await?;
+    }
     let (pod, dir, network_dir) =
         (stored.sandbox.id.clone(), stored.sandbox.dir.clone(), stored.sandbox.network_dir.clone());
     tokio::task::spawn_blocking(move || files::teardown(&pod, &dir, Some(&network_dir)))

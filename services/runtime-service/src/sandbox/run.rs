@@ -4,10 +4,13 @@
 //! Steps, each undone by [`Rollback`] when a later one fails (or the call is dropped): the
 //! name is reserved (a duplicate of a live reservation or record names the existing pod);
 //! the pod's directories; its namespaces (none of a kind the pod shares with the host); its
-//! files; loopback and the CNI network (not with host networking); the containerd record,
-//! last, which makes the pod exist.
+//! files; loopback and the CNI network (not with host networking); the infra process where the
+//! pod needs one ([`super::infra`]; its sandbox image made sure of first, before anything is
+//! made); the containerd record, last, which makes the pod exist.
 
 use super::files::{self, ns_dir};
+use super::image::SandboxImage;
+use super::infra::{self, Infra};
 use super::namespaces::{self, Kind};
 use super::record::{self, Sandbox};
 use super::{SandboxError, network};
@@ -54,26 +57,34 @@ impl Reservations {
 /// Where a pod's CNI state is kept and the plugin directories, for DEL.
 type NetworkUndo = (PathBuf, Vec<PathBuf>);
 
-/// What a failed run undoes, in reverse order: CNI DEL, then the directories with their mounts.
+/// What a failed run undoes, in reverse order: the infra process, CNI DEL, then the
+/// directories with their mounts.
 struct Rollback {
     pod: String,
     dir: Option<PathBuf>,
     network: Option<NetworkUndo>,
+    infra: Option<(Containerd, Infra)>,
 }
 
 impl Rollback {
     async fn undo(mut self) {
-        let (dir, network) = (self.dir.take(), self.network.take());
-        undo(self.pod.clone(), dir, network).await;
+        let (dir, network, infra) = (self.dir.take(), self.network.take(), self.infra.take());
+        undo(self.pod.clone(), dir, network, infra).await;
     }
 
     fn disarm(mut self) {
         self.dir = None;
         self.network = None;
+        self.infra = None;
     }
 }
 
-async fn undo(pod: String, dir: Option<PathBuf>, network: Option<NetworkUndo>) {
+async fn undo(pod: String, dir: Option<PathBuf>, network: Option<NetworkUndo>, infra: Option<(Containerd, Infra)>) {
+    if let Some((containerd, infra)) = infra
+        && let Err(err) = infra::remove(&containerd, &pod, &infra).await
+    {
+        tracing::warn!(pod, error = %crisp_errors::message_chain(&err), "rolling back: removing the infra process failed");
+    }
     let Some(dir) = dir else { return };
     // A DEL that fails keeps the CNI state: the next start's sweep tries again.
     let mut network_dir = None;
@@ -104,7 +115,7 @@ impl Drop for Rollback {
         if self.dir.is_some()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
-            handle.spawn(undo(self.pod.clone(), self.dir.take(), self.network.take()));
+            handle.spawn(undo(self.pod.clone(), self.dir.take(), self.network.take(), self.infra.take()));
         }
     }
 }
@@ -187,6 +198,7 @@ pub async fn run(
     containerd: &Containerd,
     config: &Config,
     reservations: &Reservations,
+    images: &SandboxImage,
     request: RunPodSandboxRequest,
 ) -> Result<String, SandboxError> {
     let pod_config = validate(&request)?;
@@ -217,6 +229,7 @@ pub async fn run(
         ips: vec![],
         overhead: pod_config.linux.as_ref().and_then(|l| l.overhead.as_ref()).map(Into::into),
         resources: pod_config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(Into::into),
+        infra: None,
     };
     check_sysctls(pod_config, &own_namespaces(sandbox.host_network(), sandbox.host_ipc()))?;
 
@@ -228,7 +241,12 @@ pub async fn run(
         return Err(SandboxError::NameReserved { name: full_name, existing: existing.sandbox.id });
     }
 
-    make(containerd, config, pod_config, &mut sandbox).await?;
+    // The sandbox image, before anything is made: a pod that cannot get one fails cleanly.
+    let image = match infra::needed(config, sandbox.pid_mode) {
+        true => Some(images.ensure(containerd, config).await?),
+        false => None,
+    };
+    make(containerd, config, pod_config, image.as_ref(), &mut sandbox).await?;
     tracing::info!(pod = %id, name = %full_name, ips = ?sandbox.ips, "pod sandbox ready");
     Ok(id)
 }
@@ -238,11 +256,12 @@ async fn make(
     containerd: &Containerd,
     config: &Config,
     pod_config: &PodSandboxConfig,
+    image: Option<&super::image::Ready>,
     sandbox: &mut Sandbox,
 ) -> Result<(), SandboxError> {
     let id = sandbox.id.clone();
     let (host_network, host_ipc) = (sandbox.host_network(), sandbox.host_ipc());
-    let mut rollback = Rollback { pod: id.clone(), dir: None, network: None };
+    let mut rollback = Rollback { pod: id.clone(), dir: None, network: None, infra: None };
     let result = async {
         tokio::fs::create_dir_all(&sandbox.dir).await.map_err(SandboxError::io(&id, "creating", &sandbox.dir))?;
         rollback.dir = Some(sandbox.dir.clone());
@@ -275,6 +294,12 @@ async fn make(
             let pod_cidrs = crate::pod_cidr::current(&config.runtime.root_dir);
             sandbox.ips = network::attach(sandbox, &netns, pod_config, &pod_cidrs, &config.runtime).await?;
             sandbox.netns = Some(netns);
+        }
+
+        if let Some(image) = image {
+            let started = infra::start(containerd, config, image, sandbox).await?;
+            rollback.infra = Some((containerd.clone(), started.clone()));
+            sandbox.infra = Some(started);
         }
 
         sandbox.created_at = std::time::SystemTime::now()

@@ -61,6 +61,8 @@ pub async fn status(
             "sandbox": s,
             "state": stored.state,
             "networkAttached": stored.network_attached,
+            "pid": s.infra.as_ref().map(|infra| infra.pid),
+            "pidNamespace": s.pid_namespace(),
         });
         info.insert("info".to_string(), json.to_string());
     }

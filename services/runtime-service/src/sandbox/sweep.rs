@@ -3,8 +3,10 @@
 //! `runtime.state_dir/pods` or `runtime.root_dir/pods` with no containerd record is such a
 //! leftover: its CNI attachment is deleted with the state saved beside it, its mounts and
 //! directories removed. A DEL that fails keeps the CNI state, so the next start tries again.
+//! An infra container (`crisp.io/kind=infra`) whose pod has no record is removed with its task
+//! and snapshot.
 
-use super::{SandboxError, files, network, record};
+use super::{SandboxError, files, infra, network, record};
 use crisp_config::Config;
 use crisp_containerd::Containerd;
 use std::collections::BTreeSet;
@@ -23,6 +25,14 @@ pub async fn sweep(containerd: &Containerd, config: &Config) -> Result<usize, Sa
     let known = record::ids(containerd).await?;
     let orphans: BTreeSet<String> =
         pod_dirs(&state).into_iter().chain(pod_dirs(&persistent)).filter(|id| !known.contains(id)).collect();
+    for leftover in infra::leftovers(containerd, &known).await? {
+        match infra::remove(containerd, &leftover.0, &leftover.1).await {
+            Ok(()) => tracing::info!(pod = %leftover.0, "removed a leftover infra container"),
+            Err(err) => {
+                tracing::warn!(pod = %leftover.0, error = %crisp_errors::message_chain(&err), "leftover infra container: removal failed")
+            }
+        }
+    }
     for id in &orphans {
         let network_dir = persistent.join(id);
         let detached = match network::detach(id, &network_dir, &config.runtime.cni_bin_dirs).await {

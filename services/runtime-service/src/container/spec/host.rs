@@ -1,7 +1,8 @@
 //! What this node and its OCI runtime can do, detected once when the service starts: `rro`
 //! mounts from `runc features`, AppArmor from the kernel module's parameter, the lowest OOM score
 //! this process may give (its own unless it holds CAP_SYS_RESOURCE), the cgroup version,
-//! whether the memory controller accounts swap and whether the hugetlb controller is there.
+//! whether the memory controller accounts swap, whether the hugetlb controller is there, and the
+//! capabilities this service holds (a container cannot get more).
 
 use super::HostFeatures;
 use std::path::Path;
@@ -38,6 +39,10 @@ impl HostFeatures {
             cgroup_v2,
             swap_limit: swap_accounted(cgroup_v2),
             hugetlb: hugetlb_present(cgroup_v2),
+            bounding_capabilities: capability_set(
+                &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
+                "CapBnd",
+            ),
         }
     }
 }
@@ -73,11 +78,15 @@ fn min_oom_score_adj() -> i32 {
 
 /// Whether `CapEff` in a `/proc/<pid>/status` text holds capability `bit`.
 pub fn has_capability(status: &str, bit: u32) -> bool {
+    capability_set(status, "CapEff").is_some_and(|mask| mask & (1 << bit) != 0)
+}
+
+/// The capability set `key` (`CapEff`, `CapBnd`) of a `/proc/<pid>/status` text.
+pub fn capability_set(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << bit) != 0)
 }
 
 /// Whether the hugetlb controller is mounted (v1) or offered (v2).

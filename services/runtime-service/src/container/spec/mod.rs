@@ -71,6 +71,9 @@ pub struct HostFeatures {
     pub swap_limit: bool,
     /// The hugetlb controller is there (else hugepage limits are left out, as containerd does).
     pub hugetlb: bool,
+    /// This service's bounding capability set (bit n = capability n), the most a container
+    /// may get ("ALL", privileged); `None`: every capability.
+    pub bounding_capabilities: Option<u64>,
 }
 
 /// The identity the container's process gets.
@@ -143,7 +146,7 @@ pub fn build(input: &SpecInput) -> Result<Built, SpecError> {
         "" => nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         name => name.to_string(),
     };
-    let capabilities = security::capabilities(sc, privileged)?;
+    let capabilities = security::capabilities(sc, privileged, input.host.bounding_capabilities)?;
     let mut process = ProcessBuilder::default()
         .terminal(config.tty)
         .user(

@@ -1,7 +1,7 @@
 //! The container's namespaces: its own mount namespace; the pod's network, IPC and UTS
 //! namespaces joined through the pod's pins (`<pod dir>/ns/<kind>`), or the node's where the
 //! pod uses the host's; the pod's PID namespace where the pod shares one (POD mode and the
-//! pod's infra process given), the node's with NODE, else a PID namespace of its own; on cgroup
+//! pod's infra process, given or in the pod's record), the node's with NODE, else a PID namespace of its own; on cgroup
 //! v2 a cgroup namespace of its own unless privileged (its `/sys/fs/cgroup` then shows only its
 //! own cgroup), as containerd does. User namespaces are not supported: a request for one is
 //! refused.
@@ -55,10 +55,12 @@ pub fn build(
         .and_then(|s| s.namespace_options.as_ref())
         .map(|o| NamespaceMode::try_from(o.pid).unwrap_or_default())
         .unwrap_or_else(|| NamespaceMode::try_from(sandbox.pid_mode).unwrap_or_default());
+    // The caller's, else the pod's infra process's.
+    let pod_pid = pid_namespace.map(Path::to_path_buf).or_else(|| sandbox.pid_namespace());
     match pid_mode {
         NamespaceMode::Node => {}
-        NamespaceMode::Pod if pid_namespace.is_some() => {
-            namespaces.push(namespace(LinuxNamespaceType::Pid, pid_namespace)?);
+        NamespaceMode::Pod if pod_pid.is_some() => {
+            namespaces.push(namespace(LinuxNamespaceType::Pid, pod_pid.as_deref())?);
         }
         NamespaceMode::Pod | NamespaceMode::Container => namespaces.push(namespace(LinuxNamespaceType::Pid, None)?),
         NamespaceMode::Target => {

@@ -1,5 +1,6 @@
 //! The container's privileges: capabilities (the runtime's default set, then the request's
-//! `ALL`/named adds and drops, ambient ones too), a privileged container's every capability and
+//! `ALL`/named adds and drops, ambient ones too; `ALL` and privileged mean every capability this
+//! service holds in its bounding set, as containerd's "current" ones), a privileged container's every capability and
 //! unmasked `/proc` and `/sys` (allowed only in a privileged pod), masked and read-only paths
 //! (exactly the request's, as containerd's CRI plugin does: the kubelet sends the defaults below
 //! for `procMount: Default` and nothing for `Unmasked`), `no_new_privs` and the AppArmor profile
@@ -105,6 +106,17 @@ fn set_of(names: &[&str]) -> Capabilities {
     names.iter().filter_map(|n| parse_capability(n)).collect()
 }
 
+/// "Every capability": those in `current` (this service's bounding set, which the OCI runtime
+/// inherits and cannot exceed), else every one there is.
+fn all(current: Option<u64>) -> Capabilities {
+    ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| current.is_none_or(|mask| mask & (1 << bit) != 0))
+        .filter_map(|(_, name)| parse_capability(name))
+        .collect()
+}
+
 fn is_all(name: &str) -> bool {
     name.eq_ignore_ascii_case("ALL")
 }
@@ -126,6 +138,7 @@ pub fn privileged(sc: Option<&LinuxContainerSecurityContext>, pod: &PodSandboxCo
 pub fn capabilities(
     sc: Option<&LinuxContainerSecurityContext>,
     privileged: bool,
+    current: Option<u64>,
 ) -> Result<LinuxCapabilities, SpecError> {
     let build = |main: Capabilities, ambient: Capabilities| {
         LinuxCapabilitiesBuilder::default()
@@ -138,7 +151,7 @@ pub fn capabilities(
             .map_err(|e| SpecError::Build(format!("capabilities: {e}")))
     };
     if privileged {
-        return build(set_of(&ALL_CAPABILITIES), Capabilities::new());
+        return build(all(current), Capabilities::new());
     }
     let mut caps = set_of(&DEFAULT_CAPABILITIES);
     let mut ambient = Capabilities::new();
@@ -157,7 +170,7 @@ pub fn capabilities(
         };
         // `ALL` first, so that named adds and drops still apply: add ALL, drop CHOWN.
         if requested.add_capabilities.iter().any(|n| is_all(n)) {
-            caps = set_of(&ALL_CAPABILITIES);
+            caps = all(current);
         }
         if requested.drop_capabilities.iter().any(|n| is_all(n)) {
             caps.clear();

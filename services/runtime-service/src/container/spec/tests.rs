@@ -56,6 +56,7 @@ impl Fixture {
             ips: vec![],
             overhead: None,
             resources: None,
+            infra: None,
         };
         let image: ImageConfiguration = serde_json::from_value(serde_json::json!({
             "architecture": "amd64", "os": "linux",
@@ -583,6 +584,13 @@ fn pid_namespace_follows_the_pid_mode() {
     f.pid_namespace = None;
     f.sc().namespace_options = Some(NamespaceOption { pid: NamespaceMode::Pod as i32, ..Default::default() });
     assert_eq!(namespace(&f.ok(), LinuxNamespaceType::Pid), Some(None));
+    // The pod's infra process, from its record.
+    f.sandbox.pid_mode = NamespaceMode::Pod as i32;
+    // (Built from the record's JSON: the infra type is the sandbox module's own.)
+    let mut record = serde_json::to_value(&f.sandbox).unwrap();
+    record["infra"] = serde_json::json!({"container_id": "pause", "pid": 4242, "snapshotter": "overlayfs"});
+    f.sandbox = serde_json::from_value(record).unwrap();
+    assert_eq!(namespace(&f.ok(), LinuxNamespaceType::Pid), Some(Some(PathBuf::from("/proc/4242/ns/pid"))));
 }
 
 #[test]
@@ -736,6 +744,12 @@ fn capabilities_are_added_and_dropped_with_all_first() {
     let bounding = caps(process(&f.ok()).capabilities().as_ref().unwrap().bounding());
     assert_eq!(bounding.len(), 40);
     assert!(!bounding.contains(&Capability::Chown));
+
+    // ALL is what this service holds.
+    f.host.bounding_capabilities = Some(!(1 << 24));
+    let bounding = caps(process(&f.ok()).capabilities().as_ref().unwrap().bounding());
+    assert_eq!(bounding.len(), 39);
+    assert!(!bounding.contains(&Capability::SysResource));
 }
 
 #[test]
@@ -785,6 +799,8 @@ fn privileged_gets_every_capability_no_masks_writable_sys_and_host_devices() {
     f.sc().seccomp = Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, ..Default::default() });
     let built = f.ok();
     assert_eq!(caps(process(&built).capabilities().as_ref().unwrap().bounding()).len(), 41);
+    f.host.bounding_capabilities = Some(0b111);
+    assert_eq!(caps(process(&f.ok()).capabilities().as_ref().unwrap().bounding()).len(), 3);
     assert!(linux(&built).masked_paths().as_ref().unwrap().is_empty());
     assert!(linux(&built).readonly_paths().as_ref().unwrap().is_empty());
     assert!(options(mount(&built, "/sys").unwrap()).contains(&"rw".to_string()));
@@ -929,4 +945,7 @@ fn host_detection_reads_this_node() {
     let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap().trim().parse().unwrap();
     assert!(host.min_oom_score_adj <= own);
     assert_eq!(host.cgroup_v2, Path::new("/sys/fs/cgroup/cgroup.controllers").exists());
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert_eq!(host.bounding_capabilities, host::capability_set(&status, "CapBnd"));
+    assert!(host.bounding_capabilities.is_some());
 }
