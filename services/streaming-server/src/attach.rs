@@ -88,7 +88,14 @@ async fn attach(
     let mut output = client
         .attach(requests)
         .await
-        .map_err(|s| format!("attaching to container {}: {}", request.container_id, s.message()))?
+        .map_err(|s| {
+            let why = if s.code() == tonic::Code::Unimplemented {
+                "the runtime service does not serve crisp.internal.v1.ContainerIo".to_string()
+            } else {
+                format!("{:?}: {}", s.code(), s.message())
+            };
+            format!("attaching to container {}: {why}", request.container_id)
+        })?
         .into_inner();
     loop {
         let next = tokio::select! {
