@@ -2,8 +2,12 @@
 //! `<service>.metrics_address`; after real calls through the proxy (a pull from a registry, a
 //! pod run with a CNI network, Version, an unknown method) the scraped text format shows the
 //! proxy's, the image service's and the process counters and histograms moved for those calls.
+//! The runtime service's own: after pods (one on a CNI network), a running container and one
+//! killed for memory, its scrape shows pods and containers by state, the CNI ADD and DEL
+//! latencies, the OOM kill and containerd's call latencies by API.
 //! A busy or bad metrics address stops a service at start with a message naming it.
 
+mod container_support;
 mod image_support;
 mod sandbox_support;
 
@@ -203,6 +207,10 @@ async fn every_service_serves_metrics_that_move_with_the_calls_made() {
     assert_eq!(images_scrape.value("crisp_image_layer_unpack_duration_seconds_count"), image.layers.len() as f64);
     assert!(images_scrape.value(r#"crisp_image_store_bytes{store="content"}"#) >= layer_bytes as f64);
     assert!(images_scrape.value(r#"crisp_image_store_bytes{store="snapshots"}"#) > 0.0);
+    // Its containerd calls, timed by API (the pull wrote the image record).
+    assert_eq!(images_scrape.kind("crisp_containerd_call_duration_seconds"), "histogram");
+    let image_records = containerd_calls(&images_scrape, "containerd.services.images.v1.Images", "");
+    assert!(image_records >= 1.0, "{}", images_scrape.text);
 
     // Labels stay bounded: no image name or pod id anywhere.
     for service in SERVICES {
@@ -255,6 +263,108 @@ async fn an_image_replica_that_dies_shows_in_the_proxys_metrics_and_costs_no_cal
     let ok =
         r#"crisp_proxy_calls_total{grpc_service="runtime.v1.ImageService",grpc_method="ListImages",grpc_code="OK"}"#;
     assert_eq!(after.value(ok), 8.0);
+}
+
+/// The calls to containerd's `service` (and `method`, unless empty) the scrape counted.
+fn containerd_calls(scrape: &Scrape, service: &str, method: &str) -> f64 {
+    let prefix = format!(r#"crisp_containerd_call_duration_seconds_count{{grpc_service="{service}",grpc_method=""#);
+    let method = if method.is_empty() { String::new() } else { format!("{method}\"}}") };
+    scrape
+        .samples
+        .iter()
+        .filter(|(series, _)| series.strip_prefix(&prefix).is_some_and(|rest| rest.starts_with(&method)))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+/// Scrapes until `ready` holds for the scrape (the gauges read in the background), at most 10 s.
+async fn scrape_until(address: SocketAddr, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let scraped = scrape(address).await;
+        if ready(&scraped) || Instant::now() > deadline {
+            return scraped;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_runtime_counts_pods_containers_cni_oom_kills_and_containerd_calls() {
+    let address = free_port();
+    let extra_config = format!("[runtime]\nmetrics_address = \"{address}\"\n");
+    let node = container_support::Node::start_with(StackOptions { extra_config, ..Default::default() }).await.unwrap();
+    let _network = sandbox_support::write_network(&node.stack, "rtmetrics", 29, &[]);
+
+    // A pod on the CNI network running a container; a pod on the node's network whose container
+    // is killed for memory.
+    let mut config = node.pod_config("networked");
+    let options = config.linux.as_mut().unwrap().security_context.as_mut().unwrap();
+    options.namespace_options.as_mut().unwrap().network = NamespaceMode::Pod as i32;
+    let networked = node.pod_with(config).await.unwrap();
+    let sleeper = node.run(&networked, node.config("sleeper", &["sleep", "600"])).await.unwrap();
+    let hungry = node.pod("hungry").await.unwrap();
+    let mut hog = node.config("hog", &["sh", "-c", "a=0123456789abcdef; while true; do a=\"$a$a\"; done"]);
+    let limit = 32 * 1024 * 1024;
+    hog.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: limit,
+            memory_swap_limit_in_bytes: limit,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = node.run(&hungry, hog).await.unwrap();
+    assert_eq!(node.wait_exited(&hog).await.unwrap().reason, "OOMKilled");
+
+    let containers = |state: &str| format!(r#"crisp_runtime_containers{{state="{state}"}}"#);
+    let pods = |state: &str| format!(r#"crisp_runtime_pods{{state="{state}"}}"#);
+    let scraped = scrape_until(address, |s| {
+        s.get(&containers("running")) == Some(1.0) && s.get(&containers("exited")) == Some(1.0)
+    })
+    .await;
+    assert_eq!(scraped.kind("crisp_runtime_pods"), "gauge");
+    assert_eq!(scraped.kind("crisp_runtime_containers"), "gauge");
+    assert_eq!(scraped.value(&pods("ready")), 2.0);
+    assert_eq!(scraped.value(&pods("notready")), 0.0);
+    assert_eq!(scraped.value(&containers("running")), 1.0, "{}", scraped.text);
+    assert_eq!(scraped.value(&containers("exited")), 1.0);
+    assert_eq!(scraped.value(&containers("created")), 0.0);
+    assert_eq!(scraped.value(&containers("unknown")), 0.0);
+    // One ADD (the pod on the node's network has none), none failed.
+    assert_eq!(scraped.kind("crisp_runtime_cni_duration_seconds"), "histogram");
+    assert_eq!(scraped.value(r#"crisp_runtime_cni_duration_seconds_count{operation="add"}"#), 1.0);
+    let add_seconds = scraped.value(r#"crisp_runtime_cni_duration_seconds_sum{operation="add"}"#);
+    assert!(add_seconds > 0.0 && add_seconds < 60.0, "{add_seconds}");
+    assert_eq!(scraped.get(r#"crisp_runtime_cni_failures_total{operation="add"}"#), None);
+    assert_eq!(scraped.kind("crisp_runtime_oom_kills_total"), "counter");
+    assert_eq!(scraped.value("crisp_runtime_oom_kills_total"), 1.0);
+    // containerd's calls by API: two tasks created and started, records written.
+    let tasks = "containerd.services.tasks.v1.Tasks";
+    assert!(containerd_calls(&scraped, tasks, "Create") >= 2.0, "{}", scraped.text);
+    assert!(containerd_calls(&scraped, tasks, "Start") >= 2.0);
+    assert!(containerd_calls(&scraped, "containerd.services.containers.v1.Containers", "Create") >= 4.0);
+    let create_bucket = format!(
+        r#"crisp_containerd_call_duration_seconds_bucket{{grpc_service="{tasks}",grpc_method="Create",le="+Inf"}}"#
+    );
+    assert_eq!(scraped.value(&create_bucket), containerd_calls(&scraped, tasks, "Create"));
+
+    // Stopping the networked pod: its DEL, the pod not ready, its container exited.
+    sandbox_support::stop(&node.stack, &networked.id).await.unwrap();
+    let stopped = scrape_until(address, |s| s.get(&containers("exited")) == Some(2.0)).await;
+    assert_eq!(stopped.value(r#"crisp_runtime_cni_duration_seconds_count{operation="del"}"#), 1.0);
+    assert_eq!(stopped.value(&pods("ready")), 1.0);
+    assert_eq!(stopped.value(&pods("notready")), 1.0);
+    assert_eq!(stopped.value(&containers("running")), 0.0, "{}", stopped.text);
+    // Removed, it is no longer counted at all.
+    sandbox_support::remove(&node.stack, &networked.id).await.unwrap();
+    let removed = scrape_until(address, |s| s.get(&containers("exited")) == Some(1.0)).await;
+    assert_eq!(removed.value(&pods("ready")), 1.0);
+    assert_eq!(removed.value(&pods("notready")), 0.0);
+    assert_eq!(removed.value(&containers("exited")), 1.0, "{}", removed.text);
+    for secret in [networked.id.as_str(), hungry.id.as_str(), sleeper.as_str(), hog.as_str(), "networked"] {
+        assert!(!removed.text.contains(secret), "the runtime's metrics name {secret}");
+    }
 }
 
 /// Runs `binary` with `args` until it exits (at most 30 s); its status and stderr.

@@ -96,6 +96,7 @@ impl Containers {
             (false, None) => "Unknown",
         }
         .to_string();
+        crate::metrics::METRICS.oom_kills.inc_by(u64::from(oom));
         if exit.is_none() {
             stored.info.message = "the container's task was gone; its exit status is lost".into();
         }

@@ -163,6 +163,11 @@ impl Containers {
         }
     }
 
+    /// The ListContainers index, which the container gauges count ([`crate::metrics`]).
+    pub(crate) fn index(&self) -> &index::Index {
+        &self.inner.index
+    }
+
     /// The log writers of the running containers (ReopenContainerLog reopens a file).
     pub fn log_writers(&self) -> &crate::logs::Writers {
         &self.inner.writers
