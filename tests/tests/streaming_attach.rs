@@ -203,3 +203,33 @@ async fn attach_to_a_stopped_container_is_refused() {
     let missing = node.stack.runtime_client().attach(attach_request("nothing", true)).await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
 }
+
+#[tokio::test]
+async fn an_attacher_that_stops_reading_holds_up_neither_the_container_nor_other_attachers() {
+    let node = Node::start().await.unwrap();
+    let pod = node.pod("attach").await.unwrap();
+    // On a line from stdin: 40 MB of output (more than every buffer on the way holds) in one go, then a marker.
+    let script = "read go; head -c 40000000 /dev/zero | tr '\\0' x; echo; echo flood-done; sleep 3600";
+    let mut config = node.config("flood", &["sh", "-c", script]);
+    config.stdin = true;
+    let id = node.run(&pod, config.clone()).await.unwrap();
+    let _cleanup = Cleanup { address: node.stack.containerd_address().to_path_buf(), id: id.clone() };
+    // This one never reads (its SPDY window and socket fill up).
+    let _stalled = attach(&node, &id, false).await;
+    let mut reader = attach(&node, &id, true).await;
+    reader.send_line("go").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = reader.client.received.get(&reader.stdout).map_or(&[][..], |v| v);
+        if out.ends_with(b"flood-done\n") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the reading attacher got the whole flood");
+        assert!(reader.client.pump().await, "the reading attacher's session went on");
+    }
+    // The container wrote all of it: its log has the marker.
+    while !node.log(&pod, &config).contains("flood-done") {
+        assert!(tokio::time::Instant::now() < deadline, "the container's output reached its log");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
