@@ -233,3 +233,78 @@ async fn an_attacher_that_stops_reading_holds_up_neither_the_container_nor_other
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `ContainerIo.Attach` on the runtime service's own socket, as the streaming server calls it:
+/// the request sender (kept open) and the output.
+async fn internal_attach(
+    node: &Node,
+    start: crisp_proto::internal::AttachStart,
+) -> (
+    tokio::sync::mpsc::Sender<crisp_proto::internal::AttachInput>,
+    Result<tonic::Streaming<crisp_proto::internal::AttachOutput>, tonic::Status>,
+) {
+    use crisp_proto::internal::container_io_client::ContainerIoClient;
+    use crisp_proto::internal::{AttachInput, attach_input::Input};
+    let channel = crisp_testkit::cri_channel(&node.stack.dir().join("runtime.sock"));
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(AttachInput { input: Some(Input::Start(start)) }).await.unwrap();
+    let answer = ContainerIoClient::new(channel).attach(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+    (tx, answer.map(|a| a.into_inner()))
+}
+
+#[tokio::test]
+async fn a_stalled_attacher_misses_output_and_is_told_how_many_bytes() {
+    use crisp_proto::internal::AttachStart;
+    let node = Node::start().await.unwrap();
+    let pod = node.pod("attach").await.unwrap();
+    let script = "while read l; do [ \"$l\" = flood ] && head -c 40000000 /dev/zero | tr '\\0' x; echo got:$l; done";
+    let mut config = node.config("flood", &["sh", "-c", script]);
+    config.stdin = true;
+    let id = node.run(&pod, config.clone()).await.unwrap();
+    let _cleanup = Cleanup { address: node.stack.containerd_address().to_path_buf(), id: id.clone() };
+    let watch = AttachStart { container_id: id.clone(), stdin: false, stdout: true, stderr: true };
+    let (_keep, stalled) = internal_attach(&node, watch).await;
+    let mut stalled = stalled.unwrap();
+    let mut writer = attach(&node, &id, true).await;
+    writer.send_line("flood").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !node.log(&pod, &config).contains("got:flood") {
+        assert!(tokio::time::Instant::now() < deadline, "the container's output reached its log");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    writer.send_line("after").await;
+    let (mut received, mut lagged) = (0u64, 0u64);
+    loop {
+        let piece = tokio::time::timeout(Duration::from_secs(20), stalled.message()).await.unwrap().unwrap().unwrap();
+        lagged += piece.lagged_bytes;
+        if piece.data.ends_with(b"got:after\n") {
+            break;
+        }
+        received += piece.data.len() as u64;
+    }
+    let flood = 40_000_000 + "got:flood\n".len() as u64;
+    assert!(lagged > 0, "it fell behind");
+    assert!(received + lagged <= flood, "{received} + {lagged} of {flood}");
+    assert!(received > 0, "it got what was queued for it");
+}
+
+#[tokio::test]
+async fn the_internal_attach_checks_its_start() {
+    use crisp_proto::internal::AttachStart;
+    let node = Node::start().await.unwrap();
+    let pod = node.pod("attach").await.unwrap();
+    let id = node.run(&pod, node.config("quiet", &["sleep", "3600"])).await.unwrap();
+    let _cleanup = Cleanup { address: node.stack.containerd_address().to_path_buf(), id: id.clone() };
+    let with_stdin = AttachStart { container_id: id.clone(), stdin: true, stdout: true, stderr: false };
+    let (_tx, answer) = internal_attach(&node, with_stdin).await;
+    assert_eq!(answer.unwrap_err().code(), Code::FailedPrecondition, "stdin of a container without stdin");
+    let missing = AttachStart { container_id: "nothing".into(), stdin: false, stdout: true, stderr: false };
+    let (_tx, answer) = internal_attach(&node, missing).await;
+    assert_eq!(answer.unwrap_err().code(), Code::NotFound);
+    // A first message other than `start`.
+    use crisp_proto::internal::{AttachInput, attach_input::Input, container_io_client::ContainerIoClient};
+    let channel = crisp_testkit::cri_channel(&node.stack.dir().join("runtime.sock"));
+    let first = AttachInput { input: Some(Input::Stdin(b"hi".to_vec())) };
+    let answer = ContainerIoClient::new(channel).attach(futures::stream::iter([first])).await;
+    assert_eq!(answer.unwrap_err().code(), Code::InvalidArgument);
+}
