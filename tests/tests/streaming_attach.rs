@@ -272,17 +272,28 @@ async fn a_stalled_attacher_misses_output_and_is_told_how_many_bytes() {
         assert!(tokio::time::Instant::now() < deadline, "the container's output reached its log");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    writer.send_line("after").await;
-    let (mut received, mut lagged) = (0u64, 0u64);
-    loop {
-        let piece = tokio::time::timeout(Duration::from_secs(20), stalled.message()).await.unwrap().unwrap().unwrap();
-        lagged += piece.lagged_bytes;
-        if piece.data.ends_with(b"got:after\n") {
-            break;
+    // Now it reads (what was queued for it, then what comes); the line after the flood may
+    // still meet a full queue, so it is sent until one arrives.
+    let reading = tokio::spawn(async move {
+        let (mut received, mut lagged) = (0u64, 0u64);
+        loop {
+            let piece = stalled.message().await.unwrap().unwrap();
+            lagged += piece.lagged_bytes;
+            if piece.data.ends_with(b"got:after\n") {
+                return (received, lagged);
+            }
+            received += piece.data.len() as u64;
         }
-        received += piece.data.len() as u64;
+    });
+    let mut sent = 0u64;
+    while !reading.is_finished() {
+        assert!(tokio::time::Instant::now() < deadline, "the attacher got output again once it read");
+        writer.send_line("after").await;
+        sent += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let flood = 40_000_000 + "got:flood\n".len() as u64;
+    let (received, lagged) = reading.await.unwrap();
+    let flood = 40_000_000 + "got:flood\n".len() as u64 + sent * "got:after\n".len() as u64;
     assert!(lagged > 0, "it fell behind");
     assert!(received + lagged <= flood, "{received} + {lagged} of {flood}");
     assert!(received > 0, "it got what was queued for it");

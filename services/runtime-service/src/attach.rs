@@ -8,7 +8,9 @@
 //! its log writer's fan-out ([`crate::logs::LogWriter::subscribe`]), and ends when the
 //! container's output ended. Each attacher has its own bounded queue: one that falls behind
 //! misses chunks, counted in `lagged_bytes` of its next message, and never holds up the
-//! container, its log or other attachers.
+//! container, its log or other attachers. (Only if this attacher's forwarding task itself
+//! falls more than the fan-out's capacity behind, which it does not while the runtime keeps up,
+//! are chunks missed whose size is unknown: logged, not counted.)
 //!
 //! Stdin: the container's stdin FIFO is opened for writing once (non-blocking; the shim holds
 //! the read end) on the first attach that asks for it, and that one write end is shared by
@@ -68,6 +70,10 @@ impl GrpcError for AttachError {
                 Code::FailedPrecondition
             }
             AttachError::Container(err) => err.code(),
+            // No reader: the shim has let go of the container's stdin (it was closed).
+            AttachError::OpenStdin { source, .. } if source.raw_os_error() == Some(nix::libc::ENXIO) => {
+                Code::FailedPrecondition
+            }
             AttachError::OpenStdin { .. } => Code::Internal,
         }
     }
