@@ -1,6 +1,7 @@
 //! `crisp-runtime`: the CRI RuntimeService on containerd. Started with the namespace helper's
 //! argument (`sandbox::HELPER_ARG`), the same binary makes a pod's namespaces and exits.
 
+mod attach;
 mod cgroup;
 // The container modules land in parts; until each is wired to its RPC, some of it is unused.
 #[allow(dead_code, unused_imports)]
@@ -47,6 +48,7 @@ async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Err
     metrics::watch(service.containers(), &containerd);
     // Exits from containerd's events; first, the exits that happened while the service was down.
     let _exits = service.containers().watch_exits();
+    let container_io = attach::server(service.containers().clone());
     let runtime = RuntimeServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -54,6 +56,7 @@ async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Err
         crisp_grpc_server::server()
             .add_service(health_service)
             .add_service(runtime)
+            .add_service(container_io)
             .serve_with_incoming_shutdown(crisp_grpc_server::UnixListenerStream::new(listener), shutdown)
     })
     .await?;
