@@ -48,9 +48,11 @@ pub async fn stop(containers: &Containers, id: &str, timeout: i64) -> Result<(),
     let signal = signal_number(stored.config.stop_signal)
         .or((stored.info.stop_signal > 0).then_some(stored.info.stop_signal))
         .unwrap_or(libc::SIGTERM);
-    let containerd = &containers.containerd;
     if timeout > 0 {
-        containerd.kill_task(&id, signal as u32, false).await.map_err(ContainerError::containerd(&id))?;
+        if let Some(exit) = kill(containers, &id, signal, false).await? {
+            containers.record_exit(&id, exit).await;
+            return Ok(());
+        }
         let grace = Duration::from_secs(timeout as u64);
         if let Ok(waited) = tokio::time::timeout(grace, wait_exit(containers, &id)).await {
             containers.record_exit(&id, waited?).await;
@@ -58,7 +60,10 @@ pub async fn stop(containers: &Containers, id: &str, timeout: i64) -> Result<(),
         }
         tracing::info!(id, ?grace, "the container outlived its grace period: killing it");
     }
-    containerd.kill_task(&id, libc::SIGKILL as u32, true).await.map_err(ContainerError::containerd(&id))?;
+    if let Some(exit) = kill(containers, &id, libc::SIGKILL, true).await? {
+        containers.record_exit(&id, exit).await;
+        return Ok(());
+    }
     let exit = tokio::time::timeout(KILL_WAIT, wait_exit(containers, &id)).await.map_err(|_| {
         ContainerError::Internal { id: id.clone(), reason: format!("still running {KILL_WAIT:?} after SIGKILL") }
     })?;
@@ -66,21 +71,45 @@ pub async fn stop(containers: &Containers, id: &str, timeout: i64) -> Result<(),
     Ok(())
 }
 
+/// Signals the task. `Some(exit)` where the task ended before the signal reached it: the
+/// exit's recording deleted it and the pod's shim, with nothing left to serve, exited (the call
+/// then fails with `ttrpc: closed`): stopped, not an error.
+async fn kill(
+    containers: &Containers,
+    id: &str,
+    signal: i32,
+    all: bool,
+) -> Result<Option<Option<Exit>>, ContainerError> {
+    match containers.containerd.kill_task(id, signal as u32, all).await {
+        Ok(()) => Ok(None),
+        Err(err) => ended(containers, id, err).await.map(Some),
+    }
+}
+
+/// After a call on the task failed with `err`: the task's exit where it is gone or stopped
+/// (the call failed because the task ended under it), else `err`.
+async fn ended(
+    containers: &Containers,
+    id: &str,
+    err: crisp_containerd::ContainerdError,
+) -> Result<Option<Exit>, ContainerError> {
+    match containers.containerd.task(id).await {
+        Ok(None) => Ok(None),
+        Ok(Some(process)) if is_stopped(&process) => Ok(Some(Exit {
+            code: process.exit_status,
+            at: crisp_containerd::tasks::unix_nanos(process.exited_at.as_ref()),
+        })),
+        _ => Err(ContainerError::containerd(id)(err)),
+    }
+}
+
 /// Waits for the task's exit. A wait cut off because the task went away under it (the exit
 /// was recorded and the task deleted meanwhile: the pod's shim may then exit, closing the
 /// wait's connection) is an exit, not an error, when the task is indeed gone or stopped.
 async fn wait_exit(containers: &Containers, id: &str) -> Result<Option<Exit>, ContainerError> {
-    let containerd = &containers.containerd;
-    match containerd.wait_task(id).await {
+    match containers.containerd.wait_task(id).await {
         Ok(exit) => Ok(exit),
-        Err(err) => match containerd.task(id).await {
-            Ok(None) => Ok(None),
-            Ok(Some(process)) if is_stopped(&process) => Ok(Some(Exit {
-                code: process.exit_status,
-                at: crisp_containerd::tasks::unix_nanos(process.exited_at.as_ref()),
-            })),
-            _ => Err(ContainerError::containerd(id)(err)),
-        },
+        Err(err) => ended(containers, id, err).await,
     }
 }
 
