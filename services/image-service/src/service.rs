@@ -21,7 +21,7 @@ pub struct Images {
 impl Images {
     pub fn new(containerd: Containerd, config: &Config) -> Self {
         let store = ImageStore::new(containerd.clone());
-        let puller = Puller::new(containerd.clone(), config.image.clone());
+        let puller = Puller::new(containerd.clone(), config.image.clone(), config.proxy.image_endpoints.len());
         // A pull this replica's previous run left (it was killed) is likely retried by the
         // kubelet within minutes; its lease keeps what it fetched for that retry until then.
         let delay = config.image.pull_progress_timeout.saturating_mul(2);
