@@ -14,6 +14,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 const VENDORED: &str = "vendor/cri-api/api.proto";
+/// crisp's own internal API between its services (no default stubs: whoever serves it serves it all).
+const INTERNAL: &str = "internal/container_io.proto";
 /// The option protoc 3.21 rejects, exactly as api.proto writes it.
 const DEBUG_REDACT: &str = " [debug_redact = true]";
 /// The messages with `debug_redact` fields; `src/redact.rs` implements `Debug` for each.
@@ -24,6 +26,7 @@ const STUB_MESSAGE: &str = "\"Not yet implemented\"";
 fn main() {
     println!("cargo:rerun-if-changed={VENDORED}");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={INTERNAL}");
 
     let original = std::fs::read_to_string(VENDORED).unwrap_or_else(|e| panic!("reading {VENDORED}: {e}"));
     check_redacted_messages(&original);
@@ -45,6 +48,10 @@ fn main() {
     let services = tonic_prost_build::configure().generate_default_stubs(true).service_generator();
     config.service_generator(Box::new(CrispStubs(services)));
     config.compile_protos(&[&proto], &[&proto_dir]).unwrap_or_else(|e| panic!("compiling {VENDORED}: {e}"));
+
+    tonic_prost_build::configure()
+        .compile_protos(&[INTERNAL], &["internal"])
+        .unwrap_or_else(|e| panic!("compiling {INTERNAL}: {e}"));
 }
 
 /// Fails the build when a message has a `debug_redact` field but is not in [`REDACTED_MESSAGES`].

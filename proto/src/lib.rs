@@ -18,6 +18,13 @@ pub mod cri {
     include!(concat!(env!("OUT_DIR"), "/runtime.v1.rs"));
 }
 
+/// crisp's internal API between the runtime service and the streaming server
+/// (`internal/container_io.proto`): a running container's stdio for Attach.
+#[allow(clippy::all)]
+pub mod internal {
+    include!(concat!(env!("OUT_DIR"), "/crisp.internal.v1.rs"));
+}
+
 /// The gRPC path prefix of the CRI runtime service.
 pub const RUNTIME_SERVICE_PREFIX: &str = "/runtime.v1.RuntimeService/";
 /// The gRPC path prefix of the CRI image service.

@@ -7,7 +7,7 @@
 //! proxy add over the direct call, and the proxy's CPU time per call. Not a test: run it by
 //! hand (`tests/bench/proxy.sh`, release build).
 //!
-//! bench-proxy [--calls N (per call and way; default 5000)]
+//! bench-proxy [--calls N (per call and way; default 5000)] [--metrics (the proxy serves metrics)]
 //!
 //! At the end the proxy is stopped with SIGTERM and waited for, so that a profiler wrapped
 //! around it writes its results: with `CRISP_BIN_DIR` naming a directory of the release
@@ -91,14 +91,22 @@ impl Drop for Relay {
 
 async fn bench(args: Vec<String>) -> anyhow::Result<()> {
     let mut calls = 5000usize;
+    let mut metrics = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--calls" => calls = args.next().and_then(|v| v.parse().ok()).unwrap_or(calls),
-            other => anyhow::bail!("unknown argument {other}; usage: bench-proxy [--calls N]"),
+            "--metrics" => metrics = true,
+            other => anyhow::bail!("unknown argument {other}; usage: bench-proxy [--calls N] [--metrics]"),
         }
     }
-    let options = StackOptions { env: vec![("CRISP_LOG_LEVEL".into(), "warn".into())], ..StackOptions::default() };
+    let mut env = vec![("CRISP_LOG_LEVEL".to_string(), "warn".to_string())];
+    if metrics {
+        // The proxy's metrics layer on (its endpoint on a free loopback port).
+        env.push(("CRISP_PROXY_METRICS_ADDRESS".into(), "127.0.0.1:0".into()));
+    }
+    println!("proxy metrics: {}", if metrics { "on" } else { "off" });
+    let options = StackOptions { env, ..StackOptions::default() };
     let mut stack = Stack::start_with(options).await?;
     let proxy_pid = stack.service_pid("proxy")?;
     let dir = stack.dir().to_path_buf();

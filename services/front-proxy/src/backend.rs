@@ -7,6 +7,7 @@
 //! A gRPC error the backend answers is a normal response and passes through, as does a stream
 //! the backend resets ([`BackendError::Reset`]): neither is the backend's failure.
 
+use crate::metrics::BackendUp;
 use crate::{Call, Response, ResponseBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -55,11 +56,24 @@ struct Inner {
     connection: Mutex<Option<(u64, h2::client::SendRequest<Bytes>)>>,
     /// Held while dialling: calls that find no connection wait for one dial.
     dialling: tokio::sync::Mutex<u64>,
+    /// `crisp_proxy_backend_up` of this backend, when the proxy serves metrics.
+    up: Option<BackendUp>,
 }
 
 impl Backend {
     /// `name` says what the backend is in error messages and logs (`runtime service`).
     pub fn new(name: impl Into<String>, socket: &Path, connect_timeout: Duration) -> Self {
+        Self::with_up_gauge(name, socket, connect_timeout, None)
+    }
+
+    /// [`Backend::new`], keeping `up` at 1 while a connection is open and 0 once one could not
+    /// be made or closed.
+    pub fn with_up_gauge(
+        name: impl Into<String>,
+        socket: &Path,
+        connect_timeout: Duration,
+        up: Option<BackendUp>,
+    ) -> Self {
         let describe = format!("{} at {}", name.into(), socket.display());
         Self {
             inner: Arc::new(Inner {
@@ -68,6 +82,7 @@ impl Backend {
                 connect_timeout,
                 connection: Mutex::new(None),
                 dialling: tokio::sync::Mutex::new(0),
+                up,
             }),
         }
     }
@@ -82,6 +97,7 @@ impl Backend {
     }
 
     fn unreachable(&self, why: impl std::fmt::Display) -> BackendError {
+        set_up(&self.inner, false);
         tracing::warn!(backend = %self.describe(), error = %why, "backend unavailable");
         BackendError::Unreachable(tonic::Status::unavailable(format!("{} is unavailable: {why}", self.describe())))
     }
@@ -136,6 +152,7 @@ impl Backend {
         if let Ok(mut slot) = self.inner.connection.lock() {
             *slot = Some((number, send.clone()));
         }
+        set_up(&self.inner, true);
         Ok((number, send))
     }
 
@@ -182,6 +199,13 @@ fn forget(inner: &Inner, number: u64) {
         && slot.as_ref().is_some_and(|(n, _)| *n == number)
     {
         *slot = None;
+        set_up(inner, false);
+    }
+}
+
+fn set_up(inner: &Inner, up: bool) {
+    if let Some(gauge) = &inner.up {
+        gauge.set(up);
     }
 }
 

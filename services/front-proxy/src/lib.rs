@@ -1,6 +1,6 @@
 //! The front proxy: the CRI socket, each call routed undecoded to the crisp service that
 //! answers it. Its behaviour is a short stack of tower layers, composed in one place
-//! ([`stack`]) and each testable alone; the next concern (metrics, limits) is one more layer.
+//! ([`stack`]) and each testable alone; the next concern (limits) is one more layer.
 //!
 //! Top to bottom, for every call:
 //!
@@ -9,6 +9,8 @@
 //!   accepted.
 //! - [`RpcTraceLayer`](crisp_telemetry::RpcTraceLayer) (forwarding): a span per call that
 //!   continues the caller's trace and hands it on to the backend.
+//! - [`MetricsLayer`]: calls, latency and calls in flight by method, for Prometheus (when
+//!   `proxy.metrics_address` is set; otherwise it only passes calls on).
 //! - [`Router`]: picks the target by the call's path and reads the request message whole;
 //!   an unknown path answers `UNIMPLEMENTED`.
 //! - then, per target, [`DeadlineLayer`]: the caller's `grpc-timeout` is forwarded and also
@@ -20,12 +22,14 @@
 
 mod backend;
 pub mod deadline;
+pub mod metrics;
 mod pool;
 mod route;
 mod server;
 
 pub use backend::{Backend, BackendError};
 pub use deadline::{Deadline, DeadlineLayer};
+pub use metrics::{MetricsLayer, MetricsService, ProxyMetrics};
 pub use pool::ImagePool;
 pub use route::{Router, Scope};
 pub use server::serve;
@@ -57,10 +61,14 @@ pub struct Backends {
     pub images: ImagePool,
     pub runtime: Backend,
     pub streaming: Backend,
+    /// The proxy's metrics, when `proxy.metrics_address` is set.
+    pub metrics: Option<ProxyMetrics>,
 }
 
 impl Backends {
     pub fn from_config(config: &ProxyConfig) -> Self {
+        let metrics = config.metrics_address.map(|_| ProxyMetrics::new());
+        let up = |backend: &str| metrics.as_ref().map(|m| m.backend_up(backend));
         let timeout = config.connect_timeout;
         let replicas = config.image_endpoints.len();
         let images = config
@@ -70,19 +78,20 @@ impl Backends {
             .map(|(i, socket)| {
                 let name =
                     if replicas == 1 { "image service".to_string() } else { format!("image service replica {i}") };
-                Backend::new(name, socket, timeout)
+                Backend::with_up_gauge(name, socket, timeout, up(&format!("image-{i}")))
             })
             .collect();
         Self {
-            images: ImagePool::new(images),
-            runtime: Backend::new("runtime service", &config.runtime_endpoint, timeout),
-            streaming: Backend::new("streaming server", &config.streaming_endpoint, timeout),
+            images: ImagePool::with_metrics(images, metrics.as_ref()),
+            runtime: Backend::with_up_gauge("runtime service", &config.runtime_endpoint, timeout, up("runtime")),
+            streaming: Backend::with_up_gauge("streaming server", &config.streaming_endpoint, timeout, up("streaming")),
+            metrics,
         }
     }
 }
 
 /// The proxy's service for one socket, as [`stack`] composes it.
-pub type Proxy = RpcTraceService<Router<Deadline<ImagePool>, Deadline<Backend>, Deadline<Backend>>>;
+pub type Proxy = RpcTraceService<MetricsService<Router<Deadline<ImagePool>, Deadline<Backend>, Deadline<Backend>>>>;
 
 /// The stack, top to bottom; the one place its layers are put together.
 pub fn stack(backends: &Backends, scope: Scope) -> Proxy {
@@ -93,5 +102,8 @@ pub fn stack(backends: &Backends, scope: Scope) -> Proxy {
         target.service(backends.runtime.clone()),
         target.service(backends.streaming.clone()),
     );
-    tower::ServiceBuilder::new().layer(RpcTraceLayer::forwarding()).service(router)
+    tower::ServiceBuilder::new()
+        .layer(RpcTraceLayer::forwarding())
+        .layer(MetricsLayer::new(backends.metrics.clone()))
+        .service(router)
 }

@@ -15,6 +15,10 @@ fn main() -> ExitCode {
 async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {
     let mode = config.proxy_socket_mode()?;
     let backends = Backends::from_config(&config.proxy);
+    let _metrics = crisp_metrics::start(config.proxy.metrics_address.map(Into::into), |r| {
+        backends.metrics.iter().for_each(|m| m.register(r))
+    })
+    .await?;
     backends.images.spawn_health_checks(config.proxy.health_check_interval, config.proxy.connect_timeout);
 
     let (listener, _socket) = crisp_grpc_server::UnixSocket::bind(&config.proxy.socket, mode).await?;

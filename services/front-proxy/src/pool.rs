@@ -10,7 +10,9 @@
 //! own doing; the layer above drops the call) leave its health as it was.
 
 use crate::backend::BackendError;
-use crate::{Backend, Call, Response, clone_call};
+use crate::{Backend, Call, ProxyMetrics, Response, clone_call};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,11 +26,16 @@ use tonic_health::pb::health_client::HealthClient;
 struct Replica {
     backend: Backend,
     healthy: AtomicBool,
+    /// `crisp_proxy_image_replica_healthy` of this replica, when the proxy serves metrics.
+    gauge: Option<Gauge>,
 }
 
 impl Replica {
     fn set_healthy(&self, healthy: bool, why: &str) {
         if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
+            if let Some(gauge) = &self.gauge {
+                gauge.set(i64::from(healthy));
+            }
             if healthy {
                 tracing::info!(backend = %self.backend.describe(), "image service replica is back in rotation");
             } else {
@@ -43,16 +50,34 @@ impl Replica {
 pub struct ImagePool {
     replicas: Arc<Vec<Replica>>,
     next: Arc<AtomicUsize>,
+    /// `crisp_proxy_image_retries_total`, when the proxy serves metrics.
+    retries: Option<Counter>,
 }
 
 impl ImagePool {
     pub fn new(backends: Vec<Backend>) -> Self {
+        Self::with_metrics(backends, None)
+    }
+
+    /// [`ImagePool::new`], keeping each replica's health and the retries in `metrics`.
+    pub fn with_metrics(backends: Vec<Backend>, metrics: Option<&ProxyMetrics>) -> Self {
         let replicas = backends
             .into_iter()
+            .enumerate()
             // Healthy until a check or a call says otherwise: the first call need not wait.
-            .map(|backend| Replica { backend, healthy: AtomicBool::new(true) })
+            .map(|(i, backend)| {
+                let gauge = metrics.map(|m| m.replica_healthy(i));
+                if let Some(gauge) = &gauge {
+                    gauge.set(1);
+                }
+                Replica { backend, healthy: AtomicBool::new(true), gauge }
+            })
             .collect();
-        Self { replicas: Arc::new(replicas), next: Arc::new(AtomicUsize::new(0)) }
+        Self {
+            replicas: Arc::new(replicas),
+            next: Arc::new(AtomicUsize::new(0)),
+            retries: metrics.map(ProxyMetrics::image_retries),
+        }
     }
 
     /// How many replicas are in the rotation now.
@@ -90,6 +115,11 @@ impl ImagePool {
                 Err(BackendError::Unreachable(status)) => {
                     replica.set_healthy(false, status.message());
                     failures.push(status.message().to_string());
+                    if tried + 1 < order.len()
+                        && let Some(retries) = &self.retries
+                    {
+                        retries.inc();
+                    }
                 }
                 Err(BackendError::Reset(status)) => return Err(status),
             }

@@ -117,6 +117,7 @@ pub async fn image_fs_info(containerd: &Containerd, snapshotter: &str) -> Result
         .unwrap_or_default();
     let (snap_bytes, snap_inodes) = containerd.snapshot_usage(snapshotter).await?;
     let (content_bytes, content_inodes) = containerd.content_usage().await?;
+    crate::metrics::METRICS.store_sizes(snap_bytes, content_bytes);
     let snap_root = containerd.plugin_root("io.containerd.snapshotter.v1", snapshotter).await?;
     let content_root = containerd.plugin_root("io.containerd.content.v1", "content").await?;
     let usage = |mountpoint: String, bytes: u64, inodes: u64| FilesystemUsage {

@@ -15,6 +15,7 @@ mod error;
 mod fsinfo;
 mod hosts;
 mod images;
+mod metrics;
 mod pull;
 mod registry;
 mod service;
@@ -35,6 +36,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {
+    let _metrics = crisp_metrics::start(config.image.metrics_address.map(Into::into), |registry| {
+        metrics::register(registry);
+        crisp_containerd::metrics::register(registry);
+    })
+    .await?;
     let containerd = Containerd::connect_ready(&config.containerd).await?;
     let (listener, _socket) = crisp_grpc_server::UnixSocket::bind(&config.image.socket, 0o600).await?;
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -8,6 +8,7 @@ mod container;
 mod events;
 #[allow(dead_code)]
 mod logs;
+mod metrics;
 mod pod_cidr;
 mod sandbox;
 mod service;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {
+    let _metrics = crisp_metrics::start(config.runtime.metrics_address.map(Into::into), metrics::register).await?;
     let containerd = Containerd::connect_ready(&config.containerd).await?;
     // Before serving: undo what a RunPodSandbox cut short by a crash left.
     if let Err(err) = sandbox::sweep(&containerd, &config).await {
@@ -41,7 +43,8 @@ async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Err
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RuntimeServiceServer<service::Runtime>>().await;
 
-    let service = service::Runtime::new(containerd, config);
+    let service = service::Runtime::new(containerd.clone(), config);
+    metrics::watch(service.containers(), &containerd);
     // Exits from containerd's events; first, the exits that happened while the service was down.
     let _exits = service.containers().watch_exits();
     let runtime = RuntimeServiceServer::new(service)

@@ -105,9 +105,11 @@ impl RuntimeService for Runtime {
         request: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
-        container::stop_pod_containers(&self.containers, &id).await.map_err(container_status)?;
+        let pod = container::stop_pod_containers(&self.containers, &id).await.map_err(container_status)?;
         sandbox::stop(&self.containerd, &self.config, &id).await.map_err(status_of)?;
-        self.containers.publish_pod(&id, ContainerEventType::ContainerStoppedEvent).await;
+        if let Some(pod) = pod {
+            self.containers.publish_pod(&pod, ContainerEventType::ContainerStoppedEvent).await;
+        }
         Ok(Response::new(StopPodSandboxResponse {}))
     }
 
@@ -116,9 +118,11 @@ impl RuntimeService for Runtime {
         request: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
-        container::remove_pod_containers(&self.containers, &id).await.map_err(container_status)?;
+        let pod = container::remove_pod_containers(&self.containers, &id).await.map_err(container_status)?;
         sandbox::remove(&self.containerd, &self.config, &id).await.map_err(status_of)?;
-        self.containers.publish_pod(&id, ContainerEventType::ContainerDeletedEvent).await;
+        if let Some(pod) = pod {
+            self.containers.publish_pod(&pod, ContainerEventType::ContainerDeletedEvent).await;
+        }
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 

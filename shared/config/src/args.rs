@@ -124,6 +124,12 @@ pub struct ConfigArgs {
     /// streaming.port
     #[arg(long, env = "CRISP_STREAMING_PORT", value_name = "PORT")]
     pub streaming_port: Option<u16>,
+    /// streaming.token_ttl
+    #[arg(long, env = "CRISP_STREAMING_TOKEN_TTL", value_name = "DURATION", value_parser = duration)]
+    pub streaming_token_ttl: Option<Duration>,
+    /// streaming.stream_idle_timeout
+    #[arg(long, env = "CRISP_STREAMING_IDLE_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    pub streaming_idle_timeout: Option<Duration>,
     /// streaming.metrics_address
     #[arg(long, env = "CRISP_STREAMING_METRICS_ADDRESS", value_name = "ADDR")]
     pub streaming_metrics_address: Option<MetricsAddress>,
@@ -197,6 +203,8 @@ impl ConfigArgs {
         set(&mut c.streaming.socket, &self.streaming_socket);
         set(&mut c.streaming.address, &self.streaming_address);
         set(&mut c.streaming.port, &self.streaming_port);
+        set(&mut c.streaming.token_ttl, &self.streaming_token_ttl);
+        set(&mut c.streaming.stream_idle_timeout, &self.streaming_idle_timeout);
         if self.streaming_metrics_address.is_some() {
             c.streaming.metrics_address = self.streaming_metrics_address;
         }

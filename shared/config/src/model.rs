@@ -210,6 +210,21 @@ pub struct StreamingConfig {
     pub address: String,
     /// The port of the HTTP streaming endpoint; 0 picks a free one.
     pub port: u16,
+    /// How long a URL answered by Exec, Attach or PortForward stays usable (once).
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// URLs answered and not yet used at most; past this the RPCs answer RESOURCE_EXHAUSTED.
+    pub max_tokens: usize,
+    /// A stream session with no traffic either way for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    /// How long the client has to open the streams of a session after the upgrade.
+    #[serde(with = "humantime_serde")]
+    pub stream_creation_timeout: Duration,
+    /// Serve the streaming endpoint over TLS with this certificate (PEM, chain first) and key;
+    /// both or neither. The URLs are then `https://`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     /// Where the streaming server serves Prometheus metrics; none serves none.
     pub metrics_address: Option<MetricsAddress>,
 }
@@ -220,6 +235,12 @@ impl Default for StreamingConfig {
             socket: PathBuf::from("/run/crisp/streaming.sock"),
             address: "127.0.0.1".into(),
             port: 0,
+            token_ttl: Duration::from_secs(60),
+            max_tokens: 1000,
+            stream_idle_timeout: Duration::from_secs(4 * 3600),
+            stream_creation_timeout: Duration::from_secs(30),
+            tls_cert_file: None,
+            tls_key_file: None,
             metrics_address: None,
         }
     }

@@ -117,6 +117,15 @@ impl Config {
         if self.streaming.address.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid("streaming.address", format!("`{}` is not an IP address", self.streaming.address)));
         }
+        if self.streaming.token_ttl.is_zero() {
+            return Err(invalid("streaming.token_ttl", "must be more than zero".to_string()));
+        }
+        if self.streaming.tls_cert_file.is_some() != self.streaming.tls_key_file.is_some() {
+            return Err(invalid("streaming.tls_cert_file", "tls_cert_file and tls_key_file go together".to_string()));
+        }
+        if self.streaming.max_tokens == 0 {
+            return Err(invalid("streaming.max_tokens", "must be at least 1".to_string()));
+        }
 
         if self.telemetry.log_level.trim().is_empty() {
             return Err(invalid("telemetry.log_level", "is empty"));

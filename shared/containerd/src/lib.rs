@@ -17,6 +17,7 @@
 //!   (create, start, kill, wait, delete), [`events`] (task exits and OOM kills),
 //!   [`Containerd::plugin_root`];
 //! - [`labels`]: the label names containerd, its CRI plugin and crisp use;
+//! - [`metrics`]: every call's latency by containerd API, timed on the channel;
 //! - [`error`]: the one place containerd's answers become crisp's errors.
 
 pub mod containers;
@@ -26,6 +27,7 @@ pub mod events;
 pub mod images;
 pub mod labels;
 pub mod lease;
+pub mod metrics;
 pub mod snapshots;
 pub mod tasks;
 
@@ -68,8 +70,9 @@ impl tonic::service::Interceptor for CallMetadata {
     }
 }
 
-/// The channel every containerd client is built on.
-pub type Channel = InterceptedService<tonic::transport::Channel, CallMetadata>;
+/// The channel every containerd client is built on: namespace and trace context on every call,
+/// each timed ([`metrics`]).
+pub type Channel = InterceptedService<metrics::Timed<tonic::transport::Channel>, CallMetadata>;
 
 /// A connection to containerd in one namespace. Cheap to clone: clones share the channel.
 #[derive(Clone)]
@@ -104,7 +107,10 @@ impl Containerd {
             MetadataValue::try_from(namespace).map_err(|_| ContainerdError::Namespace(namespace.to_string()))?;
         let channel = crisp_grpc_dial::unix_channel_with_backoff(address, Duration::from_secs(5), "containerd");
         Ok(Self {
-            channel: InterceptedService::new(channel.clone(), CallMetadata { namespace: namespace_value }),
+            channel: InterceptedService::new(
+                metrics::Timed::new(channel.clone()),
+                CallMetadata { namespace: namespace_value },
+            ),
             raw: channel,
             address: address.to_path_buf(),
             namespace: namespace.to_string(),
@@ -116,7 +122,10 @@ impl Containerd {
         let namespace_value =
             MetadataValue::try_from(namespace).map_err(|_| ContainerdError::Namespace(namespace.to_string()))?;
         Ok(Self {
-            channel: InterceptedService::new(self.raw.clone(), CallMetadata { namespace: namespace_value }),
+            channel: InterceptedService::new(
+                metrics::Timed::new(self.raw.clone()),
+                CallMetadata { namespace: namespace_value },
+            ),
             raw: self.raw.clone(),
             address: self.address.clone(),
             namespace: namespace.to_string(),

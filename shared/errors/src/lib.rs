@@ -26,9 +26,30 @@ pub fn message_chain(err: &dyn Error) -> String {
     message
 }
 
+/// The longest status message crisp sends, in bytes. A message names what the request got
+/// wrong and may echo it (an id, a reference); a request of megabytes must not become a
+/// `grpc-message` trailer of megabytes, which HTTP/2 clients refuse as a flood of
+/// CONTINUATION frames and the call then ends with no status at all.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
 /// The status a client sees for `err`.
 pub fn to_status<E: GrpcError>(err: &E) -> Status {
-    Status::new(err.code(), message_chain(err))
+    Status::new(err.code(), bounded(message_chain(err)))
+}
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`] (at a character boundary), saying how much was cut.
+fn bounded(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let total = message.len();
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(&format!("… ({} more bytes)", total - end));
+    message
 }
 
 /// The `UNIMPLEMENTED` answer for an RPC (or a part of one) a later piece of work builds. The
@@ -67,6 +88,17 @@ mod tests {
         fn code(&self) -> Code {
             Code::Unavailable
         }
+    }
+
+    #[test]
+    fn a_long_message_is_cut_at_a_character_boundary_saying_so() {
+        let long = format!("container `{}` not found", "é".repeat(5000));
+        let cut = bounded(long.clone());
+        assert!(cut.len() < MAX_MESSAGE_BYTES + 32, "{}", cut.len());
+        assert!(cut.starts_with("container `éé"));
+        // 11 ASCII bytes then 2-byte characters: the cut falls at 4095, one byte short of the bound.
+        assert!(cut.ends_with(&format!("… ({} more bytes)", long.len() - (MAX_MESSAGE_BYTES - 1))), "{cut}");
+        assert_eq!(bounded("short".into()), "short");
     }
 
     #[test]

@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn metrics_path_answers_the_text_format_with_process_metrics() {
         let counter: Counter = Counter::default();
-        let registry = crate::registry(|r| r.register("widgets", "Widgets made.", counter.clone()));
+        let registry = crate::registry(|r| r.register("widgets", "Widgets made", counter.clone()));
         counter.inc_by(3);
         let response = answer(&get("/metrics"), &registry);
         assert_eq!(response.status(), 200);
@@ -128,7 +128,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let counter: Counter = Counter::default();
         let endpoint =
-            crate::start(Some("127.0.0.1:0".parse().unwrap()), |r| r.register("scrapes", "Scrapes.", counter.clone()))
+            crate::start(Some("127.0.0.1:0".parse().unwrap()), |r| r.register("scrapes", "Scrapes", counter.clone()))
                 .await
                 .unwrap()
                 .unwrap();

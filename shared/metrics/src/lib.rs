@@ -25,6 +25,32 @@ use std::net::SocketAddr;
 /// The prefix of every crisp metric.
 pub const PREFIX: &str = "crisp";
 
+/// gRPC's status codes by number, as a `grpc_code` label names them (`OK`, `NOT_FOUND`...).
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The `grpc_code` label of a status code (`UNKNOWN` for a number gRPC does not define).
+pub fn grpc_code_name(code: i32) -> &'static str {
+    usize::try_from(code).ok().and_then(|c| GRPC_CODES.get(c)).copied().unwrap_or("UNKNOWN")
+}
+
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {

@@ -67,6 +67,7 @@ impl Coalescer {
             match flights.get_mut(key) {
                 Some(flight) => {
                     flight.waiters += 1;
+                    crate::metrics::METRICS.coalesced.inc();
                     tracing::info!(image = image_of(key), waiters = flight.waiters, "joining a pull already running");
                     tracing::Span::current().follows_from(&flight.span);
                     let waiter = Waiter { coalescer: self.clone(), key: key.to_string(), id: flight.id };

@@ -7,6 +7,7 @@ mod coalesce;
 mod progress;
 
 use crate::error::{ImageError, PullError};
+use crate::metrics::METRICS;
 use crate::registry::auth::Credentials;
 use crate::registry::{Clients, Registry};
 use crate::{content, hosts, store, unpack};
@@ -15,6 +16,7 @@ use coalesce::{Coalescer, PullResult};
 use crisp_config::ImageConfig;
 use crisp_containerd::labels::{self, gc};
 use crisp_containerd::{Containerd, ContainerdError, Held, Lease, LeaseId};
+use crisp_errors::GrpcError;
 use crisp_image_model::oci::{self, Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use crisp_image_model::{ChainId, Digest, ImageId, Reference};
 use crisp_proto::cri::AuthConfig;
@@ -125,6 +127,22 @@ impl Puller {
     }
 }
 
+/// A pull counted in `crisp_image_pulls_in_flight` until dropped.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        METRICS.pulls_in_flight.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        METRICS.pulls_in_flight.dec();
+    }
+}
+
 fn credentials_key(credentials: Option<&Credentials>) -> String {
     use std::hash::{Hash, Hasher};
     let Some(c) = credentials else { return "anonymous".into() };
@@ -144,12 +162,16 @@ impl Inner {
         let span = tracing::info_span!("pull", image = %reference);
         async move {
             let started = std::time::Instant::now();
+            let _in_flight = InFlight::new();
             let lease = self.lease_for(&reference.to_string()).await.map_err(|e| Arc::new(PullError::from(e)))?;
             let progress = Progress::default();
             let image = reference.to_string();
             let outcome = tokio::select! {
                 outcome = self.pull(&reference, credentials, &lease, &progress) => outcome,
-                stalled = progress::watchdog(&progress, self.config.pull_progress_timeout, &image) => Err(stalled),
+                stalled = progress::watchdog(&progress, self.config.pull_progress_timeout, &image) => {
+                    METRICS.stalls.inc();
+                    Err(stalled)
+                }
                 _ = cancel.cancelled() => Err(PullError::Cancelled),
             };
             let lease_id = lease.id().clone();
@@ -158,6 +180,8 @@ impl Inner {
             }
             self.adopted.lock().unwrap_or_else(|p| p.into_inner()).remove(&lease_id);
             let bytes = progress.bytes.load(Ordering::Relaxed);
+            let code = outcome.as_ref().err().map_or(tonic::Code::Ok, GrpcError::code);
+            METRICS.pull_ended(code, started.elapsed().as_secs_f64());
             match &outcome {
                 Ok(id) => tracing::info!(%id, bytes, elapsed = ?started.elapsed(), "pulled"),
                 Err(err) => tracing::warn!(error = %crisp_errors::message_chain(err), bytes, elapsed = ?started.elapsed(), "pull failed"),
@@ -411,6 +435,7 @@ impl Inner {
                         let span = tracing::debug_span!("extract", layer = %blob.digest, chain_id = %chain[i]);
                         // Extracting counts as progress for the stall watchdog, as an unpack does.
                         progress.unpacking.fetch_add(1, Ordering::Relaxed);
+                        let extract_started = std::time::Instant::now();
                         let staged = area
                             .extract(
                                 &self.containerd,
@@ -424,6 +449,7 @@ impl Inner {
                             .instrument(span)
                             .await;
                         progress.unpacking.fetch_sub(1, Ordering::Relaxed);
+                        METRICS.extract_duration.observe(extract_started.elapsed().as_secs_f64());
                         staged?
                     }
                     None => None,
@@ -471,6 +497,8 @@ impl Inner {
                 .await;
                 progress.unpacking.fetch_sub(1, Ordering::Relaxed);
                 result?;
+                METRICS.layers_unpacked.inc();
+                METRICS.unpack_duration.observe(unpack_started.elapsed().as_secs_f64());
                 tracing::debug!(layer = %layer.digest(), elapsed = ?unpack_started.elapsed(), "layer unpacked");
                 progress.step();
             }

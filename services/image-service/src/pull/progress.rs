@@ -30,6 +30,7 @@ pub struct Progress {
 impl Progress {
     pub fn add_bytes(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
+        crate::metrics::METRICS.bytes.inc_by(n);
     }
 
     pub fn step(&self) {

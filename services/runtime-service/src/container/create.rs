@@ -147,12 +147,11 @@ pub async fn create(containers: &Containers, request: CreateContainerRequest) ->
     let id = new_id()?;
     let name = format!("{}_{}_{}_{}_{}", metadata.name, pod.name, pod.namespace, pod.uid, metadata.attempt);
     let _reserved = containers.reserve(&name, &id)?;
-    let same_name = super::select::Selector { sandbox: Some(pod.id.clone()), ..Default::default() };
-    for existing in record::list(&containers.containerd, &same_name).await? {
-        let m = existing.config.metadata.clone().unwrap_or_default();
-        if m.name == metadata.name && m.attempt == metadata.attempt {
-            return Err(ContainerError::NameReserved { name, existing: existing.id });
-        }
+    if let Some(existing) = containers.indexed().await?.into_iter().find(|c| {
+        c.pod_sandbox_id == pod.id
+            && c.metadata.as_ref().is_some_and(|m| m.name == metadata.name && m.attempt == metadata.attempt)
+    }) {
+        return Err(ContainerError::NameReserved { name, existing: existing.id });
     }
 
     let image = containers
@@ -262,6 +261,7 @@ pub async fn create(containers: &Containers, request: CreateContainerRequest) ->
         image.id.as_str(),
         &containers.config.runtime.runtime_type,
     )?;
+    let indexed = record::read(container.clone())?;
     containers.containerd.create_container_record(container).await.map_err(ContainerError::containerd(&id))?;
     undo.record = true;
     // The record references the snapshot now: the lease is no longer needed.
@@ -269,6 +269,7 @@ pub async fn create(containers: &Containers, request: CreateContainerRequest) ->
         tracing::debug!(id, error = %err, "deleting the create's lease; it expires by itself");
     }
     undo.disarm();
+    containers.index_put(&indexed).await;
     tracing::info!(id, name, pod = %pod.id, "container created");
     containers.publish(&id, &pod.id, ContainerEventType::ContainerCreatedEvent).await;
     Ok(id)

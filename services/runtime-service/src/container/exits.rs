@@ -96,10 +96,11 @@ impl Containers {
             (false, None) => "Unknown",
         }
         .to_string();
+        crate::metrics::METRICS.oom_kills.inc_by(u64::from(oom));
         if exit.is_none() {
             stored.info.message = "the container's task was gone; its exit status is lost".into();
         }
-        if let Err(err) = record::save(&self.containerd, &stored).await {
+        if let Err(err) = self.save(&stored).await {
             tracing::warn!(id, error = %crisp_errors::message_chain(&err), "recording a container's exit");
             return;
         }
@@ -134,6 +135,7 @@ impl Containers {
                 });
                 // The subscription reaches containerd before the reconciliation asks for tasks.
                 tokio::time::sleep(SUBSCRIBE_SETTLE).await;
+                containers.index_reload().await;
                 containers.reconcile().await;
                 while let Some(event) = events.recv().await {
                     match event {
@@ -204,7 +206,7 @@ impl Containers {
         }
         let fifos = Fifos::existing(&dir, container.config.stdin, container.config.tty);
         let log_path = (!container.info.log_path.is_empty()).then(|| PathBuf::from(&container.info.log_path));
-        match LogWriter::open(&fifos, log_path, self.config.runtime.max_log_line_bytes().unwrap_or(0)) {
+        match LogWriter::open(&fifos, log_path, self.max_log_line_bytes()) {
             Ok(writer) => {
                 writer.start();
                 self.set_log_writer(&container.id, Arc::new(writer));

@@ -1,53 +1,64 @@
 //! ListContainers: "lists all containers by filters." Filters: id (or a unique prefix of one),
-//! state, pod sandbox id, label selector; every one set must match.
+//! state, pod sandbox id (or a unique prefix), label selector; every one set must match.
+//! Answered from the lifecycle's index of containers ([`super::index`]), not by reading every
+//! record from containerd.
 
-use super::record;
-use super::select::Selector;
 use super::{ContainerError, Containers};
-use crisp_proto::cri::{Container, ContainerFilter, ContainerState, ImageSpec};
+use crisp_proto::cri::{Container, ContainerFilter};
 
-/// The containerd selector for a CRI filter.
-pub fn selector(filter: Option<&ContainerFilter>) -> Selector {
-    let Some(filter) = filter else { return Selector::default() };
-    Selector {
-        id: (!filter.id.is_empty()).then(|| filter.id.clone()),
-        sandbox: (!filter.pod_sandbox_id.is_empty()).then(|| filter.pod_sandbox_id.clone()),
-        state: filter.state.as_ref().map(|s| match ContainerState::try_from(s.state) {
-            Ok(ContainerState::ContainerCreated) => "created".to_string(),
-            Ok(ContainerState::ContainerRunning) => "running".to_string(),
-            Ok(ContainerState::ContainerExited) => "exited".to_string(),
-            // UNKNOWN: crisp never reports it, so nothing matches.
-            _ => "unknown".to_string(),
-        }),
-        labels: filter.label_selector.clone(),
-    }
+/// Whether `container` passes `filter` (the pod id already resolved to a full one).
+fn matches(container: &Container, filter: &ContainerFilter, pod: Option<&str>) -> bool {
+    (filter.id.is_empty() || container.id.starts_with(&filter.id))
+        && pod.is_none_or(|pod| container.pod_sandbox_id == pod)
+        && filter.state.as_ref().is_none_or(|s| container.state == s.state)
+        && filter.label_selector.iter().all(|(k, v)| container.labels.get(k) == Some(v))
 }
 
 pub async fn list(containers: &Containers, filter: Option<ContainerFilter>) -> Result<Vec<Container>, ContainerError> {
-    let mut selector = selector(filter.as_ref());
-    // A pod id may be a prefix too: resolve it to the pod's full id.
-    if let Some(pod) = &selector.sandbox
-        && pod.len() < 64
-    {
-        match crate::sandbox::find_record(&containers.containerd, pod).await {
-            Ok(Some(found)) => selector.sandbox = Some(found.sandbox.id),
+    let filter = filter.unwrap_or_default();
+    // A pod id may be a prefix: resolve it to the pod's full id.
+    let pod = match filter.pod_sandbox_id.as_str() {
+        "" => None,
+        full if full.len() == 64 => Some(full.to_string()),
+        prefix => match crate::sandbox::find_record(&containers.containerd, prefix).await {
+            Ok(Some(found)) => Some(found.sandbox.id),
             Ok(None) | Err(_) => return Ok(vec![]),
-        }
+        },
+    };
+    let mut listed: Vec<Container> =
+        containers.indexed().await?.into_iter().filter(|c| matches(c, &filter, pod.as_deref())).collect();
+    listed.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+    Ok(listed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crisp_proto::cri::{ContainerState, ContainerStateValue};
+
+    #[test]
+    fn a_filter_matches_by_id_prefix_pod_state_and_labels() {
+        let container = Container {
+            id: "abcdef".into(),
+            pod_sandbox_id: "pod1".into(),
+            state: ContainerState::ContainerRunning as i32,
+            labels: [("app".to_string(), "web".to_string()), ("tier".to_string(), "x".to_string())].into(),
+            ..Default::default()
+        };
+        assert!(matches(&container, &ContainerFilter::default(), None));
+        let by_id = ContainerFilter { id: "abc".into(), ..Default::default() };
+        assert!(matches(&container, &by_id, None));
+        assert!(!matches(&container, &ContainerFilter { id: "abd".into(), ..Default::default() }, None));
+        assert!(matches(&container, &ContainerFilter::default(), Some("pod1")));
+        assert!(!matches(&container, &ContainerFilter::default(), Some("pod2")));
+        let exited = ContainerFilter {
+            state: Some(ContainerStateValue { state: ContainerState::ContainerExited as i32 }),
+            ..Default::default()
+        };
+        assert!(!matches(&container, &exited, None));
+        let labelled = ContainerFilter { label_selector: [("app".into(), "web".into())].into(), ..Default::default() };
+        assert!(matches(&container, &labelled, None));
+        let other = ContainerFilter { label_selector: [("app".into(), "db".into())].into(), ..Default::default() };
+        assert!(!matches(&container, &other, None));
     }
-    let stored = record::list(&containers.containerd, &selector).await?;
-    Ok(stored
-        .into_iter()
-        .map(|s| Container {
-            id: s.id.clone(),
-            pod_sandbox_id: s.info.sandbox_id.clone(),
-            metadata: s.config.metadata.clone(),
-            image: Some(ImageSpec { image: s.info.image.clone(), ..Default::default() }),
-            image_ref: s.info.image_ref.clone(),
-            state: s.state.cri() as i32,
-            created_at: s.info.created_at,
-            labels: s.config.labels.clone(),
-            annotations: s.config.annotations.clone(),
-            image_id: s.info.image_id.clone(),
-        })
-        .collect())
 }

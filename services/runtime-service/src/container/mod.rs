@@ -6,7 +6,7 @@
 //! pod, name, attempt and state; [`record`]) whose OCI spec is built by [`spec`] from the CRI
 //! request and the image, a snapshot of the image's top layer, and a containerd task while it
 //! runs. Exits come from containerd's event stream ([`exits`]), never from polling. Nothing is
-//! kept in memory that a restart would need: [`Containers::recover`] rebuilds the log writers
+//! kept in memory that a restart would need: [`Containers::watch_exits`] rebuilds the log writers
 //! of running containers and records the exits that happened while the service was down.
 //!
 //! One operation per file; [`ContainerError`] is this module's one error type, mapped to a
@@ -16,6 +16,7 @@ mod checkpoint;
 mod create;
 pub mod exec_sync;
 mod exits;
+mod index;
 mod list;
 pub mod metrics;
 mod pod;
@@ -36,7 +37,7 @@ pub use list::list;
 pub use pod::{remove_all as remove_pod_containers, stop_all as stop_pod_containers};
 pub use remove::remove;
 pub use start::start;
-pub use status::{cri_status, status};
+pub use status::status;
 pub use stop::stop;
 
 use crate::events::Hub;
@@ -146,6 +147,8 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Containers whose cgroup reported an OOM kill (`/tasks/oom`) since they started.
     oom: Mutex<HashSet<String>>,
+    /// What ListContainers answers ([`index`]).
+    index: index::Index,
 }
 
 impl Containers {
@@ -158,6 +161,11 @@ impl Containers {
             host: Arc::new(host),
             inner: Arc::default(),
         }
+    }
+
+    /// The ListContainers index, which the container gauges count ([`crate::metrics`]).
+    pub(crate) fn index(&self) -> &index::Index {
+        &self.inner.index
     }
 
     /// The log writers of the running containers (ReopenContainerLog reopens a file).
@@ -197,6 +205,11 @@ impl Containers {
 
     fn take_oom(&self, id: &str) -> bool {
         self.inner.oom.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
+    }
+
+    /// The longest log line written whole (`runtime.max_container_log_line_size`; 0: no limit).
+    fn max_log_line_bytes(&self) -> usize {
+        self.config.runtime.max_log_line_bytes().unwrap_or(0)
     }
 
     /// The container's directory under `runtime.root_dir` (kept across reboots).

@@ -101,11 +101,13 @@ pub struct Stored {
     pub spec: Vec<u8>,
 }
 
-impl Stored {
-    /// The kubelet's name for the container.
-    pub fn metadata_name(&self) -> String {
-        self.config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
-    }
+/// Writes `stored`'s config (UpdateContainerResources records new resources there).
+pub async fn save_config(containerd: &Containerd, stored: &Stored) -> Result<(), ContainerError> {
+    let config = prost_types::Any { type_url: CONFIG_TYPE.into(), value: stored.config.encode_to_vec() };
+    containerd
+        .set_container_extension(&stored.id, CONFIG_EXTENSION, config, HashMap::new())
+        .await
+        .map_err(ContainerError::containerd(&stored.id))
 }
 
 fn record_error(id: &str, reason: impl Into<String>) -> ContainerError {
@@ -213,15 +215,6 @@ pub async fn save(containerd: &Containerd, stored: &Stored) -> Result<(), Contai
     let labels = HashMap::from([(CONTAINER_STATE.to_string(), stored.state.label().to_string())]);
     containerd
         .set_container_extension(&stored.id, EXTENSION, info_extension(&stored.id, &stored.info)?, labels)
-        .await
-        .map_err(ContainerError::containerd(&stored.id))
-}
-
-/// Writes `stored`'s config (UpdateContainerResources records new resources there).
-pub async fn save_config(containerd: &Containerd, stored: &Stored) -> Result<(), ContainerError> {
-    let config = prost_types::Any { type_url: CONFIG_TYPE.into(), value: stored.config.encode_to_vec() };
-    containerd
-        .set_container_extension(&stored.id, CONFIG_EXTENSION, config, HashMap::new())
         .await
         .map_err(ContainerError::containerd(&stored.id))
 }

@@ -23,8 +23,14 @@ pub async fn remove(containers: &Containers, id: &str) -> Result<(), ContainerEr
         stop::stop(containers, &id, 0).await?;
     }
     let lock = containers.lock(&id).await;
-    containers.containerd.delete_task(&id).await.map_err(ContainerError::containerd(&id))?;
+    if let Err(err) = containers.containerd.delete_task(&id).await {
+        // The task may have gone under the call (deleted by the exit's recording, its shim gone).
+        if containers.containerd.task(&id).await.map_err(ContainerError::containerd(&id))?.is_some() {
+            return Err(ContainerError::containerd(&id)(err));
+        }
+    }
     containers.containerd.delete_container_record(&id).await.map_err(ContainerError::containerd(&id))?;
+    containers.index_remove(&id).await;
     remove_snapshot(containers, &stored.info.snapshotter, &id).await;
     let fifos = Fifos::existing(&containers.state_dir(&id).join("io"), stored.config.stdin, stored.config.tty);
     if let Err(err) = fifos.remove() {

@@ -33,7 +33,7 @@ fn open_io(containers: &Containers, stored: &Stored) -> Option<(Fifos, Arc<LogWr
         }
     };
     let log_path = (!stored.info.log_path.is_empty()).then(|| PathBuf::from(&stored.info.log_path));
-    match LogWriter::open(&fifos, log_path, containers.config.runtime.max_log_line_bytes().unwrap_or(0)) {
+    match LogWriter::open(&fifos, log_path, containers.max_log_line_bytes()) {
         Ok(writer) => Some((fifos, Arc::new(writer))),
         Err(err) => {
             tracing::warn!(id = %stored.id, error = %err, "cannot open the container's log writer: it runs without stdio");
@@ -55,10 +55,10 @@ pub async fn start(containers: &Containers, id: &str) -> Result<(), ContainerErr
     }
     let id = stored.id.clone();
     match run_task(containers, &stored).await {
-        Ok(()) => {
+        Ok(started_at) => {
             stored.state = State::Running;
-            stored.info.started_at = now_nanos();
-            record::save(&containers.containerd, &stored).await?;
+            stored.info.started_at = started_at;
+            containers.save(&stored).await?;
             tracing::info!(id, "container started");
             containers.publish(&id, &stored.info.sandbox_id, ContainerEventType::ContainerStartedEvent).await;
             Ok(())
@@ -79,7 +79,7 @@ pub async fn start(containers: &Containers, id: &str) -> Result<(), ContainerErr
             stored.info.exit_code = 128;
             stored.info.reason = "StartError".into();
             stored.info.message = crisp_errors::message_chain(&err);
-            if let Err(save) = record::save(&containers.containerd, &stored).await {
+            if let Err(save) = containers.save(&stored).await {
                 tracing::warn!(id, error = %save, "recording a failed start");
             }
             containers.publish(&id, &stored.info.sandbox_id, ContainerEventType::ContainerStoppedEvent).await;
@@ -88,7 +88,9 @@ pub async fn start(containers: &Containers, id: &str) -> Result<(), ContainerErr
     }
 }
 
-async fn run_task(containers: &Containers, stored: &Stored) -> Result<(), ContainerError> {
+/// Creates and starts the task; answers when it was started (taken just before the start, so
+/// a process that exits at once never has finished before it started).
+async fn run_task(containers: &Containers, stored: &Stored) -> Result<i64, ContainerError> {
     let id = &stored.id;
     let rootfs = containers
         .containerd
@@ -114,6 +116,7 @@ async fn run_task(containers: &Containers, stored: &Stored) -> Result<(), Contai
     if let Some((_, writer)) = &io {
         writer.start();
     }
+    let started_at = now_nanos();
     containers.containerd.start_task(id).await.map_err(ContainerError::containerd(id))?;
-    Ok(())
+    Ok(started_at)
 }

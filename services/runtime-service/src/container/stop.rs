@@ -8,7 +8,7 @@
 
 use super::record::{self, State};
 use super::{ContainerError, Containers};
-use crisp_containerd::tasks::Exit;
+use crisp_containerd::tasks::{Exit, is_stopped};
 use crisp_proto::cri::Signal;
 use nix::libc;
 use std::time::Duration;
@@ -52,20 +52,36 @@ pub async fn stop(containers: &Containers, id: &str, timeout: i64) -> Result<(),
     if timeout > 0 {
         containerd.kill_task(&id, signal as u32, false).await.map_err(ContainerError::containerd(&id))?;
         let grace = Duration::from_secs(timeout as u64);
-        if let Ok(waited) = tokio::time::timeout(grace, containerd.wait_task(&id)).await {
-            let exit = waited.map_err(ContainerError::containerd(&id))?;
-            containers.record_exit(&id, exit).await;
+        if let Ok(waited) = tokio::time::timeout(grace, wait_exit(containers, &id)).await {
+            containers.record_exit(&id, waited?).await;
             return Ok(());
         }
         tracing::info!(id, ?grace, "the container outlived its grace period: killing it");
     }
     containerd.kill_task(&id, libc::SIGKILL as u32, true).await.map_err(ContainerError::containerd(&id))?;
-    let exit = tokio::time::timeout(KILL_WAIT, containerd.wait_task(&id)).await.map_err(|_| {
+    let exit = tokio::time::timeout(KILL_WAIT, wait_exit(containers, &id)).await.map_err(|_| {
         ContainerError::Internal { id: id.clone(), reason: format!("still running {KILL_WAIT:?} after SIGKILL") }
     })?;
-    let exit: Option<Exit> = exit.map_err(ContainerError::containerd(&id))?;
-    containers.record_exit(&id, exit).await;
+    containers.record_exit(&id, exit?).await;
     Ok(())
+}
+
+/// Waits for the task's exit. A wait cut off because the task went away under it (the exit
+/// was recorded and the task deleted meanwhile: the pod's shim may then exit, closing the
+/// wait's connection) is an exit, not an error, when the task is indeed gone or stopped.
+async fn wait_exit(containers: &Containers, id: &str) -> Result<Option<Exit>, ContainerError> {
+    let containerd = &containers.containerd;
+    match containerd.wait_task(id).await {
+        Ok(exit) => Ok(exit),
+        Err(err) => match containerd.task(id).await {
+            Ok(None) => Ok(None),
+            Ok(Some(process)) if is_stopped(&process) => Ok(Some(Exit {
+                code: process.exit_status,
+                at: crisp_containerd::tasks::unix_nanos(process.exited_at.as_ref()),
+            })),
+            _ => Err(ContainerError::containerd(id)(err)),
+        },
+    }
 }
 
 #[cfg(test)]

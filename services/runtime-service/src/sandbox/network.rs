@@ -118,7 +118,7 @@ pub async fn attach(
     let lo = Attachment { ifname: "lo".into(), ..attachment.clone() };
     loopback.add(bin_dirs, &lo).await.map_err(network_error)?;
 
-    let result = network.add(bin_dirs, &attachment).await.map_err(network_error)?;
+    let result = crate::metrics::cni("add", network.add(bin_dirs, &attachment)).await.map_err(network_error)?;
     let ips = crisp_cni::result_ips(&result);
     saved.result = Some(result);
     save(pod, dir, &saved)?;
@@ -153,7 +153,8 @@ pub async fn detach(pod: &str, dir: &Path, bin_dirs: &[PathBuf]) -> Result<(), S
         serde_json::from_slice(&bytes).map_err(|e| SandboxError::Record { pod: pod.into(), reason: e.to_string() })?;
     let network_error = |source| SandboxError::Network { pod: pod.to_string(), source };
     let network = NetworkConfig::from_file(&saved.config).map_err(network_error)?;
-    network.del(bin_dirs, &saved.attachment(), saved.result.as_ref()).await.map_err(network_error)
+    let attachment = saved.attachment();
+    crate::metrics::cni("del", network.del(bin_dirs, &attachment, saved.result.as_ref())).await.map_err(network_error)
 }
 
 #[cfg(test)]

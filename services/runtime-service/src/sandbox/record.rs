@@ -176,6 +176,7 @@ pub async fn create(
         .await
         .map_err(|s| ContainerdError::call("creating the pod's record", s))
         .map_err(containerd_error(&sandbox.id))?;
+    crate::metrics::pod_state(&sandbox.id, Some(State::Ready));
     Ok(())
 }
 
@@ -194,6 +195,7 @@ fn read(container: Container) -> Result<Stored, SandboxError> {
         _ => State::NotReady,
     };
     let state = if intact { recorded_state } else { State::NotReady };
+    crate::metrics::pod_state(&container.id, Some(state));
     let network_attached = container.labels.get(NETWORK).is_some_and(|v| v == "attached");
     Ok(Stored { sandbox, state, recorded_state, network_attached })
 }
@@ -217,14 +219,16 @@ pub async fn ids(containerd: &Containerd) -> Result<std::collections::HashSet<St
 /// Every pod crisp keeps in this containerd namespace. A record that cannot be read is
 /// skipped with a warning (it is not crisp's, or not this version's).
 pub async fn list_all(containerd: &Containerd) -> Result<Vec<Stored>, SandboxError> {
-    Ok(list_records(containerd)
+    let all: Vec<Stored> = list_records(containerd)
         .await?
         .into_iter()
         .filter_map(|c| {
             let id = c.id.clone();
             read(c).map_err(|err| tracing::warn!(id, error = %err, "skipping an unreadable pod record")).ok()
         })
-        .collect())
+        .collect();
+    crate::metrics::pods_listed(&all);
+    Ok(all)
 }
 
 /// The length of a pod id crisp makes (32 random bytes in hex).
@@ -303,11 +307,16 @@ pub async fn set_stopped(
     if detached {
         labels.push((NETWORK, "detached"));
     }
-    set_labels(containerd, id, &labels).await
+    set_labels(containerd, id, &labels).await?;
+    if not_ready {
+        crate::metrics::pod_state(id, Some(State::NotReady));
+    }
+    Ok(())
 }
 
 /// Deletes the record; one already gone is fine.
 pub async fn delete(containerd: &Containerd, id: &str) -> Result<(), SandboxError> {
+    crate::metrics::pod_state(id, None);
     match containerd.containers().delete(DeleteContainerRequest { id: id.to_string() }).await {
         Ok(_) => Ok(()),
         Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
