@@ -22,6 +22,11 @@ fn file(path: &str, data: &[u8]) -> Node {
 }
 
 fn tricky_image() -> anyhow::Result<crisp_testkit::images::BuiltImage> {
+    tricky_builder().build()
+}
+
+/// The layers of [`tricky_image`], compression still to choose.
+fn tricky_builder() -> ImageBuilder {
     let mut big = Vec::with_capacity(3 << 20);
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     while big.len() < 3 << 20 {
@@ -85,7 +90,7 @@ fn tricky_image() -> anyhow::Result<crisp_testkit::images::BuiltImage> {
         file("big/inside", b"in").entry(),
         file("shared", b"no longer a dir").entry(),
     ];
-    ImageBuilder::new(Format::Oci).layer(first).layer(second).layer(third).build()
+    ImageBuilder::new(Format::Oci).layer(first).layer(second).layer(third)
 }
 
 fn chain_ids(diff_ids: &[String]) -> Vec<String> {
@@ -259,6 +264,56 @@ async fn direct_apply_matches_containerds_unpack() -> anyhow::Result<()> {
     assert!(staging.is_dir(), "crisp did not use the direct apply (no {})", staging.display());
     let left: Vec<_> = std::fs::read_dir(&staging).map(|d| d.filter_map(|e| e.ok()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "staging directories left: {left:?}");
+    Ok(())
+}
+
+/// zstd layers (`tar+zstd`, several frames each) go through the direct apply too, and unpack
+/// as containerd unpacks them.
+#[tokio::test]
+async fn zstd_layers_unpack_directly_as_containerd_unpacks_them() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    // Debug: the direct apply logs each layer it extracts.
+    let mut stack = crisp_testkit::Stack::start_with(crisp_testkit::StackOptions {
+        env: vec![("CRISP_LOG_LEVEL".into(), "info,crisp_image=debug".into())],
+        ..Default::default()
+    })
+    .await?;
+    let mut client = stack.image_client();
+    let image = tricky_builder().zstd().build()?;
+    assert!(image.layers.iter().all(|l| l.media_type == crisp_testkit::images::OCI_LAYER_ZSTD));
+    let name = registry.push("test/zstd", "v1", &image).await?;
+
+    let ours = pull_both_and_compare(&stack, &mut client, &name, &image).await?;
+    assert_eq!(std::fs::read(ours[0].join("run/fifo"))?, b"now a file");
+    let staging = stack.containerd().root().join("io.containerd.snapshotter.v1.overlayfs/crisp-staging");
+    assert!(staging.is_dir(), "crisp did not use the direct apply (no {})", staging.display());
+    let log = stack.service_log("image-0")?;
+    let extracted = log.matches("layer decompressed and extracted").count();
+    assert_eq!(extracted, 3, "the direct apply extracted {extracted} of 3 layers:\n{log}");
+    Ok(())
+}
+
+/// zstd layers through containerd's diff service (any snapshotter but overlayfs).
+#[tokio::test]
+async fn zstd_layers_unpack_through_the_diff_service() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let stack = stack_with("snapshotter = \"native\"").await?;
+    let mut client = stack.image_client();
+    let image = ImageBuilder::new(Format::Oci)
+        .layer(vec![node("etc", NodeKind::Dir).entry(), file("etc/a", &pattern(70_000)).entry()])
+        .layer(vec![file("etc/b", b"b\n").entry()])
+        .zstd()
+        .build()?;
+    let name = registry.push("test/zstd-native", "v1", &image).await?;
+
+    assert_eq!(pull(&mut client, &name).await?, image.id());
+    let snapshots = stack.containerd().root().join("io.containerd.snapshotter.v1.native/snapshots");
+    let top = std::fs::read_dir(&snapshots)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|dir| dir.join("etc/a").is_file() && dir.join("etc/b").is_file())
+        .ok_or_else(|| anyhow::anyhow!("no snapshot in {} holds both layers", snapshots.display()))?;
+    assert_eq!(std::fs::read(top.join("etc/a"))?, pattern(70_000));
+    assert_eq!(std::fs::read(top.join("etc/b"))?, b"b\n");
     Ok(())
 }
 

@@ -21,13 +21,21 @@ pub struct Images {
 impl Images {
     pub fn new(containerd: Containerd, config: &Config) -> Self {
         let store = ImageStore::new(containerd.clone());
-        let puller = Puller::new(containerd.clone(), config.image.clone());
+        store.start_index();
+        let puller = Puller::new(containerd.clone(), config.image.clone(), config.proxy.image_endpoints.len());
         // A pull this replica's previous run left (it was killed) is likely retried by the
         // kubelet within minutes; its lease keeps what it fetched for that retry until then.
         let delay = config.image.pull_progress_timeout.saturating_mul(2);
         puller.clean_stale_leases_later(delay.clamp(Duration::from_secs(60), Duration::from_secs(600)));
         let fs_info = FsInfo::start(containerd, config.image.snapshotter.clone(), fsinfo::REFRESH_PERIOD);
         Self { store, puller, fs_info }
+    }
+
+    /// This replica's writes are in its image index before it answers (their events follow).
+    async fn resync(&self) {
+        if let Err(err) = self.store.resync().await {
+            tracing::warn!(error = %err, "rebuilding the image index failed; its events will bring it up to date");
+        }
     }
 }
 
@@ -70,6 +78,7 @@ impl ImageService for Images {
         let name = image_name(request.image.as_ref())?;
         let id = self.puller.pull(name, request.auth.as_ref(), deadline).await?;
         self.fs_info.changed();
+        self.resync().await;
         Ok(Response::new(PullImageResponse { image_ref: id.to_string() }))
     }
 
@@ -79,7 +88,9 @@ impl ImageService for Images {
     ) -> Result<Response<RemoveImageResponse>, Status> {
         let request = request.into_inner();
         let name = image_name(request.image.as_ref())?;
-        images::remove(&self.store, name).await.map_err(|e| e.about(name))?;
+        let removed = images::remove(&self.store, name).await.map_err(|e| e.about(name));
+        self.resync().await;
+        removed?;
         self.fs_info.changed();
         Ok(Response::new(RemoveImageResponse {}))
     }

@@ -66,6 +66,9 @@ pub struct ConfigArgs {
     /// image.max_concurrent_downloads
     #[arg(long, env = "CRISP_IMAGE_MAX_CONCURRENT_DOWNLOADS", value_name = "N")]
     pub image_max_concurrent_downloads: Option<usize>,
+    /// image.max_downloads_in_flight
+    #[arg(long, env = "CRISP_IMAGE_MAX_DOWNLOADS_IN_FLIGHT", value_name = "N")]
+    pub image_max_downloads_in_flight: Option<usize>,
     /// image.pull_progress_timeout
     #[arg(long, env = "CRISP_IMAGE_PULL_PROGRESS_TIMEOUT", value_name = "DURATION", value_parser = duration)]
     pub image_pull_progress_timeout: Option<Duration>,
@@ -175,6 +178,9 @@ impl ConfigArgs {
             c.image.registry_config_path = self.image_registry_config_path.clone();
         }
         set(&mut c.image.max_concurrent_downloads, &self.image_max_concurrent_downloads);
+        if self.image_max_downloads_in_flight.is_some() {
+            c.image.max_downloads_in_flight = self.image_max_downloads_in_flight;
+        }
         set(&mut c.image.pull_progress_timeout, &self.image_pull_progress_timeout);
         set(&mut c.image.sandbox_image, &self.image_sandbox_image);
         if self.image_metrics_address.is_some() {

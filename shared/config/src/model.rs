@@ -101,6 +101,10 @@ pub struct ImageConfig {
     pub registry_config_path: Option<PathBuf>,
     /// How many layers one pull downloads at once.
     pub max_concurrent_downloads: usize,
+    /// How many layer downloads the node has in flight at once, across all pulls (and split
+    /// evenly over the image service replicas); pulls beyond it queue in arrival order.
+    /// None: three times `max_concurrent_downloads`.
+    pub max_downloads_in_flight: Option<usize>,
     /// A pull that makes no progress for this long fails.
     #[serde(with = "humantime_serde")]
     pub pull_progress_timeout: Duration,
@@ -112,6 +116,14 @@ pub struct ImageConfig {
     pub metrics_address: Option<MetricsAddress>,
 }
 
+impl ImageConfig {
+    /// The node-wide bound on layer downloads in flight (`max_downloads_in_flight`, by default
+    /// three times the per-pull bound).
+    pub fn downloads_in_flight(&self) -> usize {
+        self.max_downloads_in_flight.unwrap_or(self.max_concurrent_downloads.saturating_mul(3)).max(1)
+    }
+}
+
 impl Default for ImageConfig {
     fn default() -> Self {
         Self {
@@ -119,6 +131,7 @@ impl Default for ImageConfig {
             snapshotter: "overlayfs".into(),
             registry_config_path: None,
             max_concurrent_downloads: 3,
+            max_downloads_in_flight: None,
             pull_progress_timeout: Duration::from_secs(5 * 60),
             sandbox_image: CRISP_SANDBOX_IMAGE.into(),
             metrics_address: None,

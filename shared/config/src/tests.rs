@@ -44,6 +44,11 @@ fn a_bad_value_is_named() {
     assert!(err.contains("image.max_concurrent_downloads"), "{err}");
 
     let mut c = Config::default();
+    c.image.max_downloads_in_flight = Some(0);
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("image.max_downloads_in_flight"), "{err}");
+
+    let mut c = Config::default();
     c.proxy.socket_mode = "rw-rw----".into();
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("proxy.socket_mode"), "{err}");

@@ -82,6 +82,9 @@ impl Config {
         if self.image.max_concurrent_downloads == 0 {
             return Err(invalid("image.max_concurrent_downloads", "must be at least 1"));
         }
+        if self.image.max_downloads_in_flight == Some(0) {
+            return Err(invalid("image.max_downloads_in_flight", "must be at least 1"));
+        }
         if self.image.pull_progress_timeout.is_zero() {
             return Err(invalid("image.pull_progress_timeout", "must be more than zero"));
         }

@@ -1,7 +1,8 @@
 //! containerd's event stream, decoded: the task events crisp acts on (a process exited, a
 //! container's cgroup saw an OOM kill), from `Events.Subscribe` filtered on crisp's namespace.
 //! The stream is live only: what happened before the subscription is found by asking for the
-//! tasks' state (recovery).
+//! tasks' state (recovery). Image events name the record created, updated or deleted (the
+//! payload carries no target: read the record).
 
 use crate::{Containerd, ContainerdError};
 use containerd_client::events::{TaskExit, TaskOom};
@@ -13,6 +14,39 @@ use prost::Message;
 pub const TOPIC_TASK_EXIT: &str = "/tasks/exit";
 /// The topic of an OOM kill in a task's cgroup.
 pub const TOPIC_TASK_OOM: &str = "/tasks/oom";
+
+/// The topics of an image record's creation, update and deletion.
+pub const TOPIC_IMAGE_CREATE: &str = "/images/create";
+pub const TOPIC_IMAGE_UPDATE: &str = "/images/update";
+pub const TOPIC_IMAGE_DELETE: &str = "/images/delete";
+
+/// An image record changed: its name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageEvent {
+    Created(String),
+    Updated(String),
+    Deleted(String),
+}
+
+impl ImageEvent {
+    /// The record's name.
+    pub fn name(&self) -> &str {
+        match self {
+            ImageEvent::Created(name) | ImageEvent::Updated(name) | ImageEvent::Deleted(name) => name,
+        }
+    }
+
+    fn decode(topic: &str, event: &prost_types::Any) -> Result<Option<ImageEvent>, prost::DecodeError> {
+        use containerd_client::services::v1::{ImageCreate, ImageDelete, ImageUpdate};
+        let bytes = event.value.as_slice();
+        Ok(match topic {
+            TOPIC_IMAGE_CREATE => Some(ImageEvent::Created(ImageCreate::decode(bytes)?.name)),
+            TOPIC_IMAGE_UPDATE => Some(ImageEvent::Updated(ImageUpdate::decode(bytes)?.name)),
+            TOPIC_IMAGE_DELETE => Some(ImageEvent::Deleted(ImageDelete::decode(bytes)?.name)),
+            _ => None,
+        })
+    }
+}
 
 /// A task event crisp acts on.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +79,38 @@ impl TaskEvent {
 }
 
 impl Containerd {
+    /// Subscribes to the image record changes in this namespace. The stream ends when the
+    /// connection breaks; the caller subscribes again and reads the records anew.
+    pub async fn image_events(
+        &self,
+    ) -> Result<impl Stream<Item = Result<ImageEvent, ContainerdError>> + Send + 'static, ContainerdError> {
+        let namespace = self.namespace().to_string();
+        let filters = [TOPIC_IMAGE_CREATE, TOPIC_IMAGE_UPDATE, TOPIC_IMAGE_DELETE]
+            .iter()
+            .map(|topic| format!("namespace==\"{namespace}\",topic==\"{topic}\""))
+            .collect();
+        let stream = self
+            .events()
+            .subscribe(SubscribeRequest { filters })
+            .await
+            .map_err(|s| ContainerdError::call("subscribing to events", s))?
+            .into_inner();
+        Ok(stream.filter_map(|envelope| async move {
+            let envelope = match envelope {
+                Ok(envelope) => envelope,
+                Err(s) => return Some(Err(ContainerdError::call("receiving events", s))),
+            };
+            let event = envelope.event?;
+            match ImageEvent::decode(&envelope.topic, &event) {
+                Ok(decoded) => decoded.map(Ok),
+                Err(err) => {
+                    tracing::warn!(topic = %envelope.topic, error = %err, "an undecodable containerd event");
+                    None
+                }
+            }
+        }))
+    }
+
     /// Subscribes to the task exits and OOM kills in this namespace. The stream ends when the
     /// connection breaks; the caller subscribes again (and reconciles what it missed).
     pub async fn task_events(
@@ -103,5 +169,22 @@ mod tests {
             Some(TaskEvent::Oom { container_id: "c2".into() })
         );
         assert_eq!(TaskEvent::decode("/tasks/start", &oom).unwrap(), None);
+    }
+
+    #[test]
+    fn image_events_decode_by_topic() {
+        use containerd_client::services::v1::{ImageCreate, ImageDelete};
+        let any = |value: Vec<u8>| prost_types::Any { type_url: String::new(), value };
+        let created = any(ImageCreate { name: "r/a:1".into(), labels: Default::default() }.encode_to_vec());
+        assert_eq!(
+            ImageEvent::decode(TOPIC_IMAGE_CREATE, &created).unwrap(),
+            Some(ImageEvent::Created("r/a:1".into()))
+        );
+        let deleted = any(ImageDelete { name: "r/a:1".into() }.encode_to_vec());
+        assert_eq!(
+            ImageEvent::decode(TOPIC_IMAGE_DELETE, &deleted).unwrap(),
+            Some(ImageEvent::Deleted("r/a:1".into()))
+        );
+        assert_eq!(ImageEvent::decode("/tasks/exit", &deleted).unwrap(), None);
     }
 }

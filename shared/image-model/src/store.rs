@@ -6,6 +6,14 @@
 //!
 //! [`ImageStore::resolve`] finds an image by any name a CRI caller uses: its id, a tag or
 //! digest reference, or a unique id prefix. Writing records is the image service's job.
+//!
+//! With [`ImageStore::start_index`] the records are kept in memory, current from containerd's
+//! image events (`/images/create|update|delete`, each record read anew), as containerd's CRI
+//! image store keeps them: listing and finding then ask containerd nothing. The stream is
+//! subscribed before the full list is read, so nothing is missed; when it breaks, the index is
+//! not used (every read asks containerd) until it is subscribed again and rebuilt from a full
+//! list. A name the index lacks is still looked up in containerd (another replica's pull may be
+//! ahead of its event), and [`ImageStore::resync`] rebuilds it after this replica's own writes.
 
 use crate::digest::{ChainId, Digest, DigestError, ImageId, chain_ids};
 use crate::oci::{self, ImageConfiguration, ImageIndex, ImageManifest, ImageUser};
@@ -69,11 +77,113 @@ pub struct Image {
 pub struct ImageStore {
     containerd: Containerd,
     details: Arc<Mutex<HashMap<String, Arc<Details>>>>,
+    index: Arc<Index>,
 }
+
+/// The namespace's image records by name, when kept current (`live`).
+#[derive(Default)]
+struct Index {
+    records: std::sync::RwLock<Option<BTreeMap<String, ImageRecord>>>,
+    /// Serialises the writers (events, resyncs): each reads containerd's state then writes it,
+    /// so the last one written is the newest read.
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl Index {
+    fn get(&self) -> std::sync::RwLockReadGuard<'_, Option<BTreeMap<String, ImageRecord>>> {
+        self.records.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, records: Option<BTreeMap<String, ImageRecord>>) {
+        *self.records.write().unwrap_or_else(|p| p.into_inner()) = records;
+    }
+
+    fn put(&self, name: &str, record: Option<ImageRecord>) {
+        let mut guard = self.records.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(records) = guard.as_mut() {
+            match record {
+                Some(record) => records.insert(name.to_string(), record),
+                None => records.remove(name),
+            };
+        }
+    }
+}
+
+/// How long to wait before subscribing again after the event stream broke.
+const RESUBSCRIBE_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl ImageStore {
     pub fn new(containerd: Containerd) -> Self {
-        Self { containerd, details: Default::default() }
+        Self { containerd, details: Default::default(), index: Default::default() }
+    }
+
+    /// Keeps the records in memory from now on, current from containerd's events (see the
+    /// module's header). Runs until the process ends.
+    pub fn start_index(&self) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match store.follow_events().await {
+                    Ok(()) => tracing::warn!("containerd's event stream ended; the image index resubscribes"),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "the image index lost containerd's events; it resubscribes")
+                    }
+                }
+                store.index.set(None);
+                tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+            }
+        });
+    }
+
+    /// Subscribes, rebuilds the index from a full list, then applies events until the stream
+    /// ends.
+    async fn follow_events(&self) -> Result<(), ContainerdError> {
+        use futures::StreamExt;
+        let events = self.containerd.image_events().await?;
+        futures::pin_mut!(events);
+        self.rebuild(true).await?;
+        tracing::debug!("the image index is current");
+        while let Some(event) = events.next().await {
+            let name = event?.name().to_string();
+            let _writer = self.index.writer.lock().await;
+            let record = self.containerd.image_record(&name).await?;
+            self.index.put(&name, record);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the index from a full list (when it is kept): after this replica's own writes,
+    /// so that its next read sees them without waiting for their events.
+    pub async fn resync(&self) -> Result<(), ContainerdError> {
+        self.rebuild(false).await
+    }
+
+    /// A full list into the index; unless `start`, only when the index is kept current now
+    /// (with the events broken it stays unused).
+    async fn rebuild(&self, start: bool) -> Result<(), ContainerdError> {
+        let _writer = self.index.writer.lock().await;
+        if !start && self.index.get().is_none() {
+            return Ok(());
+        }
+        let records = self.containerd.image_records().await?;
+        self.index.set(Some(records.into_iter().map(|r| (r.name.clone(), r)).collect()));
+        Ok(())
+    }
+
+    /// Every record: from the index when it is current, else from containerd.
+    async fn records(&self) -> Result<Vec<ImageRecord>, ContainerdError> {
+        if let Some(records) = self.index.get().as_ref() {
+            return Ok(records.values().cloned().collect());
+        }
+        self.containerd.image_records().await
+    }
+
+    /// The record `name`: from the index when it has it, else from containerd.
+    async fn record(&self, name: &str) -> Result<Option<ImageRecord>, ContainerdError> {
+        if let Some(record) = self.index.get().as_ref().and_then(|records| records.get(name).cloned()) {
+            return Ok(Some(record));
+        }
+        self.containerd.image_record(name).await
     }
 
     pub fn containerd(&self) -> &Containerd {
@@ -82,7 +192,7 @@ impl ImageStore {
 
     /// Every CRI image, from the namespace's image records.
     pub async fn list(&self) -> Result<Vec<Image>, StoreError> {
-        let records = self.containerd.image_records().await?;
+        let records = self.records().await?;
         let mut groups: BTreeMap<ImageId, Vec<ImageRecord>> = BTreeMap::new();
         let mut details_by_id: HashMap<ImageId, Arc<Details>> = HashMap::new();
         for record in records {
@@ -114,7 +224,7 @@ impl ImageStore {
             ImageName::Id(id) => id.to_string(),
             ImageName::Reference(reference) => reference.record_name(),
         };
-        let Some(record) = self.containerd.image_record(&record_name).await? else {
+        let Some(record) = self.record(&record_name).await? else {
             return Ok(None);
         };
         let Some(target) = record.target else { return Ok(None) };

@@ -1,5 +1,5 @@
 //! Container images built from scratch for tests: root filesystems from Debian's
-//! busybox-static (`/bin/busybox`), gzipped tar layers, OCI or Docker manifests and configs,
+//! busybox-static (`/bin/busybox`), gzipped (or zstd) tar layers, OCI or Docker manifests and configs,
 //! image indexes over several platforms. Push them with [`crate::registry::Registry`].
 
 use anyhow::Context;
@@ -16,6 +16,7 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
@@ -185,6 +186,8 @@ pub struct ImageBuilder {
     variant: Option<String>,
     cmd: Vec<String>,
     level: u32,
+    /// Layers compressed with zstd (`tar+zstd`) instead of gzip.
+    zstd: bool,
 }
 
 /// This machine's architecture in OCI terms.
@@ -207,6 +210,7 @@ impl ImageBuilder {
             variant: None,
             cmd: vec!["/bin/sh".into()],
             level: 6,
+            zstd: false,
         }
     }
 
@@ -368,6 +372,14 @@ impl ImageBuilder {
         self
     }
 
+    /// Layers compressed with zstd (`application/vnd.oci.image.layer.v1.tar+zstd`, whatever
+    /// the format), each as two frames (as a stream written in parts is): readers must read
+    /// every frame.
+    pub fn zstd(mut self) -> ImageBuilder {
+        self.zstd = true;
+        self
+    }
+
     pub fn build(&self) -> anyhow::Result<BuiltImage> {
         let (layer_type, config_type, manifest_type) = match self.format {
             Format::Oci => (OCI_LAYER_GZIP, OCI_CONFIG, OCI_MANIFEST),
@@ -382,6 +394,13 @@ impl ImageBuilder {
                 tar.truncate(at);
             }
             diff_ids.push(sha256(&tar));
+            if self.zstd {
+                let (first, second) = tar.split_at(tar.len() / 2);
+                let mut data = zstd::encode_all(first, 3)?;
+                data.extend(zstd::encode_all(second, 3)?);
+                layers.push(Blob::new(OCI_LAYER_ZSTD, data));
+                continue;
+            }
             let mut gz = GzEncoder::new(Vec::new(), Compression::new(self.level));
             gz.write_all(&tar)?;
             layers.push(Blob::new(layer_type, gz.finish()?));

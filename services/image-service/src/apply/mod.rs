@@ -78,12 +78,23 @@ impl ApplyError {
     }
 }
 
-/// How a layer's blob is compressed, when the direct apply can read it.
-fn compression(media_type: &str) -> Option<bool> {
+/// How a layer's blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// How a layer's blob is compressed, when the direct apply can read it (the OCI and Docker
+/// layer types: `tar`, `tar+gzip`, `tar.gzip`, `tar+zstd`).
+fn compression(media_type: &str) -> Option<Compression> {
     if media_type.ends_with("gzip") {
-        Some(true)
+        Some(Compression::Gzip)
+    } else if media_type.ends_with("+zstd") {
+        Some(Compression::Zstd)
     } else if media_type.ends_with(".tar") {
-        Some(false)
+        Some(Compression::None)
     } else {
         None
     }
@@ -144,7 +155,7 @@ impl StagingArea {
         chain_id: &str,
         first: bool,
     ) -> Result<Option<Staged>, crate::unpack::UnpackError> {
-        let Some(gzip) = compression(media_type) else { return Ok(None) };
+        let Some(compression) = compression(media_type) else { return Ok(None) };
         let _permit = self.limit.acquire().await.map_err(|_| ApplyError::Thread("semaphore closed".into()))?;
         let started = std::time::Instant::now();
 
@@ -193,10 +204,13 @@ impl StagingArea {
         let _stop = CancelOnDrop(cancel.clone());
         let extracted = tokio::task::spawn_blocking(move || {
             let source = io::BufReader::with_capacity(256 << 10, source);
-            let result = if gzip {
-                layer::apply(flate2::read::MultiGzDecoder::new(source), &root, whiteouts, &cancel)
-            } else {
-                layer::apply(source, &root, whiteouts, &cancel)
+            let result = match compression {
+                Compression::Gzip => layer::apply(flate2::read::MultiGzDecoder::new(source), &root, whiteouts, &cancel),
+                // Every frame of the stream, as containerd's decompressor reads them.
+                Compression::Zstd => zstd::stream::read::Decoder::with_buffer(source)
+                    .map_err(|e| ApplyError::io("starting the zstd decoder for", &root, e))
+                    .and_then(|decoder| layer::apply(decoder, &root, whiteouts, &cancel)),
+                Compression::None => layer::apply(source, &root, whiteouts, &cancel),
             };
             match result {
                 Ok(applied) => Ok((Staged { root: Some(root), whiteouts, implicit_dirs: Vec::new() }, applied)),

@@ -58,6 +58,9 @@ struct Inner {
     adopted: std::sync::Mutex<std::collections::HashSet<LeaseId>>,
     /// Where layers are extracted for the direct apply (overlayfs only), found at the first pull.
     staging: tokio::sync::OnceCell<Option<crate::apply::StagingArea>>,
+    /// This replica's share of the node's layer downloads in flight, across all pulls. Fair:
+    /// waiting downloads get a permit in the order they asked.
+    in_flight: Semaphore,
 }
 
 impl Puller {
@@ -72,8 +75,10 @@ impl Puller {
         });
     }
 
-    pub fn new(containerd: Containerd, config: ImageConfig) -> Self {
+    /// `replicas`: how many image service replicas share the node's bound on downloads.
+    pub fn new(containerd: Containerd, config: ImageConfig, replicas: usize) -> Self {
         let sandbox_image = Reference::parse(&config.sandbox_image).ok().map(|r| r.record_name());
+        let in_flight = config.downloads_in_flight().div_ceil(replicas.max(1));
         Self {
             inner: Arc::new(Inner {
                 containerd,
@@ -84,6 +89,7 @@ impl Puller {
                 started: std::time::SystemTime::now(),
                 adopted: Default::default(),
                 staging: Default::default(),
+                in_flight: Semaphore::new(in_flight),
             }),
         }
     }
@@ -359,6 +365,8 @@ impl Inner {
         if self.containerd.content_info(blob.digest.as_str()).await?.is_some() {
             return Ok(self.containerd.read_content(blob.digest.as_str()).await?);
         }
+        // A download like a layer's: within the node's bound.
+        let _permit = self.in_flight.acquire().await.map_err(|_| PullError::Internal("semaphore closed".into()))?;
         let (mut response, _) = registry.fetch_blob(blob.digest.as_str(), 0).await?;
         let mut bytes = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|source| {
@@ -376,7 +384,8 @@ impl Inner {
         Ok(bytes)
     }
 
-    /// Downloads every layer (at most `max_concurrent_downloads` at once) and unpacks the
+    /// Downloads every layer (at most `max_concurrent_downloads` at once, and within the
+    /// node-wide `in_flight` bound) and unpacks the
     /// missing part of the chain in order, each layer as soon as it and its parent are there.
     async fn layers(
         &self,
@@ -411,10 +420,15 @@ impl Inner {
             let staging = staging.as_ref().filter(|_| i >= unpacked);
             let blob = Wanted::of(layer);
             downloads.push(async move {
-                let permit = limit.acquire().await.map_err(|_| PullError::Internal("semaphore closed".into()))?;
+                let closed = |_| PullError::Internal("semaphore closed".into());
+                let permit = limit.acquire().await.map_err(closed)?;
+                progress.queued.fetch_add(1, Ordering::Relaxed);
+                let node_permit = self.in_flight.acquire().await;
+                progress.queued.fetch_sub(1, Ordering::Relaxed);
+                let node_permit = node_permit.map_err(closed)?;
                 blob::ensure(&self.containerd, lease, Kind::Layer, &blob, Source::Registry(registry), labels, progress)
                     .await?;
-                drop(permit);
+                drop((node_permit, permit));
                 // The direct apply: decompressed and extracted now, in parallel with the others.
                 let staged = match staging {
                     Some(area) => {

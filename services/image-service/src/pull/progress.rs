@@ -22,6 +22,9 @@ pub struct Progress {
     pub steps: AtomicU64,
     /// Layer unpacks running now (containerd's diff apply reports nothing while it works).
     pub unpacking: AtomicU64,
+    /// Layer downloads waiting for the node's bound on downloads in flight: waiting for other
+    /// pulls is no stall.
+    pub queued: AtomicU64,
 }
 
 impl Progress {
@@ -38,7 +41,7 @@ impl Progress {
         (
             self.bytes.load(Ordering::Relaxed),
             self.steps.load(Ordering::Relaxed),
-            self.unpacking.load(Ordering::Relaxed) > 0,
+            self.unpacking.load(Ordering::Relaxed) > 0 || self.queued.load(Ordering::Relaxed) > 0,
         )
     }
 }
