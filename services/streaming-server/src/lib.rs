@@ -8,6 +8,7 @@ pub mod attach;
 pub mod error;
 pub mod exec;
 pub mod lookup;
+pub mod metrics;
 pub mod netns;
 pub mod portforward;
 pub mod remotecommand;

@@ -16,7 +16,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Error>> {
-    let _metrics = crisp_metrics::start(config.streaming.metrics_address.map(Into::into), |_| {}).await?;
+    let _metrics = crisp_metrics::start(config.streaming.metrics_address.map(Into::into), |registry| {
+        crisp_streaming::metrics::register(registry);
+        crisp_containerd::metrics::register(registry);
+    })
+    .await?;
     let containerd = Containerd::connect_ready(&config.containerd).await?;
     let streaming = config.streaming.clone();
     let ip: IpAddr = streaming.address.parse()?;

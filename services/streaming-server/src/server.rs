@@ -5,6 +5,7 @@
 use crate::attach;
 use crate::exec;
 use crate::lookup;
+use crate::metrics;
 use crate::portforward;
 use crate::remotecommand::{self, Options, Session};
 use crate::tokens::{Issued, Tokens};
@@ -109,6 +110,9 @@ pub fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The session kind of a port-forward URL, as metrics name it.
+const PORT_FORWARD: &str = "portforward";
+
 async fn handle(sessions: Arc<Sessions>, mut req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::POST {
         return upgrade::text(StatusCode::METHOD_NOT_ALLOWED, "only GET and POST");
@@ -140,7 +144,9 @@ async fn handle(sessions: Arc<Sessions>, mut req: Request<Incoming>) -> Response
                 };
                 tokio::spawn(async move {
                     let Ok(upgraded) = on_upgrade.await else { return };
-                    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                    let _session = metrics::session(PORT_FORWARD);
+                    let io = metrics::Counted::new(TokioIo::new(upgraded), PORT_FORWARD);
+                    let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
                     portforward::serve(WsBytes::new(ws), pod, spdy, creation).await;
                 });
                 response
@@ -151,7 +157,14 @@ async fn handle(sessions: Arc<Sessions>, mut req: Request<Incoming>) -> Response
                 };
                 tokio::spawn(async move {
                     let Ok(upgraded) = on_upgrade.await else { return };
-                    portforward::serve(TokioIo::new(upgraded), pod, spdy, creation).await;
+                    let _session = metrics::session(PORT_FORWARD);
+                    portforward::serve(
+                        metrics::Counted::new(TokioIo::new(upgraded), PORT_FORWARD),
+                        pod,
+                        spdy,
+                        creation,
+                    )
+                    .await;
                 });
                 response
             }
@@ -162,7 +175,7 @@ async fn handle(sessions: Arc<Sessions>, mut req: Request<Incoming>) -> Response
             let config = sessions_config(&sessions);
             let (containerd, fifo_root) = (sessions.containerd.clone(), sessions.fifo_root.clone());
             let run = move |session| exec::run(containerd, fifo_root, request, session);
-            remote_command(&mut req, options, run, &config)
+            remote_command(&mut req, "exec", options, run, &config)
         }
         Issued::Attach(request) => {
             let options =
@@ -170,7 +183,7 @@ async fn handle(sessions: Arc<Sessions>, mut req: Request<Incoming>) -> Response
             let config = sessions_config(&sessions);
             let (containerd, socket) = (sessions.containerd.clone(), sessions.runtime_socket.clone());
             let run = move |session| attach::run(containerd, socket, request, session);
-            remote_command(&mut req, options, run, &config)
+            remote_command(&mut req, "attach", options, run, &config)
         }
     }
 }
@@ -187,6 +200,7 @@ fn sessions_config(sessions: &Sessions) -> SessionConfig {
 /// Upgrades to a remote command session (SPDY or WebSocket) and runs `then` on it.
 fn remote_command<F, Fut>(
     req: &mut Request<Incoming>,
+    kind: &'static str,
     options: Options,
     then: F,
     config: &SessionConfig,
@@ -205,7 +219,9 @@ where
         };
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else { return };
-            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            let _session = metrics::session(kind);
+            let io = metrics::Counted::new(TokioIo::new(upgraded), kind);
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
             then(remotecommand::websocket(ws, &protocol, options, idle)).await;
         });
         response
@@ -217,7 +233,9 @@ where
         let (spdy, creation) = (config.spdy.clone(), config.creation_timeout);
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else { return };
-            match remotecommand::spdy(TokioIo::new(upgraded), &protocol, options, spdy, creation).await {
+            let _session = metrics::session(kind);
+            let io = metrics::Counted::new(TokioIo::new(upgraded), kind);
+            match remotecommand::spdy(io, &protocol, options, spdy, creation).await {
                 Ok(session) => then(session).await,
                 Err(e) => tracing::debug!(error = e, "remote command session not started"),
             }
