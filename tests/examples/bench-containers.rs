@@ -17,13 +17,11 @@
 //! - memory at `--memory` running containers: the growth of crisp's services' RSS against the
 //!   growth of containerd's RSS plus its new shims'.
 
-use crisp_proto::cri::image_service_client::ImageServiceClient;
+mod bench_support;
+
+use bench_support::*;
 use crisp_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crisp_proto::cri::*;
-use crisp_testkit::Stack;
-use crisp_testkit::images::{Format, ImageBuilder};
-use crisp_testkit::registry::Registry;
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -67,34 +65,18 @@ async fn bench() -> anyhow::Result<()> {
         }
     }
 
-    let registry = Registry::start().await?;
-    let built = ImageBuilder::new(Format::Oci).busybox_layer()?.cmd(&["sh"]).build()?;
-    let image = registry.push("bench/busybox", "1", &built).await?;
-    let mut stack = Stack::start().await?;
+    let setup = Setup::start(&containerd_socket).await?;
+    let Setup { registry: _registry, mut stack, image, containerd, containerd_pid } = setup;
     let crisp_pids = vec![stack.service_pid("runtime")?, stack.service_pid("proxy")?];
-    let containerd_pid = tokio::net::UnixStream::connect(&containerd_socket)
-        .await?
-        .peer_cred()?
-        .pid()
-        .ok_or_else(|| anyhow::anyhow!("no pid for {}", containerd_socket.display()))? as u32;
-    let containerd_channel = crisp_testkit::cri_channel(&containerd_socket);
-    for mut images in [stack.image_client(), ImageServiceClient::new(containerd_channel.clone())] {
-        let request = PullImageRequest {
-            image: Some(ImageSpec { image: image.clone(), ..Default::default() }),
-            auth: None,
-            sandbox_config: None,
-        };
-        images.pull_image(request).await?;
-    }
 
-    let shims_before = shims();
+    let shims_before = k8s_shims();
     let mut targets = [
         Target {
             name: "containerd",
-            client: RuntimeServiceClient::new(containerd_channel),
+            client: containerd,
             image: image.clone(),
             memory: Box::new(move || {
-                let grown: Vec<u32> = shims().difference(&shims_before).copied().collect();
+                let grown: Vec<u32> = k8s_shims().difference(&shims_before).copied().collect();
                 rss(&[containerd_pid]) + rss(&grown)
             }),
         },
@@ -147,10 +129,6 @@ async fn bench() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn p(times: &[Duration], percentile: usize) -> Duration {
     if times.is_empty() {
         return Duration::ZERO;
@@ -158,71 +136,6 @@ fn p(times: &[Duration], percentile: usize) -> Duration {
     let mut sorted = times.to_vec();
     sorted.sort();
     sorted[((sorted.len() * percentile).div_ceil(100)).saturating_sub(1).min(sorted.len() - 1)]
-}
-
-fn pod_config(tag: &str, i: usize) -> PodSandboxConfig {
-    let name = format!("bench-{tag}-{i}");
-    let log_directory = format!("/tmp/bench-containers-logs/{name}");
-    let _ = std::fs::create_dir_all(&log_directory);
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.clone(),
-            uid: format!("uid-{name}-{}", std::process::id()),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        // The node's network and UTS namespace: no hostname of its own.
-        log_directory,
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container_config(image: &str, name: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(ImageSpec { image: image.into(), ..Default::default() }),
-        command: vec!["sleep".into(), "3600".into()],
-        log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig::default()),
-        ..Default::default()
-    }
-}
-
-struct Pod {
-    id: String,
-    config: PodSandboxConfig,
-}
-
-async fn run_pod(client: &mut RuntimeServiceClient<Channel>, tag: &str, i: usize) -> anyhow::Result<Pod> {
-    let config = pod_config(tag, i);
-    let request = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
-    Ok(Pod { id: client.run_pod_sandbox(request).await?.into_inner().pod_sandbox_id, config })
-}
-
-async fn create(
-    client: &mut RuntimeServiceClient<Channel>,
-    pod: &Pod,
-    config: ContainerConfig,
-) -> anyhow::Result<String> {
-    let request = CreateContainerRequest {
-        pod_sandbox_id: pod.id.clone(),
-        config: Some(config),
-        sandbox_config: Some(pod.config.clone()),
-    };
-    Ok(client.create_container(request).await?.into_inner().container_id)
-}
-
-async fn remove_pod(client: &mut RuntimeServiceClient<Channel>, pod: &Pod) -> anyhow::Result<()> {
-    client.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await?;
-    client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await?;
-    Ok(())
 }
 
 async fn measure(target: &mut Target, containers: usize, list: usize, memory: usize) -> anyhow::Result<Report> {
@@ -314,28 +227,4 @@ async fn measure(target: &mut Target, containers: usize, list: usize, memory: us
     report.memory_per_container = after.saturating_sub(before) as f64 / memory.max(1) as f64;
     remove_pod(client, &pod).await?;
     Ok(report)
-}
-
-/// The summed RSS of `pids`, KiB.
-fn rss(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .filter_map(|status| {
-            status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .sum()
-}
-
-/// The pids of containerd's runc shims (`containerd-shim-runc-v2`) in namespace k8s.io.
-fn shims() -> HashSet<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return HashSet::new() };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                cmd.contains("containerd-shim") && cmd.contains("k8s.io")
-            })
-        })
-        .collect()
 }
