@@ -42,10 +42,10 @@ static METRICS: LazyLock<StreamingMetrics> = LazyLock::new(|| StreamingMetrics {
 /// Registers the streaming server's metrics with the endpoint's registry.
 pub fn register(registry: &mut Registry) {
     let m = &*METRICS;
-    registry.register("crisp_streaming_sessions", "Streaming sessions upgraded, by kind", m.sessions.clone());
-    registry.register("crisp_streaming_sessions_active", "Streaming sessions open now, by kind", m.active.clone());
+    registry.register("streaming_sessions", "Streaming sessions upgraded, by kind", m.sessions.clone());
+    registry.register("streaming_sessions_active", "Streaming sessions open now, by kind", m.active.clone());
     registry.register_with_unit(
-        "crisp_streaming",
+        "streaming",
         "Bytes on upgraded streaming connections, by kind and direction",
         prometheus_client::registry::Unit::Bytes,
         m.bytes.clone(),

@@ -169,6 +169,18 @@ impl SpdyClient {
     }
 }
 
+/// Whether `crictl` (the real client-go client; not a Debian package: built by
+/// `../shared/conformance/build-cri-tools.sh`) is installed. The tests that drive it say they
+/// are skipped where it is not; the SPDY and WebSocket clients written in the tests still run.
+pub fn crictl_installed() -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| dir.join("crictl").is_file());
+    if !found {
+        eprintln!("SKIPPED: crictl is not installed (../shared/conformance/build-cri-tools.sh builds it)");
+    }
+    found
+}
+
 /// `crictl port-forward` against the stack's proxy: the local address it listens on and the
 /// process (killed when dropped).
 pub struct Crictl {
