@@ -78,37 +78,16 @@ impl TaskEvent {
     }
 }
 
+/// How an event of one family is read from its envelope: `None` for a topic of another family.
+type Decode<E> = fn(&str, &prost_types::Any) -> Result<Option<E>, prost::DecodeError>;
+
 impl Containerd {
     /// Subscribes to the image record changes in this namespace. The stream ends when the
     /// connection breaks; the caller subscribes again and reads the records anew.
     pub async fn image_events(
         &self,
     ) -> Result<impl Stream<Item = Result<ImageEvent, ContainerdError>> + Send + 'static, ContainerdError> {
-        let namespace = self.namespace().to_string();
-        let filters = [TOPIC_IMAGE_CREATE, TOPIC_IMAGE_UPDATE, TOPIC_IMAGE_DELETE]
-            .iter()
-            .map(|topic| format!("namespace==\"{namespace}\",topic==\"{topic}\""))
-            .collect();
-        let stream = self
-            .events()
-            .subscribe(SubscribeRequest { filters })
-            .await
-            .map_err(|s| ContainerdError::call("subscribing to events", s))?
-            .into_inner();
-        Ok(stream.filter_map(|envelope| async move {
-            let envelope = match envelope {
-                Ok(envelope) => envelope,
-                Err(s) => return Some(Err(ContainerdError::call("receiving events", s))),
-            };
-            let event = envelope.event?;
-            match ImageEvent::decode(&envelope.topic, &event) {
-                Ok(decoded) => decoded.map(Ok),
-                Err(err) => {
-                    tracing::warn!(topic = %envelope.topic, error = %err, "an undecodable containerd event");
-                    None
-                }
-            }
-        }))
+        self.subscribe(&[TOPIC_IMAGE_CREATE, TOPIC_IMAGE_UPDATE, TOPIC_IMAGE_DELETE], ImageEvent::decode).await
     }
 
     /// Subscribes to the task exits and OOM kills in this namespace. The stream ends when the
@@ -116,24 +95,31 @@ impl Containerd {
     pub async fn task_events(
         &self,
     ) -> Result<impl Stream<Item = Result<TaskEvent, ContainerdError>> + Send + 'static, ContainerdError> {
+        self.subscribe(&[TOPIC_TASK_EXIT, TOPIC_TASK_OOM], TaskEvent::decode).await
+    }
+
+    /// Subscribes to `topics` in this namespace, each event read with `decode`; an event that
+    /// cannot be read is logged and skipped.
+    async fn subscribe<E: Send + 'static>(
+        &self,
+        topics: &[&str],
+        decode: Decode<E>,
+    ) -> Result<impl Stream<Item = Result<E, ContainerdError>> + Send + 'static, ContainerdError> {
         let namespace = self.namespace().to_string();
-        let filters = vec![
-            format!("namespace==\"{namespace}\",topic==\"{TOPIC_TASK_EXIT}\""),
-            format!("namespace==\"{namespace}\",topic==\"{TOPIC_TASK_OOM}\""),
-        ];
+        let filters = topics.iter().map(|topic| format!("namespace==\"{namespace}\",topic==\"{topic}\"")).collect();
         let stream = self
             .events()
             .subscribe(SubscribeRequest { filters })
             .await
             .map_err(|s| ContainerdError::call("subscribing to events", s))?
             .into_inner();
-        Ok(stream.filter_map(|envelope| async move {
+        Ok(stream.filter_map(move |envelope| async move {
             let envelope = match envelope {
                 Ok(envelope) => envelope,
                 Err(s) => return Some(Err(ContainerdError::call("receiving events", s))),
             };
             let event = envelope.event?;
-            match TaskEvent::decode(&envelope.topic, &event) {
+            match decode(&envelope.topic, &event) {
                 Ok(decoded) => decoded.map(Ok),
                 Err(err) => {
                     tracing::warn!(topic = %envelope.topic, error = %err, "an undecodable containerd event");
