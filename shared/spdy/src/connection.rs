@@ -337,10 +337,11 @@ async fn read_loop<R: AsyncRead + Unpin + Send + 'static>(
             }
             Frame::RstStream { stream_id, status } => {
                 if let Some(entry) = shared.streams().remove(&stream_id) {
+                    // Writers first: once a reader has seen the reset, no write may still succeed.
+                    entry.cancel.cancel();
                     if let Some(tx) = entry.data {
                         let _ = tx.send(Inbound::Reset(status));
                     }
-                    entry.cancel.cancel();
                 }
             }
             Frame::Settings { entries, .. } => {
@@ -563,6 +564,11 @@ impl SendStream {
         let (id, window, cancel, shared) = (self.id, self.window.clone(), self.cancel.clone(), self.shared.clone());
         Box::pin(async move {
             let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "the stream was reset or the connection ended");
+            // A stream reset (or a connection gone) before this write fails it, whatever else is
+            // ready: `select!` below picks among ready branches at random.
+            if cancel.is_cancelled() {
+                return Err(gone());
+            }
             let mut n = data.len().min(shared.config.max_data_frame);
             if shared.peer_flow_control.load(Ordering::Relaxed) && n > 0 {
                 n = tokio::select! {
@@ -581,8 +587,9 @@ impl SendStream {
             let fin = fin && n == data.len();
             let frame = Frame::Data { stream_id: id, flags: if fin { FLAG_FIN } else { 0 }, data: data.slice(..n) };
             tokio::select! {
-                sent = shared.data.send(Command::Frame(frame)) => sent.map_err(|_| gone())?,
+                biased;
                 _ = cancel.cancelled() => return Err(gone()),
+                sent = shared.data.send(Command::Frame(frame)) => sent.map_err(|_| gone())?,
             }
             shared.touch();
             Ok(n)
