@@ -33,7 +33,9 @@ async fn finish(node: &Node, pod: &Pod, id: &str, config: &ContainerConfig) -> (
 
 /// Runs `script` (with `sh -c`) in a container of `config` with `mounts`; its exit code and output.
 async fn run_script(node: &Node, pod: &Pod, name: &str, mounts: Vec<Mount>, script: &str) -> (i32, String) {
-    let mut config = node.config(name, &["sh", "-c", script]);
+    // One stream: the log keeps stdout and stderr lines in the order each pipe is read, not the order written.
+    let script = format!("exec 2>&1; {script}");
+    let mut config = node.config(name, &["sh", "-c", &script]);
     config.mounts = mounts;
     let id = node.run(pod, config.clone()).await.unwrap();
     finish(node, pod, &id, &config).await

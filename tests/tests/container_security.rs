@@ -39,7 +39,8 @@ fn output(log: &str) -> String {
 
 /// Runs `script` (with `sh -c`) in a container made from `config` and answers its exit code and output.
 async fn run_script(node: &Node, pod: &Pod, mut config: ContainerConfig, script: &str) -> (i32, String) {
-    config.command = vec!["sh".into(), "-c".into(), script.into()];
+    // One stream: the log keeps stdout and stderr lines in the order each pipe is read, not the order written.
+    config.command = vec!["sh".into(), "-c".into(), format!("exec 2>&1; {script}")];
     let id = node.run(pod, config.clone()).await.unwrap();
     let status = node.wait_exited(&id).await.unwrap();
     // The log writer may still be flushing the last lines after the exit is seen.
