@@ -68,6 +68,7 @@ impl Containers {
             }
         };
         if stored.state == State::Exited {
+            let _turn = self.shim_turn(&stored.info.sandbox_id).await;
             let _ = self.containerd.delete_task(id).await;
             return;
         }
@@ -78,7 +79,11 @@ impl Containers {
         }
         // The cgroup goes with the task: read its OOM count first.
         let oom = self.take_oom(id) || cgroup_oom_kills(&stored.info.cgroup) > 0;
-        let deleted = match self.containerd.delete_task(id).await {
+        let deleted = {
+            let _turn = self.shim_turn(&stored.info.sandbox_id).await;
+            self.containerd.delete_task(id).await
+        };
+        let deleted = match deleted {
             Ok(deleted) => deleted,
             Err(err) => {
                 tracing::warn!(id, error = %crisp_errors::message_chain(&err), "deleting an exited task");
