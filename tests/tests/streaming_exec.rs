@@ -5,7 +5,7 @@
 mod container_support;
 mod streaming_support;
 
-use container_support::Node;
+use container_support::{Node, TaskCleanup};
 use crisp_proto::cri::*;
 use crisp_testkit::Stack;
 use std::process::Stdio;
@@ -15,29 +15,14 @@ use tokio::io::AsyncWriteExt;
 use tonic::Code;
 
 /// A node with a running busybox container (`sleep`) made through the CRI, and its id; the
-/// container's task is deleted with the guard (its shim would outlive the test's containerd).
-async fn node_with_container() -> (Node, String, Cleanup) {
+/// container's task is deleted with the guard.
+async fn node_with_container() -> (Node, String, TaskCleanup) {
     let node = Node::start().await.unwrap();
     let pod = node.pod("shell").await.unwrap();
     let mut config = node.config("box", &["sleep", "3600"]);
     config.envs = vec![KeyValue { key: "GREETING".into(), value: b"from the container".to_vec() }];
-    let id = node.run(&pod, config).await.unwrap();
-    let cleanup = Cleanup { address: node.stack.containerd_address().to_path_buf(), id: id.clone() };
+    let (id, cleanup) = node.run_guarded(&pod, config).await.unwrap();
     (node, id, cleanup)
-}
-
-struct Cleanup {
-    address: std::path::PathBuf,
-    id: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let address = self.address.display().to_string();
-        let _ = std::process::Command::new("ctr")
-            .args(["--address", &address, "--namespace", "crisp", "task", "delete", "--force", &self.id])
-            .output();
-    }
 }
 
 async fn exec_url(stack: &Stack, request: ExecRequest) -> Result<String, tonic::Status> {
