@@ -116,7 +116,10 @@ impl Containers {
     /// Follows containerd's task events for as long as the service runs: subscribe, reconcile,
     /// read; again after the stream breaks. containerd answers a subscription only with its
     /// first event, so the stream is read in a task of its own while the reconciliation runs.
+    /// The index's watch on containerd's container events ([`Containers::watch_index`]) starts
+    /// with it.
     pub fn watch_exits(&self) -> tokio::task::JoinHandle<()> {
+        let _index = self.watch_index();
         let containers = self.clone();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
@@ -140,7 +143,6 @@ impl Containers {
                 });
                 // The subscription reaches containerd before the reconciliation asks for tasks.
                 tokio::time::sleep(SUBSCRIBE_SETTLE).await;
-                containers.index_reload().await;
                 containers.reconcile().await;
                 while let Some(event) = events.recv().await {
                     match event {
