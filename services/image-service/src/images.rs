@@ -38,26 +38,33 @@ pub async fn status(
 }
 
 /// Removes the image `name` names with every name it has; an absent image is removed already.
+///
+/// Its records are deleted without waiting for containerd's garbage collection, which
+/// containerd schedules at once after a deletion (its default `deletion_threshold` of 0) and
+/// which frees the content and snapshots nothing else references. containerd's CRI plugin
+/// waits for that collection (a synchronous delete of the last record); the CRI asks only that
+/// the image be gone, and the kubelet's image GC counts what it freed from the images' sizes.
+/// A pull racing the collection holds what it finds in its lease first ([`crate::pull`]).
 pub async fn remove(store: &ImageStore, name: &str) -> Result<(), ImageError> {
     let Some(image) = store.resolve(name).await? else {
         return Ok(());
     };
-    for (record, sync) in deletions(&image.record_names, image.id.as_str()) {
-        store.containerd().delete_image_record(record, sync).await?;
+    let (names, ids) = deletions(&image.record_names, image.id.as_str());
+    let containerd = store.containerd();
+    futures::future::try_join_all(names.iter().map(|record| containerd.delete_image_record(record, false))).await?;
+    for record in ids {
+        containerd.delete_image_record(record, false).await?;
     }
     tracing::info!(id = %image.id, tags = ?image.repo_tags, digests = ?image.repo_digests, "removed image");
     Ok(())
 }
 
-/// The order an image's records are deleted in, each with whether containerd's garbage
-/// collection runs synchronously: the id record (when there is one) last, and the last record,
-/// whichever it is, synchronously, so the content and snapshots are gone when RemoveImage
-/// answers (an image another client stored may have no id record).
-fn deletions<'a>(record_names: &'a [String], id: &str) -> Vec<(&'a str, bool)> {
-    let (id_records, names): (Vec<_>, Vec<_>) = record_names.iter().partition(|n| *n == id);
-    let records: Vec<&str> = names.into_iter().chain(id_records).map(String::as_str).collect();
-    let last = records.len().saturating_sub(1);
-    records.into_iter().enumerate().map(|(i, record)| (record, i == last)).collect()
+/// An image's records in the two steps they are deleted in: its names, then its id record
+/// (when it has one: an image another client stored may not), so that an image whose removal
+/// was cut short is still found by its id.
+fn deletions<'a>(record_names: &'a [String], id: &str) -> (Vec<&'a str>, Vec<&'a str>) {
+    let (ids, names): (Vec<_>, Vec<_>) = record_names.iter().map(String::as_str).partition(|n| *n == id);
+    (names, ids)
 }
 
 /// The CRI view of an image.
@@ -80,16 +87,12 @@ mod tests {
     use super::deletions;
 
     #[test]
-    fn the_last_record_deleted_collects_garbage() {
+    fn the_id_record_is_deleted_after_the_names() {
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let with_id = names(&["sha256:aa", "r/app:v1", "r/app@sha256:bb"]);
-        assert_eq!(
-            deletions(&with_id, "sha256:aa"),
-            vec![("r/app:v1", false), ("r/app@sha256:bb", false), ("sha256:aa", true)]
-        );
+        assert_eq!(deletions(&with_id, "sha256:aa"), (vec!["r/app:v1", "r/app@sha256:bb"], vec!["sha256:aa"]));
         let without_id = names(&["r/app:v1", "r/app@sha256:bb"]);
-        assert_eq!(deletions(&without_id, "sha256:aa"), vec![("r/app:v1", false), ("r/app@sha256:bb", true)]);
-        assert_eq!(deletions(&names(&["r/app:v1"]), "sha256:aa"), vec![("r/app:v1", true)]);
-        assert!(deletions(&[], "sha256:aa").is_empty());
+        assert_eq!(deletions(&without_id, "sha256:aa"), (vec!["r/app:v1", "r/app@sha256:bb"], vec![]));
+        assert_eq!(deletions(&[], "sha256:aa"), (vec![], vec![]));
     }
 }
