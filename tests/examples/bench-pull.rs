@@ -105,6 +105,10 @@ async fn bench() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("containerd's CRI at {} failed: {e}", containerd_socket.display()))?;
         eprintln!("run {run}: containerd CRI {:.2} s", t.as_secs_f64());
         containerd_times.push(t);
+        // crisp's RemoveImage leaves the collection to containerd's GC (it runs right after):
+        // wait for it, so the pull is cold.
+        remove(&mut crisp, &name).await?;
+        wait_collected(&stack).await?;
         let t = timed_cold_pull(&mut crisp, &name).await?;
         eprintln!("run {run}: crisp         {:.2} s", t.as_secs_f64());
         crisp_times.push(t);
@@ -140,6 +144,28 @@ async fn timed_cold_pull(client: &mut ImageServiceClient<Channel>, name: &str) -
     let elapsed = started.elapsed();
     client.remove_image(RemoveImageRequest { image: spec }).await?;
     Ok(elapsed)
+}
+
+async fn remove(client: &mut ImageServiceClient<Channel>, name: &str) -> anyhow::Result<()> {
+    let spec = Some(ImageSpec { image: name.to_string(), ..Default::default() });
+    client.remove_image(RemoveImageRequest { image: spec }).await?;
+    Ok(())
+}
+
+/// Waits (up to 30 s) until crisp's namespace holds no content and no snapshot; says what is
+/// left if they do not go (the next pull is then not cold).
+async fn wait_collected(stack: &Stack) -> anyhow::Result<()> {
+    let (mut content, mut snapshots) = (String::new(), String::new());
+    for _ in 0..300 {
+        content = stack.ctr(&["content", "ls"])?;
+        snapshots = stack.ctr(&["snapshots", "--snapshotter", "overlayfs", "ls"])?;
+        if content.lines().count() <= 1 && snapshots.lines().count() <= 1 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("warning: not collected within 30 s, the next pull is not cold:\n{content}\n{snapshots}");
+    Ok(())
 }
 
 /// User + system CPU seconds of a process.
