@@ -12,6 +12,9 @@
 //! crisp's processes (runtime service and proxy; crisp has no process per pod) over N pods,
 //! against the growth of containerd's RSS plus the RSS of the shims it started for the pods.
 
+mod bench_support;
+
+use bench_support::{Pod, k8s_shims, ms, p, remove_pod, rss, run_pod_with, socket_pid};
 use crisp_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crisp_proto::cri::*;
 use crisp_testkit::Stack;
@@ -58,22 +61,17 @@ async fn bench() -> anyhow::Result<()> {
     let crisp_pids = vec![stack.service_pid("runtime")?, stack.service_pid("proxy")?];
     let mut crisp = stack.runtime_client();
     let mut containerd = RuntimeServiceClient::new(crisp_testkit::cri_channel(&containerd_socket));
-    let containerd_pid = tokio::net::UnixStream::connect(&containerd_socket)
-        .await?
-        .peer_cred()?
-        .pid()
-        .ok_or_else(|| anyhow::anyhow!("no pid for {}", containerd_socket.display()))? as u32;
+    let containerd_pid = socket_pid(&containerd_socket).await?;
 
     // One pod each first: containerd pulls its pause image, crisp warms up.
     for (client, tag) in [(&mut containerd, "warm-c"), (&mut crisp, "warm-x")] {
-        let id = run(client, tag, 0).await?;
-        client.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
-        client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await?;
+        let pod = run(client, tag, 0).await?;
+        remove_pod(client, &pod).await?;
     }
 
-    let shims_before = shims();
+    let shims_before = k8s_shims();
     let containerd_report = measure(&mut containerd, "ctrd", pods, || {
-        let grown: HashSet<u32> = shims().difference(&shims_before).copied().collect();
+        let grown: HashSet<u32> = k8s_shims().difference(&shims_before).copied().collect();
         rss(&[containerd_pid]) + rss(&grown.into_iter().collect::<Vec<_>>())
     })
     .await
@@ -105,16 +103,6 @@ async fn bench() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn p(times: &[Duration], percentile: usize) -> Duration {
-    let mut sorted = times.to_vec();
-    sorted.sort();
-    sorted[((sorted.len() * percentile).div_ceil(100)).saturating_sub(1).min(sorted.len() - 1)]
-}
-
 fn first_conflist(dir: &Path) -> anyhow::Result<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -124,41 +112,9 @@ fn first_conflist(dir: &Path) -> anyhow::Result<PathBuf> {
     files.into_iter().next().ok_or_else(|| anyhow::anyhow!("no .conflist in {}", dir.display()))
 }
 
-fn config(tag: &str, i: usize) -> PodSandboxConfig {
-    let name = format!("bench-{tag}-{i}");
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.clone(),
-            uid: format!("uid-{name}-{}", std::process::id()),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        hostname: name,
-        log_directory: format!("/tmp/bench-sandbox-logs/{tag}-{i}"),
-        // As the kubelet sends a pod without `shareProcessNamespace`: a PID namespace per
-        // container, so crisp starts no pause process (containerd starts one regardless).
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-async fn run(client: &mut RuntimeServiceClient<Channel>, tag: &str, i: usize) -> anyhow::Result<String> {
-    Ok(client
-        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config(tag, i)), runtime_handler: String::new() })
-        .await?
-        .into_inner()
-        .pod_sandbox_id)
+/// A pod on a CNI network of its own.
+async fn run(client: &mut RuntimeServiceClient<Channel>, tag: &str, i: usize) -> anyhow::Result<Pod> {
+    run_pod_with(client, bench_support::pod_config_on(tag, i, NamespaceMode::Pod)).await
 }
 
 /// Pods one at a time (run all, stop all, remove all, memory read at N pods), then N at once.
@@ -169,23 +125,23 @@ async fn measure(
     memory: impl Fn() -> u64,
 ) -> anyhow::Result<Report> {
     let before = memory();
-    let (mut run_times, mut stop_times, mut remove_times, mut ids) = (vec![], vec![], vec![], vec![]);
+    let (mut run_times, mut stop_times, mut remove_times, mut pods_run) = (vec![], vec![], vec![], vec![]);
     for i in 0..pods {
         let started = Instant::now();
-        ids.push(run(client, tag, i).await?);
+        pods_run.push(run(client, tag, i).await?);
         run_times.push(started.elapsed());
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = memory();
     eprintln!("{tag}: {pods} pods run; RSS {} -> {} KiB", before, after);
-    for id in &ids {
+    for pod in &pods_run {
         let started = Instant::now();
-        client.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
+        client.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await?;
         stop_times.push(started.elapsed());
     }
-    for id in ids.drain(..) {
+    for pod in pods_run.drain(..) {
         let started = Instant::now();
-        client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await?;
+        client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.id }).await?;
         remove_times.push(started.elapsed());
     }
 
@@ -198,13 +154,12 @@ async fn measure(
         })
         .collect();
     for handle in runs {
-        ids.push(handle.await??);
+        pods_run.push(handle.await??);
     }
     let concurrent = started.elapsed();
     eprintln!("{tag}: {pods} pods at once in {:.0} ms", ms(concurrent));
-    for id in ids {
-        client.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
-        client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await?;
+    for pod in &pods_run {
+        remove_pod(client, pod).await?;
     }
     Ok(Report {
         run: run_times,
@@ -213,28 +168,4 @@ async fn measure(
         concurrent,
         memory_per_pod: after.saturating_sub(before) as f64 / pods as f64,
     })
-}
-
-/// The summed RSS of `pids`, KiB.
-fn rss(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .filter_map(|status| {
-            status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .sum()
-}
-
-/// The pids of containerd's runc shims (`containerd-shim-runc-v2`) in namespace k8s.io.
-fn shims() -> HashSet<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return HashSet::new() };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                cmd.contains("containerd-shim") && cmd.contains("k8s.io")
-            })
-        })
-        .collect()
 }

@@ -11,15 +11,13 @@
 //! - port-forward throughput: one forwarded connection reading N MiB a server on the host's
 //!   loopback writes (best of 3).
 
+mod bench_support;
 #[path = "../tests/streaming_support/mod.rs"]
 mod streaming_support;
 
-use crisp_proto::cri::image_service_client::ImageServiceClient;
+use bench_support::{Setup, container_config, ms, p, remove_pod, run_container, run_pod};
 use crisp_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crisp_proto::cri::*;
-use crisp_testkit::Stack;
-use crisp_testkit::images::{Format, ImageBuilder};
-use crisp_testkit::registry::Registry;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use streaming_support::{SpdyClient, request};
@@ -51,19 +49,7 @@ async fn bench() -> anyhow::Result<()> {
         }
     }
 
-    let registry = Registry::start().await?;
-    let built = ImageBuilder::new(Format::Oci).busybox_layer()?.cmd(&["sh"]).build()?;
-    let image = registry.push("bench/busybox", "1", &built).await?;
-    let stack = Stack::start().await?;
-    let containerd_channel = crisp_testkit::cri_channel(&containerd_socket);
-    for mut images in [stack.image_client(), ImageServiceClient::new(containerd_channel.clone())] {
-        let request = PullImageRequest {
-            image: Some(ImageSpec { image: image.clone(), ..Default::default() }),
-            auth: None,
-            sandbox_config: None,
-        };
-        images.pull_image(request).await?;
-    }
+    let setup = Setup::start(&containerd_socket).await?;
 
     // A server on the host's loopback that writes `megabytes` MiB to each connection.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -87,10 +73,8 @@ async fn bench() -> anyhow::Result<()> {
     });
 
     let mut reports = vec![];
-    for (name, client) in
-        [("containerd", RuntimeServiceClient::new(containerd_channel)), ("crisp", stack.runtime_client())]
-    {
-        let report = measure(name, client, &image, execs, port, total)
+    for (name, client) in [("containerd", setup.containerd.clone()), ("crisp", setup.stack.runtime_client())] {
+        let report = measure(name, client, &setup.image, execs, port, total)
             .await
             .map_err(|e| anyhow::anyhow!("{name} failed: {e}"))?;
         reports.push(report);
@@ -121,44 +105,9 @@ async fn measure(
     port: u16,
     total: usize,
 ) -> anyhow::Result<Report> {
-    let pod_name = format!("bench-streaming-{name}-{}", std::process::id());
-    let log_directory = format!("/tmp/bench-streaming-logs/{pod_name}");
-    std::fs::create_dir_all(&log_directory)?;
-    let pod_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: pod_name.clone(),
-            uid: format!("uid-{pod_name}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        log_directory,
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let request = RunPodSandboxRequest { config: Some(pod_config.clone()), runtime_handler: String::new() };
-    let pod = client.run_pod_sandbox(request).await?.into_inner().pod_sandbox_id;
+    let pod = run_pod(&mut client, &format!("streaming-{name}"), 0).await?;
     let result = async {
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata { name: "sleeper".into(), attempt: 0 }),
-            image: Some(ImageSpec { image: image.into(), ..Default::default() }),
-            command: vec!["sleep".into(), "3600".into()],
-            log_path: "sleeper.log".into(),
-            linux: Some(LinuxContainerConfig::default()),
-            ..Default::default()
-        };
-        let request = CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(config),
-            sandbox_config: Some(pod_config),
-        };
-        let container = client.create_container(request).await?.into_inner().container_id;
-        client.start_container(StartContainerRequest { container_id: container.clone() }).await?;
+        let container = run_container(&mut client, &pod, container_config(image, "sleeper")).await?;
 
         let mut exec = Vec::with_capacity(execs);
         for _ in 0..execs {
@@ -184,7 +133,7 @@ async fn measure(
 
         let mut best = 0f64;
         for round in 0..3 {
-            let request = PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![i32::from(port)] };
+            let request = PortForwardRequest { pod_sandbox_id: pod.id.clone(), port: vec![i32::from(port)] };
             let url = client.port_forward(request).await?.into_inner().url;
             let upgraded = request_upgrade(&url, "portforward.k8s.io").await;
             let mut spdy = SpdyClient::new(upgraded.socket);
@@ -205,8 +154,7 @@ async fn measure(
         anyhow::Ok(Report { exec, mib_per_s: best })
     }
     .await;
-    let _ = client.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await;
-    let _ = client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await;
+    let _ = remove_pod(&mut client, &pod).await;
     result
 }
 
@@ -215,14 +163,4 @@ async fn request_upgrade(url: &str, protocol: &str) -> streaming_support::Upgrad
     let upgraded = request(url, "POST", &headers).await;
     assert_eq!(upgraded.status, 101, "{url}: {:?}", upgraded.headers);
     upgraded
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn p(times: &[Duration], percentile: usize) -> Duration {
-    let mut sorted = times.to_vec();
-    sorted.sort();
-    sorted[((sorted.len() * percentile).div_ceil(100)).saturating_sub(1).min(sorted.len() - 1)]
 }

@@ -231,3 +231,28 @@ async fn a_container_killed_for_memory_is_oomkilled_with_137() -> anyhow::Result
     assert_eq!(exited.resources.unwrap().linux.unwrap().memory_limit_in_bytes, limit);
     Ok(())
 }
+
+/// ListContainers and ContainerStatus answer from memory, yet see a container whose record
+/// was deleted behind crisp's back (here with `ctr`), from containerd's container events.
+#[tokio::test]
+async fn a_container_deleted_behind_crisps_back_leaves_the_list() -> anyhow::Result<()> {
+    let node = Node::start().await?;
+    let pod = node.pod("behind").await?;
+    let kept = node.create(&pod, node.config("kept", &["true"])).await?;
+    let gone = node.create(&pod, node.config("gone", &["true"])).await?;
+    assert_eq!(node.list(None).await?.len(), 2);
+    assert_eq!(node.status(&gone).await?.state, ContainerState::ContainerCreated as i32);
+
+    node.stack.ctr(&["containers", "rm", &gone])?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut listed = node.list(None).await?;
+    while listed.len() != 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        listed = node.list(None).await?;
+    }
+    let ids: Vec<&str> = listed.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, vec![kept.as_str()], "the list still names the deleted container");
+    assert_eq!(node.status(&gone).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(node.status(&kept).await?.state, ContainerState::ContainerCreated as i32);
+    Ok(())
+}

@@ -175,3 +175,83 @@ async fn a_restarted_runtime_service_finds_the_pods_shim_again() -> anyhow::Resu
     assert!(bundles.is_empty(), "task bundle directories left: {bundles:?}");
     Ok(())
 }
+
+/// Many containers of one pod (one shim) stopped at once: every StopContainer answers within
+/// its grace period and a few seconds, and each container is EXITED with the code its signal
+/// gave (143 for SIGTERM, 137 for SIGKILL). containerd 1.6's shim, sent that many kills at
+/// once, stopped answering and lost exits ("still running 30s after SIGKILL").
+#[tokio::test]
+async fn many_containers_of_one_pod_stopped_at_once_all_exit_in_time() -> anyhow::Result<()> {
+    const COUNT: usize = 60;
+    let node = Node::start().await?;
+    let pod = node.pod("crowd").await?;
+    let mut ids = vec![];
+    for i in 0..COUNT {
+        // A shell that exits on SIGTERM for half; `sleep` as pid 1 ignores it, for the others.
+        let command: &[&str] = if i % 2 == 0 {
+            &["sh", "-c", "trap 'exit 143' TERM; while true; do sleep 1; done"]
+        } else {
+            &["sleep", "1000"]
+        };
+        ids.push(node.run(&pod, node.config(&format!("c{i}"), command)).await?);
+    }
+    assert_eq!(shims(&node, 1).await.len(), 1, "one shim serves the pod");
+    let started = std::time::Instant::now();
+    let stops = ids.iter().enumerate().map(|(i, id)| {
+        let node = &node;
+        async move {
+            let timeout = if i % 4 < 2 { 0 } else { 2 };
+            let begun = std::time::Instant::now();
+            node.stop(id, timeout).await.map_err(|s| anyhow::anyhow!("stopping {id}: {s}"))?;
+            anyhow::Ok((i, timeout, begun.elapsed()))
+        }
+    });
+    let answered = futures::future::try_join_all(stops).await?;
+    for (i, timeout, took) in &answered {
+        assert!(
+            *took < Duration::from_secs(*timeout as u64 + 10),
+            "StopContainer {i} (timeout {timeout}) took {took:?}"
+        );
+    }
+    eprintln!("{COUNT} stops answered in {:?}", started.elapsed());
+    for (i, id) in ids.iter().enumerate() {
+        let status = node.status(id).await?;
+        assert_eq!(status.state, ContainerState::ContainerExited as i32, "container {i}");
+        let want = if i % 4 < 2 {
+            137
+        } else if i % 2 == 0 {
+            143
+        } else {
+            137
+        };
+        assert_eq!(status.exit_code, want, "container {i}: {status:?}");
+    }
+    remove_pod(&node, &pod).await?;
+    Ok(())
+}
+
+/// StopPodSandbox on a pod of 100 running containers (one shim) kills them all at once: it
+/// answers within seconds and every container is EXITED with 137.
+#[tokio::test]
+async fn stopping_a_pod_of_a_hundred_running_containers_stops_every_one() -> anyhow::Result<()> {
+    const COUNT: usize = 100;
+    let node = Node::start().await?;
+    let pod = node.pod("hundred").await?;
+    let mut ids = vec![];
+    for i in 0..COUNT {
+        ids.push(node.run(&pod, node.config(&format!("c{i}"), &["sleep", "1000"])).await?);
+    }
+    let started = std::time::Instant::now();
+    node.runtime().stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await?;
+    let took = started.elapsed();
+    eprintln!("StopPodSandbox of {COUNT} running containers answered in {took:?}");
+    assert!(took < Duration::from_secs(20), "StopPodSandbox took {took:?}");
+    for (i, id) in ids.iter().enumerate() {
+        let status = node.status(id).await?;
+        assert_eq!(status.state, ContainerState::ContainerExited as i32, "container {i}");
+        assert_eq!(status.exit_code, 137, "container {i}: {status:?}");
+    }
+    node.runtime().remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await?;
+    assert!(shims(&node, 0).await.is_empty(), "shims left after the pod was removed");
+    Ok(())
+}

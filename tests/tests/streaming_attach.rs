@@ -6,9 +6,8 @@
 mod container_support;
 mod streaming_support;
 
-use container_support::{Node, Pod};
+use container_support::{Node, Pod, TaskCleanup};
 use crisp_proto::cri::*;
-use std::process::Stdio;
 use std::time::Duration;
 use streaming_support::*;
 use tokio::io::AsyncWriteExt;
@@ -16,29 +15,13 @@ use tonic::Code;
 
 const ECHO_LINES: &str = "while read l; do echo got:$l; done; echo stdin-ended";
 
-/// The container's task is deleted with the guard (its shim would outlive the test's containerd).
-struct Cleanup {
-    address: std::path::PathBuf,
-    id: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let address = self.address.display().to_string();
-        let _ = std::process::Command::new("ctr")
-            .args(["--address", &address, "--namespace", "crisp", "task", "delete", "--force", &self.id])
-            .output();
-    }
-}
-
-/// A running container answering each stdin line with `got:<line>`.
-async fn line_echoer(node: &Node, pod: &Pod, stdin_once: bool) -> (String, Cleanup) {
+/// A running container answering each stdin line with `got:<line>`; its task is deleted with
+/// the guard.
+async fn line_echoer(node: &Node, pod: &Pod, stdin_once: bool) -> (String, TaskCleanup) {
     let mut config = node.config("echoer", &["sh", "-c", ECHO_LINES]);
     config.stdin = true;
     config.stdin_once = stdin_once;
-    let id = node.run(pod, config).await.unwrap();
-    let cleanup = Cleanup { address: node.stack.containerd_address().to_path_buf(), id: id.clone() };
-    (id, cleanup)
+    node.run_guarded(pod, config).await.unwrap()
 }
 
 fn attach_request(id: &str, stdin: bool) -> AttachRequest {
@@ -174,16 +157,7 @@ async fn crictl_attach_sends_stdin_and_prints_the_answer() {
     let node = Node::start().await.unwrap();
     let pod = node.pod("attach").await.unwrap();
     let (id, _cleanup) = line_echoer(&node, &pod, true).await;
-    let mut child = tokio::process::Command::new("crictl")
-        .arg("--runtime-endpoint")
-        .arg(format!("unix://{}", node.stack.proxy_socket().display()))
-        .args(["attach", "-i", &id])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = crictl(node.stack.proxy_socket(), &["attach", "-i", &id]);
     let mut stdin = child.stdin.take().unwrap();
     // crictl attaches before it reads its stdin; a moment lets the session join the output first.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -215,8 +189,7 @@ async fn an_attacher_that_stops_reading_holds_up_neither_the_container_nor_other
     let script = "read go; head -c 40000000 /dev/zero | tr '\\0' x; echo; echo flood-done; sleep 3600";
     let mut config = node.config("flood", &["sh", "-c", script]);
     config.stdin = true;
-    let id = node.run(&pod, config.clone()).await.unwrap();
-    let _cleanup = Cleanup { address: node.stack.containerd_address().to_path_buf(), id: id.clone() };
+    let (id, _cleanup) = node.run_guarded(&pod, config.clone()).await.unwrap();
     // This one never reads (its SPDY window and socket fill up).
     let _stalled = attach(&node, &id, false).await;
     let mut reader = attach(&node, &id, true).await;
@@ -263,8 +236,7 @@ async fn a_stalled_attacher_misses_output_and_is_told_how_many_bytes() {
     let script = "while read l; do [ \"$l\" = flood ] && head -c 40000000 /dev/zero | tr '\\0' x; echo got:$l; done";
     let mut config = node.config("flood", &["sh", "-c", script]);
     config.stdin = true;
-    let id = node.run(&pod, config.clone()).await.unwrap();
-    let _cleanup = Cleanup { address: node.stack.containerd_address().to_path_buf(), id: id.clone() };
+    let (id, _cleanup) = node.run_guarded(&pod, config.clone()).await.unwrap();
     let watch = AttachStart { container_id: id.clone(), stdin: false, stdout: true, stderr: true };
     let (_keep, stalled) = internal_attach(&node, watch).await;
     let mut stalled = stalled.unwrap();
@@ -307,8 +279,7 @@ async fn the_internal_attach_checks_its_start() {
     use crisp_proto::internal::AttachStart;
     let node = Node::start().await.unwrap();
     let pod = node.pod("attach").await.unwrap();
-    let id = node.run(&pod, node.config("quiet", &["sleep", "3600"])).await.unwrap();
-    let _cleanup = Cleanup { address: node.stack.containerd_address().to_path_buf(), id: id.clone() };
+    let (id, _cleanup) = node.run_guarded(&pod, node.config("quiet", &["sleep", "3600"])).await.unwrap();
     let with_stdin = AttachStart { container_id: id.clone(), stdin: true, stdout: true, stderr: false };
     let (_tx, answer) = internal_attach(&node, with_stdin).await;
     assert_eq!(answer.unwrap_err().code(), Code::FailedPrecondition, "stdin of a container without stdin");

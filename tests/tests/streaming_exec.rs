@@ -5,39 +5,23 @@
 mod container_support;
 mod streaming_support;
 
-use container_support::Node;
+use container_support::{Node, TaskCleanup};
 use crisp_proto::cri::*;
 use crisp_testkit::Stack;
-use std::process::Stdio;
 use std::time::Duration;
 use streaming_support::*;
 use tokio::io::AsyncWriteExt;
 use tonic::Code;
 
 /// A node with a running busybox container (`sleep`) made through the CRI, and its id; the
-/// container's task is deleted with the guard (its shim would outlive the test's containerd).
-async fn node_with_container() -> (Node, String, Cleanup) {
+/// container's task is deleted with the guard.
+async fn node_with_container() -> (Node, String, TaskCleanup) {
     let node = Node::start().await.unwrap();
     let pod = node.pod("shell").await.unwrap();
     let mut config = node.config("box", &["sleep", "3600"]);
     config.envs = vec![KeyValue { key: "GREETING".into(), value: b"from the container".to_vec() }];
-    let id = node.run(&pod, config).await.unwrap();
-    let cleanup = Cleanup { address: node.stack.containerd_address().to_path_buf(), id: id.clone() };
+    let (id, cleanup) = node.run_guarded(&pod, config).await.unwrap();
     (node, id, cleanup)
-}
-
-struct Cleanup {
-    address: std::path::PathBuf,
-    id: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let address = self.address.display().to_string();
-        let _ = std::process::Command::new("ctr")
-            .args(["--address", &address, "--namespace", "crisp", "task", "delete", "--force", &self.id])
-            .output();
-    }
 }
 
 async fn exec_url(stack: &Stack, request: ExecRequest) -> Result<String, tonic::Status> {
@@ -57,17 +41,8 @@ fn exec_request(id: &str, cmd: &[&str], stdin: bool, tty: bool) -> ExecRequest {
 
 /// `crictl exec` with `args`, `input` on its stdin: (exit code, stdout, stderr).
 async fn crictl_exec(stack: &Stack, args: &[&str], input: &[u8]) -> (i32, String, String) {
-    let mut child = tokio::process::Command::new("crictl")
-        .arg("--runtime-endpoint")
-        .arg(format!("unix://{}", stack.proxy_socket().display()))
-        .arg("exec")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let args: Vec<&str> = ["exec"].into_iter().chain(args.iter().copied()).collect();
+    let mut child = crictl(stack.proxy_socket(), &args);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input).await.unwrap();
     drop(stdin);

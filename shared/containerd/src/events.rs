@@ -1,5 +1,6 @@
 //! containerd's event stream, decoded: the task events crisp acts on (a process exited, a
 //! container's cgroup saw an OOM kill), from `Events.Subscribe` filtered on crisp's namespace.
+//! Container and image record events name the record created, updated or deleted.
 //! The stream is live only: what happened before the subscription is found by asking for the
 //! tasks' state (recovery). Image events name the record created, updated or deleted (the
 //! payload carries no target: read the record).
@@ -19,6 +20,32 @@ pub const TOPIC_TASK_OOM: &str = "/tasks/oom";
 pub const TOPIC_IMAGE_CREATE: &str = "/images/create";
 pub const TOPIC_IMAGE_UPDATE: &str = "/images/update";
 pub const TOPIC_IMAGE_DELETE: &str = "/images/delete";
+
+/// The topics of a container record's creation, update and deletion.
+pub const TOPIC_CONTAINER_CREATE: &str = "/containers/create";
+pub const TOPIC_CONTAINER_UPDATE: &str = "/containers/update";
+pub const TOPIC_CONTAINER_DELETE: &str = "/containers/delete";
+
+/// A container record changed: its id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContainerEvent {
+    Created(String),
+    Updated(String),
+    Deleted(String),
+}
+
+impl ContainerEvent {
+    fn decode(topic: &str, event: &prost_types::Any) -> Result<Option<ContainerEvent>, prost::DecodeError> {
+        use containerd_client::events::{ContainerCreate, ContainerDelete, ContainerUpdate};
+        let bytes = event.value.as_slice();
+        Ok(match topic {
+            TOPIC_CONTAINER_CREATE => Some(ContainerEvent::Created(ContainerCreate::decode(bytes)?.id)),
+            TOPIC_CONTAINER_UPDATE => Some(ContainerEvent::Updated(ContainerUpdate::decode(bytes)?.id)),
+            TOPIC_CONTAINER_DELETE => Some(ContainerEvent::Deleted(ContainerDelete::decode(bytes)?.id)),
+            _ => None,
+        })
+    }
+}
 
 /// An image record changed: its name.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +117,18 @@ impl Containerd {
         self.subscribe(&[TOPIC_IMAGE_CREATE, TOPIC_IMAGE_UPDATE, TOPIC_IMAGE_DELETE], ImageEvent::decode).await
     }
 
+    /// Subscribes to the container record changes in this namespace. The stream ends when the
+    /// connection breaks; the caller subscribes again and reads the records anew.
+    pub async fn container_events(
+        &self,
+    ) -> Result<impl Stream<Item = Result<ContainerEvent, ContainerdError>> + Send + 'static, ContainerdError> {
+        self.subscribe(
+            &[TOPIC_CONTAINER_CREATE, TOPIC_CONTAINER_UPDATE, TOPIC_CONTAINER_DELETE],
+            ContainerEvent::decode,
+        )
+        .await
+    }
+
     /// Subscribes to the task exits and OOM kills in this namespace. The stream ends when the
     /// connection breaks; the caller subscribes again (and reconciles what it missed).
     pub async fn task_events(
@@ -155,6 +194,23 @@ mod tests {
             Some(TaskEvent::Oom { container_id: "c2".into() })
         );
         assert_eq!(TaskEvent::decode("/tasks/start", &oom).unwrap(), None);
+    }
+
+    #[test]
+    fn container_events_decode_by_topic() {
+        use containerd_client::events::{ContainerCreate, ContainerDelete};
+        let any = |value: Vec<u8>| prost_types::Any { type_url: String::new(), value };
+        let created = any(ContainerCreate { id: "c1".into(), ..Default::default() }.encode_to_vec());
+        assert_eq!(
+            ContainerEvent::decode(TOPIC_CONTAINER_CREATE, &created).unwrap(),
+            Some(ContainerEvent::Created("c1".into()))
+        );
+        let deleted = any(ContainerDelete { id: "c1".into() }.encode_to_vec());
+        assert_eq!(
+            ContainerEvent::decode(TOPIC_CONTAINER_DELETE, &deleted).unwrap(),
+            Some(ContainerEvent::Deleted("c1".into()))
+        );
+        assert_eq!(ContainerEvent::decode("/tasks/exit", &deleted).unwrap(), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Shared by the container benchmarks (`bench-containers`, `bench-shims`): both runtimes set
-//! up side by side (crisp as the test kit's stack on its own containerd, containerd's CRI plugin
+//! Shared by the benchmarks (`bench-containers`, `bench-shims`, `bench-sandbox`,
+//! `bench-streaming`): both runtimes set up side by side (crisp as the test kit's stack on its own containerd, containerd's CRI plugin
 //! on its socket, one busybox image pulled by both from a private loopback registry), pods on
 //! the node's network, `sleep` containers, and the host's view of a runtime's processes
 //! (shims, pause processes, RSS and PSS).
@@ -60,9 +60,24 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The `percentile`th of `times` (nearest rank).
+pub fn p(times: &[Duration], percentile: usize) -> Duration {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    sorted[((sorted.len() * percentile).div_ceil(100)).saturating_sub(1).min(sorted.len() - 1)]
+}
+
 /// A pod `bench-<tag>-<i>` on the node's network and UTS namespace (no CNI, no hostname of
 /// its own), each container in its own PID namespace (crisp starts no pause process for it).
 pub fn pod_config(tag: &str, i: usize) -> PodSandboxConfig {
+    pod_config_on(tag, i, NamespaceMode::Node)
+}
+
+/// A pod `bench-<tag>-<i>` on the node's network ([`NamespaceMode::Node`]) or a network of its
+/// own through CNI, with its name as hostname ([`NamespaceMode::Pod`]); each container in its own
+/// PID namespace, as the kubelet asks for a pod without `shareProcessNamespace` (crisp starts no
+/// pause process for it, containerd starts one regardless).
+pub fn pod_config_on(tag: &str, i: usize, network: NamespaceMode) -> PodSandboxConfig {
     let name = format!("bench-{tag}-{i}");
     let log_directory = format!("/tmp/crisp-bench-logs/{name}");
     let _ = std::fs::create_dir_all(&log_directory);
@@ -73,12 +88,12 @@ pub fn pod_config(tag: &str, i: usize) -> PodSandboxConfig {
             namespace: "bench".into(),
             attempt: 0,
         }),
+        hostname: if network == NamespaceMode::Node { String::new() } else { name },
         log_directory,
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
-                // As the kubelet asks for a pod without `shareProcessNamespace` or host namespaces.
                 namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
+                    network: network as i32,
                     pid: NamespaceMode::Container as i32,
                     ipc: NamespaceMode::Pod as i32,
                     ..Default::default()
@@ -109,7 +124,10 @@ pub struct Pod {
 }
 
 pub async fn run_pod(client: &mut RuntimeServiceClient<Channel>, tag: &str, i: usize) -> anyhow::Result<Pod> {
-    let config = pod_config(tag, i);
+    run_pod_with(client, pod_config(tag, i)).await
+}
+
+pub async fn run_pod_with(client: &mut RuntimeServiceClient<Channel>, config: PodSandboxConfig) -> anyhow::Result<Pod> {
     let request = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
     Ok(Pod { id: client.run_pod_sandbox(request).await?.into_inner().pod_sandbox_id, config })
 }
@@ -127,6 +145,18 @@ pub async fn create(
     Ok(client.create_container(request).await?.into_inner().container_id)
 }
 
+/// Create then start.
+pub async fn run_container(
+    client: &mut RuntimeServiceClient<Channel>,
+    pod: &Pod,
+    config: ContainerConfig,
+) -> anyhow::Result<String> {
+    let id = create(client, pod, config).await?;
+    client.start_container(StartContainerRequest { container_id: id.clone() }).await?;
+    Ok(id)
+}
+
+/// Stop then remove.
 pub async fn remove_pod(client: &mut RuntimeServiceClient<Channel>, pod: &Pod) -> anyhow::Result<()> {
     client.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await?;
     client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await?;

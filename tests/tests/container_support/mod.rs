@@ -227,3 +227,38 @@ pub fn shim_pids(address: &std::path::Path) -> Vec<u32> {
     pids.sort();
     pids
 }
+
+/// Deletes a container's task (forced) when dropped: its shim would outlive the test's
+/// containerd. A test that leaves a container running holds one.
+pub struct TaskCleanup {
+    address: PathBuf,
+    namespace: String,
+    id: String,
+}
+
+impl Drop for TaskCleanup {
+    fn drop(&mut self) {
+        let address = self.address.display().to_string();
+        let _ = std::process::Command::new("ctr")
+            .args(["--address", &address, "--namespace", &self.namespace, "task", "delete", "--force", &self.id])
+            .output();
+    }
+}
+
+impl Node {
+    /// A guard that deletes the task of container `id` when dropped.
+    pub fn task_cleanup(&self, id: &str) -> TaskCleanup {
+        TaskCleanup {
+            address: self.stack.containerd_address().to_path_buf(),
+            namespace: self.stack.namespace().to_string(),
+            id: id.to_string(),
+        }
+    }
+
+    /// Create then start, with the guard that deletes the container's task.
+    pub async fn run_guarded(&self, pod: &Pod, config: ContainerConfig) -> anyhow::Result<(String, TaskCleanup)> {
+        let id = self.run(pod, config).await?;
+        let cleanup = self.task_cleanup(&id);
+        Ok((id, cleanup))
+    }
+}

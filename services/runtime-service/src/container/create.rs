@@ -147,10 +147,11 @@ pub async fn create(containers: &Containers, request: CreateContainerRequest) ->
     let id = new_id()?;
     let name = format!("{}_{}_{}_{}_{}", metadata.name, pod.name, pod.namespace, pod.uid, metadata.attempt);
     let _reserved = containers.reserve(&name, &id)?;
-    if let Some(existing) = containers.indexed().await?.into_iter().find(|c| {
+    let same_name = |c: &crisp_proto::cri::Container| {
         c.pod_sandbox_id == pod.id
             && c.metadata.as_ref().is_some_and(|m| m.name == metadata.name && m.attempt == metadata.attempt)
-    }) {
+    };
+    if let Some(existing) = containers.indexed_where(same_name).await?.into_iter().next() {
         return Err(ContainerError::NameReserved { name, existing: existing.id });
     }
 

@@ -3,28 +3,25 @@
 //!
 //! Contract: the process runs with the container's own process spec (user, env, cwd,
 //! capabilities...) and the request's `cmd` as its args, without a terminal, as a containerd
-//! exec of the container's task, its output through FIFOs in
+//! exec of the container's task ([`crisp_exec`]), its output through FIFOs in
 //! `<state_dir>/containers/<id>/exec/<exec id>/`. A non-zero exit code is a normal answer.
 //! `timeout` seconds (0: none) bound the run: then the process is killed and the answer is
 //! `DEADLINE_EXCEEDED` naming the timeout (the kubelet's probe timeout). Each stream is
 //! bounded to [`MAX_STREAM_BYTES`]: beyond it the process is killed and the answer is
-//! `RESOURCE_EXHAUSTED`. The exec process and its FIFOs are always deleted, by an [`Exec`]
-//! guard also when the caller goes away mid-way. An unknown container is `NOT_FOUND`, one not
+//! `RESOURCE_EXHAUSTED`. The exec process and its FIFOs are always deleted, by the
+//! [`ExecProcess`] guard also when the caller goes away mid-way. An unknown container is `NOT_FOUND`, one not
 //! running `FAILED_PRECONDITION`.
 
 use super::ContainerError;
 use super::record::{self, State};
-use crate::logs::{Fifos, Stream};
+use crate::logs::Stream;
 use crisp_config::Config;
-use crisp_containerd::containerd_client::services::v1::{
-    DeleteProcessRequest, ExecProcessRequest, GetRequest, KillRequest, StartRequest, WaitRequest,
-};
+use crisp_containerd::containerd_client::services::v1::GetRequest;
 use crisp_containerd::containerd_client::types::v1::Status as TaskStatus;
 use crisp_containerd::{Containerd, ContainerdError};
 use crisp_errors::GrpcError;
+use crisp_exec::{ExecProcess, ExecProcessError, NewExec};
 use crisp_proto::cri::{ExecSyncRequest, ExecSyncResponse};
-use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -38,10 +35,6 @@ pub const MAX_STREAM_BYTES: usize = 16 * 1024 * 1024;
 /// [`DELETE_GRACE`] the answer carries what arrived.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 const DELETE_GRACE: Duration = Duration::from_millis(500);
-/// How long a killed process may take to be reported exited.
-const KILL_WAIT: Duration = Duration::from_secs(10);
-/// The type containerd knows an OCI process spec by.
-const PROCESS_SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -53,10 +46,8 @@ pub enum ExecError {
     NotFound(String),
     #[error("container `{id}` is not running ({state})")]
     NotRunning { id: String, state: &'static str },
-    #[error("container `{id}`: its OCI spec cannot be read: {reason}")]
-    Spec { id: String, reason: String },
-    #[error("exec in container `{id}`: {doing}: {source}")]
-    Io { id: String, doing: &'static str, source: std::io::Error },
+    #[error("exec in container `{id}`: {source}")]
+    Process { id: String, source: ExecProcessError },
     #[error("exec in container `{id}`: {source}")]
     Containerd { id: String, source: ContainerdError },
     #[error("timeout {0}s exceeded: the exec process was killed")]
@@ -72,7 +63,7 @@ impl GrpcError for ExecError {
             ExecError::Container(e) => e.code(),
             ExecError::NotFound(_) => Code::NotFound,
             ExecError::NotRunning { .. } => Code::FailedPrecondition,
-            ExecError::Spec { .. } | ExecError::Io { .. } => Code::Internal,
+            ExecError::Process { source, .. } => source.code(),
             ExecError::Containerd { source, .. } => source.code(),
             ExecError::Timeout(_) => Code::DeadlineExceeded,
             ExecError::OutputTooLarge { .. } => Code::ResourceExhausted,
@@ -98,15 +89,27 @@ pub async fn exec_sync(
         return Err(ExecError::NotRunning { id, state: container.state.label() });
     }
     ensure_running(containerd, &id).await?;
-    let process = process_spec(&id, &container.spec, &request.cmd)?;
+    let process = crisp_exec::process_spec(&container.spec, &request.cmd, false, None)
+        .map_err(|source| ExecError::Process { id: id.clone(), source })?;
 
-    let exec_id =
-        new_exec_id().map_err(|source| ExecError::Io { id: id.clone(), doing: "making an exec id", source })?;
-    let dir = config.runtime.state_dir.join("containers").join(&id).join("exec").join(&exec_id);
-    let mut exec = Exec::new(containerd.clone(), id.clone(), exec_id, dir.clone());
-    let mut output = Output::collect(&id, &dir)?;
-    exec.create_and_start(process, &output.fifos).await?;
-    match exec.wait(deadline(request.timeout), &mut output.overflow).await? {
+    let fifo_root = config.runtime.state_dir.join("containers").join(&id).join("exec");
+    let new = NewExec { container_id: id.clone(), process, stdout: true, stderr: true, ..Default::default() };
+    let (mut exec, io) = ExecProcess::start(containerd, &fifo_root, new).await.map_err(|source| match source {
+        // The task is gone: it exited meanwhile.
+        ExecProcessError::Containerd(e) if e.is_not_found() => {
+            ExecError::NotRunning { id: id.clone(), state: "exited" }
+        }
+        source => ExecError::Process { id: id.clone(), source },
+    })?;
+    let mut output = Output::collect(io.stdout, io.stderr);
+    let ended = tokio::select! {
+        exited = exec.wait() => {
+            Ended::Exited(exited.map_err(|source| ExecError::Containerd { id: id.clone(), source })?)
+        }
+        _ = timeout(request.timeout) => Ended::TimedOut,
+        Some(stream) = output.overflow.recv() => Ended::Overflowed(stream),
+    };
+    match ended {
         Ended::Exited(exit_code) => {
             let (stdout, stderr, overflowed) = output.drain(&mut exec).await;
             exec.cleanup().await;
@@ -117,22 +120,27 @@ pub async fn exec_sync(
             Ok(ExecSyncResponse { stdout, stderr, exit_code: exit_code as i32 })
         }
         Ended::TimedOut => {
-            exec.kill_and_wait().await;
+            exec.cleanup().await;
             Err(ExecError::Timeout(request.timeout))
         }
         Ended::Overflowed(stream) => {
-            exec.kill_and_wait().await;
+            exec.cleanup().await;
             Err(ExecError::OutputTooLarge { id, stream: stream.as_str(), limit: MAX_STREAM_BYTES })
         }
     }
 }
 
-/// The request's timeout as a deadline; none for 0 (or one too far away to be a deadline).
-fn deadline(timeout_secs: i64) -> Option<tokio::time::Instant> {
-    u64::try_from(timeout_secs)
+/// Resolves once the request's timeout passed; never for 0 (or one too far away to be a
+/// deadline).
+async fn timeout(timeout_secs: i64) {
+    let deadline = u64::try_from(timeout_secs)
         .ok()
         .filter(|t| *t > 0)
-        .and_then(|secs| tokio::time::Instant::now().checked_add(Duration::from_secs(secs)))
+        .and_then(|secs| tokio::time::Instant::now().checked_add(Duration::from_secs(secs)));
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How the wait for an exec ended.
@@ -142,9 +150,8 @@ enum Ended {
     Overflowed(Stream),
 }
 
-/// An exec's FIFOs and the tasks reading them, which stop when this goes away.
+/// The tasks reading an exec's output, which stop when this goes away.
 struct Output {
-    fifos: Fifos,
     stop: watch::Sender<bool>,
     overflow: mpsc::Receiver<Stream>,
     stdout: tokio::task::JoinHandle<Vec<u8>>,
@@ -152,38 +159,28 @@ struct Output {
 }
 
 impl Output {
-    /// Makes the FIFOs in `dir` and starts reading them. The read ends are open before
-    /// containerd's shim opens the write ends, so its open never blocks.
-    fn collect(id: &str, dir: &Path) -> Result<Output, ExecError> {
-        let io_error = |doing: &'static str| {
-            let id = id.to_string();
-            move |source| ExecError::Io { id, doing, source }
-        };
-        let fifos = Fifos::create(dir, false, false).map_err(io_error("making the FIFOs"))?;
-        let stderr_path = fifos.stderr.clone().unwrap_or_default();
-        let stdout = open_reader(&fifos.stdout).map_err(io_error("opening stdout"))?;
-        let stderr = open_reader(&stderr_path).map_err(io_error("opening stderr"))?;
+    /// Starts reading the FIFOs' read ends (a stream not there reads as empty).
+    fn collect(stdout: Option<pipe::Receiver>, stderr: Option<pipe::Receiver>) -> Output {
         let (stop, stopped) = watch::channel(false);
         let (overflow_tx, overflow) = mpsc::channel(2);
-        Ok(Output {
-            fifos,
+        Output {
             stop,
             overflow,
             stdout: tokio::spawn(collect(stdout, Stream::Stdout, stopped.clone(), overflow_tx.clone())),
             stderr: tokio::spawn(collect(stderr, Stream::Stderr, stopped, overflow_tx)),
-        })
+        }
     }
 
     /// Both streams once the process exited. They end when every holder of the pipe closed
     /// it; past [`DRAIN_GRACE`] the exec is deleted, which closes the shim's side, and past
     /// [`DELETE_GRACE`] the readers stop with what they have. Also a stream that overflowed.
-    async fn drain(mut self, exec: &mut Exec) -> (Vec<u8>, Vec<u8>, Option<Stream>) {
+    async fn drain(mut self, exec: &mut ExecProcess) -> (Vec<u8>, Vec<u8>, Option<Stream>) {
         let both = async { (self.stdout.await, self.stderr.await) };
         tokio::pin!(both);
         let (stdout, stderr) = match tokio::time::timeout(DRAIN_GRACE, &mut both).await {
             Ok(both) => both,
             Err(_) => {
-                tracing::debug!(exec_id = %exec.exec_id, "exec output still held open after its exit; deleting the exec");
+                tracing::debug!(exec_id = %exec.exec_id(), "exec output still held open after its exit; deleting the exec");
                 exec.delete().await;
                 match tokio::time::timeout(DELETE_GRACE, &mut both).await {
                     Ok(both) => both,
@@ -220,55 +217,16 @@ async fn ensure_running(containerd: &Containerd, id: &str) -> Result<(), ExecErr
     }
 }
 
-/// A containerd answer that the task is gone (it exited meanwhile) is "not running".
-fn not_running_or(
-    id: &str,
-    otherwise: impl FnOnce(tonic::Status) -> ExecError,
-) -> impl FnOnce(tonic::Status) -> ExecError {
-    let id = id.to_string();
-    move |status| match status.code() {
-        Code::NotFound => ExecError::NotRunning { id, state: "exited" },
-        _ => otherwise(status),
-    }
-}
-
-/// The container's process spec (JSON, every field kept) with `cmd` as args and no terminal.
-fn process_spec(id: &str, spec: &[u8], cmd: &[String]) -> Result<Vec<u8>, ExecError> {
-    let error = |reason: String| ExecError::Spec { id: id.to_string(), reason };
-    if spec.is_empty() {
-        return Err(error("the container record has no spec".into()));
-    }
-    let mut spec: serde_json::Value = serde_json::from_slice(spec).map_err(|e| error(e.to_string()))?;
-    let process = spec
-        .get_mut("process")
-        .and_then(serde_json::Value::as_object_mut)
-        .ok_or_else(|| error("the spec has no process".into()))?;
-    process.insert("args".into(), serde_json::json!(cmd));
-    process.insert("terminal".into(), serde_json::Value::Bool(false));
-    process.remove("commandLine");
-    process.remove("consoleSize");
-    serde_json::to_vec(process).map_err(|e| error(e.to_string()))
-}
-
-fn new_exec_id() -> std::io::Result<String> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn open_reader(path: &Path) -> std::io::Result<pipe::Receiver> {
-    pipe::OpenOptions::new().open_receiver(path)
-}
-
 /// Reads one stream to its end (or until told to stop), keeping at most [`MAX_STREAM_BYTES`];
 /// says so on `overflow` once more came.
 async fn collect(
-    mut reader: pipe::Receiver,
+    reader: Option<pipe::Receiver>,
     stream: Stream,
     mut stop: watch::Receiver<bool>,
     overflow: mpsc::Sender<Stream>,
 ) -> Vec<u8> {
     let mut kept = Vec::new();
+    let Some(mut reader) = reader else { return kept };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let read = tokio::select! {
@@ -293,198 +251,15 @@ async fn collect(
     kept
 }
 
-/// An exec process and its FIFOs: deleted when this goes away, whatever happened.
-struct Exec {
-    containerd: Containerd,
-    container_id: String,
-    exec_id: String,
-    dir: PathBuf,
-    /// containerd has the exec process.
-    created: bool,
-    /// Everything is deleted already.
-    cleaned: bool,
-}
-
-impl Exec {
-    fn new(containerd: Containerd, container_id: String, exec_id: String, dir: PathBuf) -> Self {
-        Exec { containerd, container_id, exec_id, dir, created: false, cleaned: false }
-    }
-
-    fn call(&self, operation: &'static str) -> impl FnOnce(tonic::Status) -> ExecError {
-        let id = self.container_id.clone();
-        move |status| ExecError::Containerd { id, source: ContainerdError::call(operation, status) }
-    }
-
-    /// Has containerd create the process (`process`: its spec as JSON) with `fifos` as its
-    /// output, and start it.
-    async fn create_and_start(&mut self, process: Vec<u8>, fifos: &Fifos) -> Result<(), ExecError> {
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-        let mut tasks = self.containerd.tasks();
-        let request = ExecProcessRequest {
-            container_id: self.container_id.clone(),
-            exec_id: self.exec_id.clone(),
-            stdin: String::new(),
-            stdout: fifos.stdout.display().to_string(),
-            stderr: path(&fifos.stderr),
-            terminal: false,
-            spec: Some(prost_types::Any { type_url: PROCESS_SPEC_TYPE.into(), value: process }),
-        };
-        tasks
-            .exec(request)
-            .await
-            .map_err(not_running_or(&self.container_id, self.call("creating the exec process")))?;
-        self.created = true;
-        let request = StartRequest { container_id: self.container_id.clone(), exec_id: self.exec_id.clone() };
-        tasks
-            .start(request)
-            .await
-            .map_err(not_running_or(&self.container_id, self.call("starting the exec process")))?;
-        Ok(())
-    }
-
-    /// Waits until the process exits, the deadline passes or a stream overflows.
-    async fn wait(
-        &self,
-        deadline: Option<tokio::time::Instant>,
-        overflow: &mut mpsc::Receiver<Stream>,
-    ) -> Result<Ended, ExecError> {
-        let mut tasks = self.containerd.tasks();
-        let wait = tasks.wait(WaitRequest { container_id: self.container_id.clone(), exec_id: self.exec_id.clone() });
-        let timeout = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            exited = wait => {
-                let exited = exited.map_err(self.call("waiting for the exec process"))?;
-                Ok(Ended::Exited(exited.into_inner().exit_status))
-            }
-            _ = timeout => Ok(Ended::TimedOut),
-            Some(stream) = overflow.recv() => Ok(Ended::Overflowed(stream)),
-        }
-    }
-
-    /// SIGKILL, then waits (bounded) until containerd reports the exit.
-    async fn kill_and_wait(&self) {
-        kill_and_wait(&self.containerd, &self.container_id, &self.exec_id).await;
-    }
-
-    /// Deletes the exec process (which closes the shim's ends of its I/O).
-    async fn delete(&mut self) {
-        if self.created {
-            delete(&self.containerd, &self.container_id, &self.exec_id).await;
-        }
-    }
-
-    /// Deletes the exec process and the FIFOs.
-    async fn cleanup(&mut self) {
-        self.delete().await;
-        remove_dir(&self.dir);
-        self.cleaned = true;
-    }
-}
-
-impl Drop for Exec {
-    fn drop(&mut self) {
-        if self.cleaned {
-            return;
-        }
-        let (containerd, container_id, exec_id, dir) =
-            (self.containerd.clone(), self.container_id.clone(), self.exec_id.clone(), self.dir.clone());
-        let created = self.created;
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    if created {
-                        kill_and_wait(&containerd, &container_id, &exec_id).await;
-                        delete(&containerd, &container_id, &exec_id).await;
-                    }
-                    remove_dir(&dir);
-                });
-            }
-            Err(_) => remove_dir(&dir),
-        }
-    }
-}
-
-async fn kill_and_wait(containerd: &Containerd, container_id: &str, exec_id: &str) {
-    let kill = KillRequest {
-        container_id: container_id.to_string(),
-        exec_id: exec_id.to_string(),
-        signal: nix::sys::signal::Signal::SIGKILL as u32,
-        all: false,
-    };
-    // An exec that exited by itself meanwhile answers an error: nothing to do then.
-    let _ = containerd.tasks().kill(kill).await;
-    let wait = WaitRequest { container_id: container_id.to_string(), exec_id: exec_id.to_string() };
-    let mut tasks = containerd.tasks();
-    if tokio::time::timeout(KILL_WAIT, tasks.wait(wait)).await.is_err() {
-        tracing::warn!(%container_id, %exec_id, "a killed exec process was not reported exited");
-    }
-}
-
-async fn delete(containerd: &Containerd, container_id: &str, exec_id: &str) {
-    let request = DeleteProcessRequest { container_id: container_id.to_string(), exec_id: exec_id.to_string() };
-    match containerd.tasks().delete_process(request).await {
-        Err(status) if status.code() != Code::NotFound => {
-            tracing::warn!(%container_id, %exec_id, error = %status, "deleting an exec process failed");
-        }
-        _ => {}
-    }
-}
-
-fn remove_dir(dir: &Path) {
-    let fifos = Fifos::existing(dir, false, false);
-    if let Err(e) = fifos.remove() {
-        tracing::warn!(error = %e, "removing an exec's FIFOs failed");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn spec_of(spec: serde_json::Value) -> Vec<u8> {
-        serde_json::to_vec(&spec).unwrap()
-    }
-
-    #[test]
-    fn the_exec_runs_as_the_container_process_with_the_requests_command() {
-        let spec = serde_json::json!({
-            "ociVersion": "1.0.2",
-            "process": {
-                "terminal": true, "consoleSize": {"height": 1, "width": 2},
-                "user": {"uid": 1000, "gid": 1000, "additionalGids": [5]},
-                "args": ["nginx"], "commandLine": "nginx -g",
-                "env": ["PATH=/bin", "A=b"], "cwd": "/srv",
-                "capabilities": {"bounding": ["CAP_KILL"]}, "noNewPrivileges": true,
-                "apparmorProfile": "p", "oomScoreAdj": 5
-            },
-            "root": {"path": "rootfs"}
-        });
-        let process: serde_json::Value = serde_json::from_slice(
-            &process_spec("c1", &spec_of(spec), &["sh".into(), "-c".into(), "id".into()]).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(
-            process,
-            serde_json::json!({
-                "terminal": false,
-                "user": {"uid": 1000, "gid": 1000, "additionalGids": [5]},
-                "args": ["sh", "-c", "id"],
-                "env": ["PATH=/bin", "A=b"], "cwd": "/srv",
-                "capabilities": {"bounding": ["CAP_KILL"]}, "noNewPrivileges": true,
-                "apparmorProfile": "p", "oomScoreAdj": 5
-            })
-        );
-    }
-
     #[test]
     fn a_spec_without_process_is_an_internal_error_naming_the_container() {
-        let err =
-            process_spec("c1", &spec_of(serde_json::json!({"ociVersion": "1.0.2"})), &["true".into()]).unwrap_err();
+        let spec = serde_json::to_vec(&serde_json::json!({"ociVersion": "1.0.2"})).unwrap();
+        let source = crisp_exec::process_spec(&spec, &["true".into()], false, None).unwrap_err();
+        let err = ExecError::Process { id: "c1".into(), source };
         assert_eq!(err.code(), Code::Internal);
         assert!(err.to_string().contains("`c1`"), "{err}");
     }

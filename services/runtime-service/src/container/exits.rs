@@ -68,6 +68,7 @@ impl Containers {
             }
         };
         if stored.state == State::Exited {
+            let _turn = self.shim_turn(&stored.info.sandbox_id).await;
             let _ = self.containerd.delete_task(id).await;
             return;
         }
@@ -78,7 +79,11 @@ impl Containers {
         }
         // The cgroup goes with the task: read its OOM count first.
         let oom = self.take_oom(id) || cgroup_oom_kills(&stored.info.cgroup) > 0;
-        let deleted = match self.containerd.delete_task(id).await {
+        let deleted = {
+            let _turn = self.shim_turn(&stored.info.sandbox_id).await;
+            self.containerd.delete_task(id).await
+        };
+        let deleted = match deleted {
             Ok(deleted) => deleted,
             Err(err) => {
                 tracing::warn!(id, error = %crisp_errors::message_chain(&err), "deleting an exited task");
@@ -111,7 +116,10 @@ impl Containers {
     /// Follows containerd's task events for as long as the service runs: subscribe, reconcile,
     /// read; again after the stream breaks. containerd answers a subscription only with its
     /// first event, so the stream is read in a task of its own while the reconciliation runs.
+    /// The index's watch on containerd's container events ([`Containers::watch_index`]) starts
+    /// with it.
     pub fn watch_exits(&self) -> tokio::task::JoinHandle<()> {
+        let _index = self.watch_index();
         let containers = self.clone();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
@@ -135,7 +143,6 @@ impl Containers {
                 });
                 // The subscription reaches containerd before the reconciliation asks for tasks.
                 tokio::time::sleep(SUBSCRIBE_SETTLE).await;
-                containers.index_reload().await;
                 containers.reconcile().await;
                 while let Some(event) = events.recv().await {
                     match event {

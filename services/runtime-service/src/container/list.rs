@@ -25,8 +25,7 @@ pub async fn list(containers: &Containers, filter: Option<ContainerFilter>) -> R
             Ok(None) | Err(_) => return Ok(vec![]),
         },
     };
-    let mut listed: Vec<Container> =
-        containers.indexed().await?.into_iter().filter(|c| matches(c, &filter, pod.as_deref())).collect();
+    let mut listed = containers.indexed_where(|c| matches(c, &filter, pod.as_deref())).await?;
     listed.sort_by_key(|c| std::cmp::Reverse(c.created_at));
     Ok(listed)
 }

@@ -149,6 +149,8 @@ struct Inner {
     oom: Mutex<HashSet<String>>,
     /// What ListContainers answers ([`index`]).
     index: index::Index,
+    /// One task call at a time into each pod's shim ([`Containers::shim_turn`]).
+    shims: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Containers {
@@ -193,6 +195,20 @@ impl Containers {
         lock.lock_owned().await
     }
 
+    /// Waits for the pod's shim to be free of crisp's other signals and deletes, and holds it
+    /// until the turn is dropped. containerd 1.6's runc shim serves all of a pod's tasks and
+    /// runs `runc` for each kill and delete; a burst of them together with the exits they cause
+    /// overruns its exit queue (32 deep, shared by every `runc` it waits on), and it then
+    /// stops answering and loses exits. containerd's own CRI plugin stops a pod's containers
+    /// one after the other; crisp keeps concurrent Stop and Remove calls but lets one task
+    /// call at a time into a shim.
+    async fn shim_turn(&self, pod: &str) -> ShimTurn {
+        let gate =
+            self.inner.shims.lock().unwrap_or_else(|p| p.into_inner()).entry(pod.to_string()).or_default().clone();
+        let guard = gate.lock_owned().await;
+        ShimTurn { shims: self.inner.shims.clone(), pod: pod.to_string(), guard: Some(guard) }
+    }
+
     fn forget(&self, id: &str) {
         self.inner.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.inner.oom.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
@@ -220,6 +236,24 @@ impl Containers {
     /// The container's directory under `runtime.state_dir` (its FIFOs; gone after a reboot).
     pub fn state_dir(&self, id: &str) -> std::path::PathBuf {
         self.config.runtime.state_dir.join("containers").join(id)
+    }
+}
+
+/// A pod's shim held for one task call ([`Containers::shim_turn`]); the gate is forgotten with
+/// its last user.
+struct ShimTurn {
+    shims: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    pod: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for ShimTurn {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut shims = self.shims.lock().unwrap_or_else(|p| p.into_inner());
+        if shims.get(&self.pod).is_some_and(|gate| Arc::strong_count(gate) == 1) {
+            shims.remove(&self.pod);
+        }
     }
 }
 

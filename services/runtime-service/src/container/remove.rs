@@ -23,7 +23,11 @@ pub async fn remove(containers: &Containers, id: &str) -> Result<(), ContainerEr
         stop::stop(containers, &id, 0).await?;
     }
     let lock = containers.lock(&id).await;
-    if let Err(err) = containers.containerd.delete_task(&id).await {
+    let deleted = {
+        let _turn = containers.shim_turn(&stored.info.sandbox_id).await;
+        containers.containerd.delete_task(&id).await
+    };
+    if let Err(err) = deleted {
         // The task may have gone under the call (deleted by the exit's recording, its shim gone).
         if containers.containerd.task(&id).await.map_err(ContainerError::containerd(&id))?.is_some() {
             return Err(ContainerError::containerd(&id)(err));

@@ -1,13 +1,14 @@
 //! ContainerStatus: "returns status of the container. If the container is not present,
-//! returns an error." Unknown ids are NOT_FOUND; ids resolve by unique prefix. `verbose` adds
-//! `info["info"]`: the OCI spec, the pid of a running container, the sandbox id and the
-//! record as crisp keeps it, as JSON (as containerd's CRI plugin answers).
+//! returns an error." Unknown ids are NOT_FOUND; ids resolve by unique prefix. Answered from
+//! the in-memory index ([`super::index`]), as containerd's CRI plugin answers from its store;
+//! `verbose` reads the record and the task for `info["info"]`: the OCI spec, the pid of a
+//! running container, the sandbox id and the record as crisp keeps it, as JSON (as
+//! containerd's CRI plugin answers).
 //!
 //! Also the CRI view of a container that ListContainers and GetContainerEvents share, and the
 //! building of lifecycle events.
 
 use super::record::{self, State, Stored};
-use super::select::Selector;
 use super::{ContainerError, Containers, now_nanos};
 use crate::sandbox;
 use crisp_proto::cri::{
@@ -70,32 +71,34 @@ pub async fn status(
     id: &str,
     verbose: bool,
 ) -> Result<ContainerStatusResponse, ContainerError> {
+    if !verbose {
+        let status = containers.indexed_status(id).await?.ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        return Ok(ContainerStatusResponse { status: Some(status), info: HashMap::new() });
+    }
+    // Verbose: the spec and the pid are not in the index; the record is read.
     let stored =
         record::find(&containers.containerd, id).await?.ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
-    let mut info = HashMap::new();
-    if verbose {
-        let pid = match stored.state {
-            State::Running => containers
-                .containerd
-                .task(&stored.id)
-                .await
-                .map_err(ContainerError::containerd(&stored.id))?
-                .map(|p| p.pid)
-                .unwrap_or_default(),
-            _ => 0,
-        };
-        let spec: serde_json::Value = serde_json::from_slice(&stored.spec).unwrap_or_default();
-        let json = serde_json::json!({
-            "sandboxID": stored.info.sandbox_id,
-            "pid": pid,
-            "runtimeSpec": spec,
-            "snapshotKey": stored.id,
-            "snapshotter": stored.info.snapshotter,
-            "runtimeType": containers.config.runtime.runtime_type,
-            "record": stored.info,
-        });
-        info.insert("info".to_string(), json.to_string());
-    }
+    let pid = match stored.state {
+        State::Running => containers
+            .containerd
+            .task(&stored.id)
+            .await
+            .map_err(ContainerError::containerd(&stored.id))?
+            .map(|p| p.pid)
+            .unwrap_or_default(),
+        _ => 0,
+    };
+    let spec: serde_json::Value = serde_json::from_slice(&stored.spec).unwrap_or_default();
+    let json = serde_json::json!({
+        "sandboxID": stored.info.sandbox_id,
+        "pid": pid,
+        "runtimeSpec": spec,
+        "snapshotKey": stored.id,
+        "snapshotter": stored.info.snapshotter,
+        "runtimeType": containers.config.runtime.runtime_type,
+        "record": stored.info,
+    });
+    let info = HashMap::from([("info".to_string(), json.to_string())]);
     Ok(ContainerStatusResponse { status: Some(cri_status(&stored)), info })
 }
 
@@ -108,9 +111,8 @@ impl Containers {
         }
         let pod_sandbox_status =
             sandbox::status(&self.containerd, pod_id, false).await.ok().and_then(|response| response.status);
-        let selector = Selector { sandbox: Some(pod_id.to_string()), ..Selector::default() };
-        let containers_statuses = match record::list(&self.containerd, &selector).await {
-            Ok(stored) => stored.iter().map(cri_status).collect(),
+        let containers_statuses = match self.indexed_pod_statuses(pod_id).await {
+            Ok(statuses) => statuses,
             Err(err) => {
                 tracing::warn!(pod_id, error = %err, "listing the pod's containers for an event");
                 vec![]

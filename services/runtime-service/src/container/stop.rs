@@ -45,11 +45,12 @@ pub async fn stop(containers: &Containers, id: &str, timeout: i64) -> Result<(),
         return Ok(());
     }
     let id = stored.id.clone();
+    let pod = stored.info.sandbox_id.as_str();
     let signal = signal_number(stored.config.stop_signal)
         .or((stored.info.stop_signal > 0).then_some(stored.info.stop_signal))
         .unwrap_or(libc::SIGTERM);
     if timeout > 0 {
-        if let Some(exit) = kill(containers, &id, signal, false).await? {
+        if let Some(exit) = kill(containers, pod, &id, signal, false).await? {
             containers.record_exit(&id, exit).await;
             return Ok(());
         }
@@ -60,7 +61,7 @@ pub async fn stop(containers: &Containers, id: &str, timeout: i64) -> Result<(),
         }
         tracing::info!(id, ?grace, "the container outlived its grace period: killing it");
     }
-    if let Some(exit) = kill(containers, &id, libc::SIGKILL, true).await? {
+    if let Some(exit) = kill(containers, pod, &id, libc::SIGKILL, true).await? {
         containers.record_exit(&id, exit).await;
         return Ok(());
     }
@@ -73,14 +74,20 @@ pub async fn stop(containers: &Containers, id: &str, timeout: i64) -> Result<(),
 
 /// Signals the task. `Some(exit)` where the task ended before the signal reached it: the
 /// exit's recording deleted it and the pod's shim, with nothing left to serve, exited (the call
-/// then fails with `ttrpc: closed`): stopped, not an error.
+/// then fails with `ttrpc: closed`): stopped, not an error. The call takes its turn at the
+/// pod's shim ([`Containers::shim_turn`]).
 async fn kill(
     containers: &Containers,
+    pod: &str,
     id: &str,
     signal: i32,
     all: bool,
 ) -> Result<Option<Option<Exit>>, ContainerError> {
-    match containers.containerd.kill_task(id, signal as u32, all).await {
+    let killed = {
+        let _turn = containers.shim_turn(pod).await;
+        containers.containerd.kill_task(id, signal as u32, all).await
+    };
+    match killed {
         Ok(()) => Ok(None),
         Err(err) => ended(containers, id, err).await.map(Some),
     }

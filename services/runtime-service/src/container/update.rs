@@ -299,8 +299,11 @@ pub async fn update(containers: &Containers, request: UpdateContainerResourcesRe
         if let Err(rollback) = restored.await {
             tracing::error!(container = %id, error = %crisp_errors::message_chain(&rollback), "cannot restore the container's record after a failed update");
         }
+        containers.index_refresh(&id).await;
         return Err(err);
     }
+    // ContainerStatus answers the resources from the index.
+    containers.index_refresh(&id).await;
     tracing::info!(container = %id, resources = %new["linux"]["resources"], "container resources updated");
     Ok(())
 }
