@@ -1,6 +1,10 @@
 //! PullImage: resolve the reference at the registry, store index, manifest, config and layers
 //! in containerd's content store under a lease (layers downloading in parallel while earlier
 //! ones unpack in chain order), then create the image records, then drop the lease.
+//!
+//! With the direct apply, each layer is extracted into its own staging tree while it downloads
+//! (teed, [`blob::ensure_layer`]), all layers in parallel; the staged trees are then committed
+//! as snapshots strictly in chain order, each once its parent is committed.
 
 mod blob;
 mod coalesce;
@@ -399,14 +403,30 @@ impl Inner {
                 let node_permit = self.in_flight.acquire().await;
                 progress.queued.fetch_sub(1, Ordering::Relaxed);
                 let node_permit = node_permit.map_err(closed)?;
-                blob::ensure(&self.containerd, lease, Kind::Layer, &blob, Source::Registry(registry), labels, progress)
+                // The direct apply: the layer is extracted while it downloads (teed), or, when
+                // it was stored already, read back from the content store; in parallel with
+                // the others either way.
+                let unpacking = staging.map(|area| blob::Unpacking {
+                    area,
+                    media_type: layer.media_type().as_ref(),
+                    diff_id: diff_ids[i].as_str(),
+                    chain_id: chain[i].as_str(),
+                    first: i == 0,
+                });
+                // The stall watchdog sees a teed layer's progress in its bytes: its extraction
+                // only goes as fast as they come.
+                let extract_started = std::time::Instant::now();
+                let span = tracing::debug_span!("extract", layer = %blob.digest, chain_id = %chain[i]);
+                let teed = blob::ensure_layer(&self.containerd, lease, &blob, registry, labels, progress, unpacking)
+                    .instrument(span.clone())
                     .await?;
                 drop((node_permit, permit));
-                // The direct apply: decompressed and extracted now, in parallel with the others.
-                let staged = match staging {
-                    Some(area) => {
-                        let span = tracing::debug_span!("extract", layer = %blob.digest, chain_id = %chain[i]);
-                        // Extracting counts as progress for the stall watchdog, as an unpack does.
+                let staged = match (teed, staging) {
+                    (Some(staged), _) => {
+                        METRICS.extract_duration.observe(extract_started.elapsed().as_secs_f64());
+                        Some(staged)
+                    }
+                    (None, Some(area)) => {
                         progress.unpacking.fetch_add(1, Ordering::Relaxed);
                         let extract_started = std::time::Instant::now();
                         let staged = area
@@ -425,7 +445,7 @@ impl Inner {
                         METRICS.extract_duration.observe(extract_started.elapsed().as_secs_f64());
                         staged?
                     }
-                    None => None,
+                    (None, None) => None,
                 };
                 let _ = tx.send(staged);
                 Ok::<(), PullError>(())
