@@ -288,7 +288,8 @@ async fn zstd_layers_unpack_directly_as_containerd_unpacks_them() -> anyhow::Res
     let staging = stack.containerd().root().join("io.containerd.snapshotter.v1.overlayfs/crisp-staging");
     assert!(staging.is_dir(), "crisp did not use the direct apply (no {})", staging.display());
     let log = stack.service_log("image-0")?;
-    let extracted = log.matches("layer decompressed and extracted").count();
+    let extracted = log.matches("layer decompressed and extracted").count()
+        + log.matches("layer extracted while it downloaded").count();
     assert_eq!(extracted, 3, "the direct apply extracted {extracted} of 3 layers:\n{log}");
     Ok(())
 }
@@ -488,5 +489,187 @@ async fn a_layer_cut_inside_a_header_or_inside_file_data_is_refused_and_leaves_n
         }
         assert_eq!(left, 0, "{cut:?}: staging directories left in {}", staging.display());
     }
+    Ok(())
+}
+
+/// A loopback relay in front of the registry that, while armed, cuts the first connection
+/// whose answer passes `cut_after` bytes (one cut per arming): a download broken mid-blob.
+struct CutProxy {
+    addr: std::net::SocketAddr,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    async fn start(upstream: std::net::SocketAddr, cut_after: u64) -> anyhow::Result<CutProxy> {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cuts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (task_armed, task_cuts) = (armed.clone(), cuts.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (armed, cuts) = (task_armed.clone(), task_cuts.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                        let _ = server_write.shutdown().await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut relayed = 0u64;
+                    loop {
+                        let n = match server_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if relayed + n as u64 > cut_after && armed.swap(false, Ordering::SeqCst) {
+                            let keep = (cut_after - relayed.min(cut_after)) as usize;
+                            let _ = client_write.write_all(&buf[..keep]).await;
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        relayed += n as u64;
+                    }
+                    // Dropping both halves closes the connection (a cut: no clean end).
+                    up.abort();
+                });
+            }
+        });
+        Ok(CutProxy { addr, armed, cuts, task })
+    }
+
+    fn host(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn debug_stack_options() -> crisp_testkit::StackOptions {
+    crisp_testkit::StackOptions {
+        env: vec![("CRISP_LOG_LEVEL".into(), "info,crisp_image=debug".into())],
+        ..Default::default()
+    }
+}
+
+/// Waits (up to 5 s) until the staging area is empty (a dropped tree is removed in the
+/// background).
+async fn assert_staging_empty(stack: &crisp_testkit::Stack, what: &str) -> anyhow::Result<()> {
+    let staging = stack.containerd().root().join("io.containerd.snapshotter.v1.overlayfs/crisp-staging");
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        left = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+        if left == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("{what}: {left} staging directories left in {}", staging.display())
+}
+
+/// A layer is extracted while it downloads (teed): each of the three layers, gzip and zstd,
+/// and the snapshots are containerd's.
+#[tokio::test]
+async fn layers_extract_while_they_download_as_containerd_unpacks_them() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    for (builder, repository) in [(tricky_builder(), "test/tee-gzip"), (tricky_builder().zstd(), "test/tee-zstd")] {
+        // A stack each: the two images unpack to the same snapshots.
+        let mut stack = crisp_testkit::Stack::start_with(debug_stack_options()).await?;
+        let mut client = stack.image_client();
+        let image = builder.build()?;
+        let name = registry.push(repository, "v1", &image).await?;
+        pull_both_and_compare(&stack, &mut client, &name, &image).await?;
+        assert_staging_empty(&stack, repository).await?;
+        let log = stack.service_log("image-0")?;
+        let teed = log.matches("layer extracted while it downloaded").count();
+        assert_eq!(teed, 3, "{repository}: {teed} of 3 layers were extracted while they downloaded:\n{log}");
+    }
+    Ok(())
+}
+
+/// A registry serving a layer whose bytes are not its digest's: the pull fails naming the
+/// layer, and nothing of the layer is kept (no content, no ingest, no snapshot, no staged
+/// tree, no image record), for gzip and zstd layers.
+#[tokio::test]
+async fn a_corrupt_layer_fails_the_pull_and_leaves_nothing() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let stack = stack().await?;
+    let mut client = stack.image_client();
+    for (builder, repository) in [
+        (ImageBuilder::new(Format::Oci), "test/corrupt-gzip"),
+        (ImageBuilder::new(Format::Oci).zstd(), "test/corrupt-zstd"),
+    ] {
+        let image = builder.file_layer("etc/a", "a\n").data_layer(3 << 20, 7).build()?;
+        let name = registry.push(repository, "v1", &image).await?;
+        let bad = &image.layers[1];
+        let path = registry.blob_path(&bad.digest);
+        let mut bytes = std::fs::read(&path)?;
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x5a;
+        std::fs::write(&path, &bytes)?;
+
+        let err = pull(&mut client, &name).await.expect_err("the pull fails");
+        assert_eq!(err.code(), tonic::Code::DataLoss, "{repository}: {err:?}");
+        for part in [name.as_str(), bad.digest.as_str(), "does not match its digest"] {
+            assert!(err.message().contains(part), "{repository}: no {part:?} in {:?}", err.message());
+        }
+        assert!(status(&mut client, &name).await?.is_none());
+        assert!(!stack.ctr(&["content", "ls", "-q"])?.contains(&bad.digest), "{repository}: the layer was kept");
+        let active = stack.ctr(&["content", "active"])?;
+        assert!(!active.contains(&bad.digest), "{repository}: an ingest of the layer is left: {active}");
+        let chain = chain_ids(&image.diff_ids);
+        let listing = stack.ctr(&["snapshots", "--snapshotter", "overlayfs", "ls"])?;
+        assert!(!listing.contains("extract-"), "{repository}: an active unpack snapshot is left: {listing}");
+        assert!(!listing.contains(chain[1].as_str()), "{repository}: the corrupt layer was committed: {listing}");
+        assert_staging_empty(&stack, repository).await?;
+        assert_no_leases(&stack).await?;
+    }
+    Ok(())
+}
+
+/// A connection cut in the middle of a layer: the download resumes with a range request into
+/// the same ingest and extractor, and the layer unpacks as containerd unpacks it. (A resume
+/// across tries, where the extractor first reads back what the content store holds, is
+/// `image_pull_control`'s `a_pull_killed_half_way_is_resumed`.)
+// Several threads: `ctr` (a blocking call) pulls through the proxy, which runs on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_off_mid_layer_resumes_and_unpacks_as_containerd_does() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let mut stack = crisp_testkit::Stack::start_with(debug_stack_options()).await?;
+    let mut client = stack.image_client();
+    for (builder, repository) in
+        [(ImageBuilder::new(Format::Oci), "test/cut-gzip"), (ImageBuilder::new(Format::Oci).zstd(), "test/cut-zstd")]
+    {
+        // One layer, so the one cut lands inside it (past the manifest and config).
+        let image = builder.data_layer(6 << 20, 11).build()?;
+        registry.push(repository, "v1", &image).await?;
+        let proxy = CutProxy::start(registry.addr(), 2 << 20).await?;
+        let name = format!("{}/{repository}:v1", proxy.host());
+        let pulled = tokio::time::timeout(std::time::Duration::from_secs(60), pull(&mut client, &name)).await;
+        let Ok(pulled) = pulled else {
+            anyhow::bail!("{repository}: the pull hangs:\n{}", stack.service_log("image-0")?);
+        };
+        assert_eq!(pulled?, image.id(), "{repository}");
+        assert_eq!(proxy.cuts.load(std::sync::atomic::Ordering::SeqCst), 1, "{repository}: no cut happened");
+        proxy.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+        pull_both_and_compare(&stack, &mut client, &name, &image).await?;
+        assert_staging_empty(&stack, repository).await?;
+    }
+    let log = stack.service_log("image-0")?;
+    let resumed = log.matches("the download was cut off: resuming it").count();
+    assert_eq!(resumed, 2, "{resumed} of 2 downloads resumed:\n{log}");
     Ok(())
 }

@@ -149,5 +149,7 @@ async fn a_pull_killed_half_way_is_resumed() -> anyhow::Result<()> {
     // The retry took over the killed pull's lease (and its partial download) and deleted it.
     assert_no_leases(&stack).await?;
     assert!(stack.service_log("image-0")?.contains("taking over the lease"));
+    // The layer was extracted while it downloaded, from what the killed pull had stored on.
+    assert!(stack.service_log("image-0")?.contains("partial download read back for the extractor"));
     Ok(())
 }

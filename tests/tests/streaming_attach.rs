@@ -8,7 +8,6 @@ mod streaming_support;
 
 use container_support::{Node, Pod, TaskCleanup};
 use crisp_proto::cri::*;
-use std::process::Stdio;
 use std::time::Duration;
 use streaming_support::*;
 use tokio::io::AsyncWriteExt;
@@ -158,16 +157,7 @@ async fn crictl_attach_sends_stdin_and_prints_the_answer() {
     let node = Node::start().await.unwrap();
     let pod = node.pod("attach").await.unwrap();
     let (id, _cleanup) = line_echoer(&node, &pod, true).await;
-    let mut child = tokio::process::Command::new("crictl")
-        .arg("--runtime-endpoint")
-        .arg(format!("unix://{}", node.stack.proxy_socket().display()))
-        .args(["attach", "-i", &id])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = crictl(node.stack.proxy_socket(), &["attach", "-i", &id]);
     let mut stdin = child.stdin.take().unwrap();
     // crictl attaches before it reads its stdin; a moment lets the session join the output first.
     tokio::time::sleep(Duration::from_secs(2)).await;

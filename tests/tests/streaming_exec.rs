@@ -8,7 +8,6 @@ mod streaming_support;
 use container_support::{Node, TaskCleanup};
 use crisp_proto::cri::*;
 use crisp_testkit::Stack;
-use std::process::Stdio;
 use std::time::Duration;
 use streaming_support::*;
 use tokio::io::AsyncWriteExt;
@@ -42,17 +41,8 @@ fn exec_request(id: &str, cmd: &[&str], stdin: bool, tty: bool) -> ExecRequest {
 
 /// `crictl exec` with `args`, `input` on its stdin: (exit code, stdout, stderr).
 async fn crictl_exec(stack: &Stack, args: &[&str], input: &[u8]) -> (i32, String, String) {
-    let mut child = tokio::process::Command::new("crictl")
-        .arg("--runtime-endpoint")
-        .arg(format!("unix://{}", stack.proxy_socket().display()))
-        .arg("exec")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let args: Vec<&str> = ["exec"].into_iter().chain(args.iter().copied()).collect();
+    let mut child = crictl(stack.proxy_socket(), &args);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input).await.unwrap();
     drop(stdin);

@@ -18,6 +18,7 @@
 //! a few atomic operations and one uncontended lock (the histogram), and allocates nothing.
 
 use crisp_metrics::GRPC_CODES as CODES;
+use crisp_metrics::{Buckets, HistogramFamily};
 use crisp_proto::{IMAGE_SERVICE_NAME, RUNTIME_SERVICE_NAME};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -87,8 +88,9 @@ const UNKNOWN_CODE: usize = 2;
 
 /// Upper bounds of the call latency buckets, in seconds: a cached Version (well under a
 /// millisecond) up to a pull of a large image (minutes).
-const LATENCY_BUCKETS: [f64; 18] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+const LATENCY_BUCKETS: Buckets = Buckets(&[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+]);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -118,18 +120,12 @@ struct ReplicaLabels {
     replica: String,
 }
 
-type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
-
 /// One method's metrics, resolved when the proxy starts.
 struct MethodMetrics {
     labels: MethodLabels,
     /// Made at the method's first call (so the scrape lists only methods called).
     duration: OnceLock<Histogram>,
-    durations: HistogramFamily,
+    durations: HistogramFamily<MethodLabels>,
     in_flight: Gauge,
     /// The counter of each code, made at the first call that ends with it (so the scrape lists
     /// only codes that happened).
@@ -155,7 +151,7 @@ impl MethodMetrics {
 
 struct Inner {
     calls: Family<CallLabels, Counter>,
-    duration: HistogramFamily,
+    duration: HistogramFamily<MethodLabels>,
     in_flight: Family<ServiceLabels, Gauge>,
     backend_up: Family<BackendLabels, Gauge>,
     replica_healthy: Family<ReplicaLabels, Gauge>,
@@ -182,7 +178,7 @@ impl Default for ProxyMetrics {
 impl ProxyMetrics {
     pub fn new() -> Self {
         let calls = Family::<CallLabels, Counter>::default();
-        let duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let duration = crisp_metrics::histogram::family(LATENCY_BUCKETS);
         let in_flight = Family::<ServiceLabels, Gauge>::default();
         let method = |grpc_service: &'static str, grpc_method: &'static str| {
             let labels = MethodLabels { grpc_service, grpc_method };

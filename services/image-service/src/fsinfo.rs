@@ -8,7 +8,9 @@
 //! calls are answered from [`FsInfo`]: a background task recomputes the usage every refresh
 //! period (containerd's CRI: 10 s). A call before the first computation waits for it, and so
 //! does the first call after this replica pulled or removed an image (one walk, shared by every
-//! caller waiting), so a caller never sees usage older than its own change. A failed refresh
+//! caller waiting), so a caller never sees usage older than its own change. A change itself
+//! starts no walk: the call that wants one does, so pulls and removals in a row cost one walk,
+//! made when it is asked for, not while the next RPCs run. A failed refresh
 //! keeps the last good answer (its timestamp tells its age), or answers its error when there is
 //! none yet.
 
@@ -86,6 +88,11 @@ impl FsInfo {
     pub async fn get(&self) -> Usage {
         let wanted = self.generation.load(Ordering::SeqCst);
         let mut latest = self.latest.clone();
+        // No answer as new as the last change: ask for a walk (one running now may have
+        // started before that change; the request then starts the next one after it).
+        if wanted > 0 && latest.borrow().as_ref().is_none_or(|(generation, _)| *generation < wanted) {
+            self.changed.notify_one();
+        }
         let answer = latest
             .wait_for(|answer| answer.as_ref().is_some_and(|(generation, _)| *generation >= wanted))
             .await
@@ -97,10 +104,9 @@ impl FsInfo {
     }
 
     /// This replica changed what images use (a pull or removal): the next call waits for a
-    /// refresh, started now.
+    /// refresh, which it starts.
     pub fn changed(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_one();
     }
 }
 
@@ -153,6 +159,25 @@ mod tests {
         // After a change, the next call sees a walk started after it.
         info.changed();
         assert_eq!(info.get().await.unwrap(), usage(200));
+        assert_eq!(info.get().await.unwrap(), usage(200));
+        assert_eq!(walks.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn changes_start_no_walk_until_a_call_wants_one() {
+        let walks = Arc::new(AtomicU64::new(0));
+        let counter = walks.clone();
+        let info = FsInfo::start_with(Duration::from_secs(3600), move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { Ok(usage(n * 100)) }
+        });
+        assert_eq!(info.get().await.unwrap(), usage(100));
+        for _ in 0..5 {
+            info.changed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(walks.load(Ordering::SeqCst), 1, "a change walked");
+        // One walk for the five changes, made for the call that wants it.
         assert_eq!(info.get().await.unwrap(), usage(200));
         assert_eq!(walks.load(Ordering::SeqCst), 2);
     }

@@ -15,6 +15,7 @@
 //! - `crisp_image_store_bytes{store}`: what the snapshots and the content store use, as last
 //!   computed for ImageFsInfo.
 
+use crisp_metrics::Buckets;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -47,20 +48,21 @@ pub struct ImageMetrics {
 }
 
 /// A pull: 10 ms (everything present) to 30 minutes.
-const PULL_BUCKETS: [f64; 14] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0, 1800.0];
+const PULL_BUCKETS: Buckets =
+    Buckets(&[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0, 1800.0]);
 /// One layer's unpack or extraction: 1 ms to 10 minutes.
-const LAYER_BUCKETS: [f64; 13] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0];
+const LAYER_BUCKETS: Buckets = Buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0]);
 
 pub static METRICS: LazyLock<ImageMetrics> = LazyLock::new(|| ImageMetrics {
     pulls_in_flight: Gauge::default(),
     pulls: Family::default(),
-    pull_duration: Histogram::new(PULL_BUCKETS),
+    pull_duration: PULL_BUCKETS.histogram(),
     coalesced: Counter::default(),
     stalls: Counter::default(),
     bytes: Counter::default(),
     layers_unpacked: Counter::default(),
-    unpack_duration: Histogram::new(LAYER_BUCKETS),
-    extract_duration: Histogram::new(LAYER_BUCKETS),
+    unpack_duration: LAYER_BUCKETS.histogram(),
+    extract_duration: LAYER_BUCKETS.histogram(),
     store: Family::default(),
 });
 

@@ -19,6 +19,7 @@
 use crate::container::Containers;
 use crate::sandbox::{State, Stored};
 use crisp_containerd::Containerd;
+use crisp_metrics::{Buckets, HistogramFamily};
 use crisp_proto::cri::ContainerState;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -26,7 +27,6 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,20 +48,16 @@ struct StateLabels {
 }
 
 pub struct RuntimeMetrics {
-    cni_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    cni_duration: HistogramFamily<OperationLabels>,
     cni_failures: Family<OperationLabels, Counter>,
     pub oom_kills: Counter,
 }
 
 /// A CNI operation: 5 ms to 2 minutes.
-const CNI_BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
-
-fn cni_histogram() -> Histogram {
-    Histogram::new(CNI_BUCKETS)
-}
+const CNI_BUCKETS: Buckets = Buckets(&[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0]);
 
 pub static METRICS: LazyLock<RuntimeMetrics> = LazyLock::new(|| RuntimeMetrics {
-    cni_duration: Family::new_with_constructor(cni_histogram as fn() -> Histogram),
+    cni_duration: crisp_metrics::histogram::family(CNI_BUCKETS),
     cni_failures: Family::default(),
     oom_kills: Counter::default(),
 });

@@ -10,7 +10,9 @@
 //! With [`ImageStore::start_index`] the records are kept in memory, current from containerd's
 //! image events (`/images/create|update|delete`, each record read anew), as containerd's CRI
 //! image store keeps them: listing and finding then ask containerd nothing. The stream is
-//! subscribed before the full list is read, so nothing is missed; when it breaks, the index is
+//! subscribed before the full list is read, so nothing is missed (containerd answers a
+//! subscription only with its first event: the list is read, and read again then, when none
+//! comes within 200 ms); when it breaks, the index is
 //! not used (every read asks containerd) until it is subscribed again and rebuilt from a full
 //! list. A name the index lacks is still looked up in containerd (another replica's pull may be
 //! ahead of its event), and [`ImageStore::resync`] rebuilds it after this replica's own writes.
@@ -62,7 +64,7 @@ impl Details {
 }
 
 /// One CRI image: its id, names and the records that carry them.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Image {
     pub id: ImageId,
     pub repo_tags: Vec<String>,
@@ -80,34 +82,44 @@ pub struct ImageStore {
     index: Arc<Index>,
 }
 
-/// The namespace's image records by name, when kept current (`live`).
+/// The records and the CRI images they make, grouped and looked up once per change rather
+/// than per call.
+#[derive(Default)]
+struct View {
+    records: BTreeMap<String, ImageRecord>,
+    /// Every image, by id.
+    images: Vec<Arc<Image>>,
+    /// The image each record name belongs to.
+    by_name: HashMap<String, Arc<Image>>,
+}
+
+/// The namespace's images, when kept current (`live`).
 #[derive(Default)]
 struct Index {
-    records: std::sync::RwLock<Option<BTreeMap<String, ImageRecord>>>,
+    view: std::sync::RwLock<Option<Arc<View>>>,
     /// Serialises the writers (events, resyncs): each reads containerd's state then writes it,
     /// so the last one written is the newest read.
     writer: tokio::sync::Mutex<()>,
+    /// Record names whose deletion the event stream brought, for [`ImageStore::deletions_seen`];
+    /// bumped at each.
+    gone: Mutex<std::collections::HashSet<String>>,
+    gone_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Index {
-    fn get(&self) -> std::sync::RwLockReadGuard<'_, Option<BTreeMap<String, ImageRecord>>> {
-        self.records.read().unwrap_or_else(|p| p.into_inner())
+    /// The current view, when the index is kept current.
+    fn get(&self) -> Option<Arc<View>> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn set(&self, records: Option<BTreeMap<String, ImageRecord>>) {
-        *self.records.write().unwrap_or_else(|p| p.into_inner()) = records;
-    }
-
-    fn put(&self, name: &str, record: Option<ImageRecord>) {
-        let mut guard = self.records.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(records) = guard.as_mut() {
-            match record {
-                Some(record) => records.insert(name.to_string(), record),
-                None => records.remove(name),
-            };
-        }
+    fn set(&self, view: Option<View>) {
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = view.map(Arc::new);
     }
 }
+
+/// How long a subscription to containerd's events has to answer before the index is built
+/// without waiting for the answer (see [`ImageStore::follow_events`]).
+const SUBSCRIBED_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How long to wait before subscribing again after the event stream broke.
 const RESUBSCRIBE_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
@@ -139,17 +151,81 @@ impl ImageStore {
     /// ends.
     async fn follow_events(&self) -> Result<(), ContainerdError> {
         use futures::StreamExt;
-        let events = self.containerd.image_events().await?;
+        let subscribing = self.containerd.image_events();
+        futures::pin_mut!(subscribing);
+        let events = match tokio::time::timeout(SUBSCRIBED_AFTER, subscribing.as_mut()).await {
+            Ok(events) => {
+                let events = events?;
+                self.rebuild(true).await?;
+                events
+            }
+            // containerd answers a subscription (its headers) only with its first event, which
+            // may be long in coming: the request is registered by now, so the index is built and
+            // used meanwhile, and built again when the answer comes, for an event in between.
+            Err(_) => {
+                self.rebuild(true).await?;
+                tracing::debug!("the image index is current; its subscription answers with the first event");
+                let events = subscribing.await?;
+                self.rebuild(true).await?;
+                events
+            }
+        };
         futures::pin_mut!(events);
-        self.rebuild(true).await?;
         tracing::debug!("the image index is current");
         while let Some(event) = events.next().await {
             let name = event?.name().to_string();
             let _writer = self.index.writer.lock().await;
             let record = self.containerd.image_record(&name).await?;
-            self.index.put(&name, record);
+            if record.is_none() {
+                self.index.gone.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
+                self.index.gone_changed.send_modify(|n| *n += 1);
+            }
+            let Some(view) = self.index.get() else { continue };
+            // This replica's own writes are in already (resync): nothing changed.
+            if view.records.get(&name) == record.as_ref() {
+                continue;
+            }
+            let mut records = view.records.clone();
+            match record {
+                Some(record) => records.insert(name, record),
+                None => records.remove(&name),
+            };
+            self.index.set(Some(self.view_of(records).await));
         }
         Ok(())
+    }
+
+    /// Before deleting the records `names`: forgets earlier deletions of them, so that
+    /// [`ImageStore::deletions_seen`] waits for these.
+    pub fn expect_deletions(&self, names: &[&str]) {
+        let mut gone = self.index.gone.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            gone.remove(*name);
+        }
+    }
+
+    /// Waits, at most `within`, until containerd's events brought the deletion of every record
+    /// in `names` (when the index is kept): every replica's index hears of them at about the
+    /// same time, so a call answered by another replica right after no longer finds them.
+    /// Answers whether they all came.
+    pub async fn deletions_seen(&self, names: &[&str], within: std::time::Duration) -> bool {
+        if self.index.get().is_none() {
+            return false;
+        }
+        let mut changed = self.index.gone_changed.subscribe();
+        let all_seen = || {
+            let gone = self.index.gone.lock().unwrap_or_else(|p| p.into_inner());
+            names.iter().all(|name| gone.contains(*name))
+        };
+        let wait = async {
+            while !all_seen() {
+                if changed.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(within, wait).await.unwrap_or(false)
     }
 
     /// Rebuilds the index from a full list (when it is kept): after this replica's own writes,
@@ -166,24 +242,42 @@ impl ImageStore {
             return Ok(());
         }
         let records = self.containerd.image_records().await?;
-        self.index.set(Some(records.into_iter().map(|r| (r.name.clone(), r)).collect()));
+        let view = self.view_of(records.into_iter().map(|r| (r.name.clone(), r)).collect()).await;
+        self.index.set(Some(view));
         Ok(())
     }
 
-    /// Every record: from the index when it is current, else from containerd.
-    async fn records(&self) -> Result<Vec<ImageRecord>, ContainerdError> {
-        if let Some(records) = self.index.get().as_ref() {
-            return Ok(records.values().cloned().collect());
+    /// The images: from the index when it is current, else from containerd's records.
+    async fn view(&self) -> Result<Arc<View>, ContainerdError> {
+        if let Some(view) = self.index.get() {
+            return Ok(view);
         }
-        self.containerd.image_records().await
+        let records = self.containerd.image_records().await?;
+        Ok(Arc::new(self.view_of(records.into_iter().map(|r| (r.name.clone(), r)).collect()).await))
     }
 
-    /// The record `name`: from the index when it has it, else from containerd.
-    async fn record(&self, name: &str) -> Result<Option<ImageRecord>, ContainerdError> {
-        if let Some(record) = self.index.get().as_ref().and_then(|records| records.get(name).cloned()) {
-            return Ok(Some(record));
+    /// Groups `records` into CRI images by the config their target leads to.
+    async fn view_of(&self, records: BTreeMap<String, ImageRecord>) -> View {
+        let mut groups: BTreeMap<ImageId, (Arc<Details>, Vec<&ImageRecord>)> = BTreeMap::new();
+        for record in records.values() {
+            let Some(target) = &record.target else { continue };
+            let details = match self.details(target).await {
+                Ok(details) => details,
+                Err(err) => {
+                    // A record whose content is gone (e.g. removed behind our back) is no image.
+                    tracing::warn!(name = %record.name, error = %err, "skipping an unreadable image record");
+                    continue;
+                }
+            };
+            groups.entry(details.id.clone()).or_insert_with(|| (details, Vec::new())).1.push(record);
         }
-        self.containerd.image_record(name).await
+        let images: Vec<Arc<Image>> =
+            groups.into_iter().map(|(id, (details, records))| Arc::new(image_of(id, &records, details))).collect();
+        let by_name = images
+            .iter()
+            .flat_map(|image| image.record_names.iter().map(move |name| (name.clone(), image.clone())))
+            .collect();
+        View { records, images, by_name }
     }
 
     pub fn containerd(&self) -> &Containerd {
@@ -192,30 +286,7 @@ impl ImageStore {
 
     /// Every CRI image, from the namespace's image records.
     pub async fn list(&self) -> Result<Vec<Image>, StoreError> {
-        let records = self.records().await?;
-        let mut groups: BTreeMap<ImageId, Vec<ImageRecord>> = BTreeMap::new();
-        let mut details_by_id: HashMap<ImageId, Arc<Details>> = HashMap::new();
-        for record in records {
-            let Some(target) = record.target.clone() else { continue };
-            let details = match self.details(&target).await {
-                Ok(details) => details,
-                Err(err) => {
-                    // A record whose content is gone (e.g. removed behind our back) is no image.
-                    tracing::warn!(name = %record.name, error = %err, "skipping an unreadable image record");
-                    continue;
-                }
-            };
-            let id = details.id.clone();
-            details_by_id.entry(id.clone()).or_insert(details);
-            groups.entry(id).or_default().push(record);
-        }
-        Ok(groups
-            .into_iter()
-            .filter_map(|(id, records)| {
-                let details = details_by_id.remove(&id)?;
-                Some(image_of(id, records, details))
-            })
-            .collect())
+        Ok(self.view().await?.images.iter().map(|image| Image::clone(image)).collect())
     }
 
     /// The image `name` names (an id, a tag or a digest reference), if there is one.
@@ -224,12 +295,18 @@ impl ImageStore {
             ImageName::Id(id) => id.to_string(),
             ImageName::Reference(reference) => reference.record_name(),
         };
-        let Some(record) = self.record(&record_name).await? else {
+        if let Some(image) = self.index.get().and_then(|view| view.by_name.get(&record_name).cloned()) {
+            return Ok(Some(Image::clone(&image)));
+        }
+        // Not in the index (or none is kept): another replica's pull may be ahead of its event.
+        let Some(record) = self.containerd.image_record(&record_name).await? else {
             return Ok(None);
         };
         let Some(target) = record.target else { return Ok(None) };
-        let id = self.details(&target).await?.id.clone();
-        Ok(self.list().await?.into_iter().find(|image| image.id == id))
+        self.details(&target).await?;
+        let records = self.containerd.image_records().await?;
+        let view = self.view_of(records.into_iter().map(|r| (r.name.clone(), r)).collect()).await;
+        Ok(view.by_name.get(&record_name).map(|image| Image::clone(image)))
     }
 
     /// The image `input` names, as containerd's CRI resolves it: a full id, or a reference, or
@@ -253,13 +330,13 @@ impl ImageStore {
             }
             return Ok(None);
         }
-        let mut matches: Vec<_> = self
-            .list()
-            .await?
-            .into_iter()
-            .filter(|image| image.id.digest().is_sha256() && image.id.hex().starts_with(hex))
-            .collect();
-        Ok(if matches.len() == 1 { matches.pop() } else { None })
+        let view = self.view().await?;
+        let mut matches =
+            view.images.iter().filter(|image| image.id.digest().is_sha256() && image.id.hex().starts_with(hex));
+        Ok(match (matches.next(), matches.next()) {
+            (Some(image), None) => Some(Image::clone(image)),
+            _ => None,
+        })
     }
 
     /// The details of the image `target` leads to, read from the content store.
@@ -300,12 +377,12 @@ impl ImageStore {
     }
 }
 
-fn image_of(id: ImageId, records: Vec<ImageRecord>, details: Arc<Details>) -> Image {
+fn image_of(id: ImageId, records: &[&ImageRecord], details: Arc<Details>) -> Image {
     let mut repo_tags = Vec::new();
     let mut repo_digests = Vec::new();
     let mut pinned = false;
     let mut record_names = Vec::new();
-    for record in &records {
+    for record in records {
         pinned |= record.labels.get(cri::PINNED).map(String::as_str) == Some(cri::PINNED_VALUE);
         record_names.push(record.name.clone());
         if record.name == id.as_str() {

@@ -9,13 +9,17 @@
 //!   `process_open_fds`, `process_start_time_seconds`... read from `/proc/self` at each scrape,
 //!   under the names every Prometheus client library gives them (no prefix).
 //! - [`http`]: `GET /metrics` over HTTP/1.1 with hyper.
+//! - [`histogram`]: histograms with buckets named once ([`Buckets`]), alone or by label set.
 //!
 //! Metric names follow Prometheus conventions: base units (`_seconds`, `_bytes`), counters end
 //! in `_total` (added by the encoder: register `pulls`, not `pulls_total`), and every label set
 //! is bounded (a method, a gRPC code, a replica number; never an image name or a pod id).
 
+pub mod histogram;
 pub mod http;
 pub mod process;
+
+pub use histogram::{Buckets, HistogramFamily};
 
 pub use prometheus_client;
 pub use prometheus_client::registry::Registry;

@@ -181,6 +181,21 @@ pub fn crictl_installed() -> bool {
     found
 }
 
+/// `crictl <args>` against the proxy socket at `proxy`, its stdin, stdout and stderr piped;
+/// killed when dropped.
+pub fn crictl(proxy: &Path, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new("crictl")
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{}", proxy.display()))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("crictl runs")
+}
+
 /// `crictl port-forward` against the stack's proxy: the local address it listens on and the
 /// process (killed when dropped).
 pub struct Crictl {
@@ -202,17 +217,13 @@ impl Crictl {
         extra: &[&str],
     ) -> Crictl {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new("crictl")
-            .arg("--runtime-endpoint")
-            .arg(format!("unix://{}", proxy.display()))
-            .args(["port-forward", "--transport", transport])
-            .args(extra)
-            .args([pod, &format!(":{remote_port}")])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("crictl runs");
+        let remote = format!(":{remote_port}");
+        let args: Vec<&str> = ["port-forward", "--transport", transport]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .chain([pod, &*remote])
+            .collect();
+        let mut child = crictl(proxy, &args);
         let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let mut stderr = child.stderr.take().unwrap();
         let local = tokio::time::timeout(Duration::from_secs(20), async {

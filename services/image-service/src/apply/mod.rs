@@ -1,9 +1,11 @@
 //! Direct apply for the `overlayfs` snapshotter: each layer is decompressed and extracted on
-//! its own blocking thread, as soon as its blob is in the content store and in parallel with
-//! the others, into a staging directory on the snapshotter's file system, its uncompressed
-//! digest checked against the config's diff id. In chain order, each staged tree then replaces
-//! the empty upper directory of the snapshot `snapshots.Prepare` made, and is committed
-//! (see [`crate::unpack`]). The tree is what containerd's own applier makes of the layer
+//! its own blocking thread, in parallel with the others, into a staging directory on the
+//! snapshotter's file system, its uncompressed digest checked against the config's diff id.
+//! The bytes come from the download itself ([`Tee`]: the layer unpacks while it downloads,
+//! through a bounded channel), or from the content store when the blob was there already
+//! ([`StagingArea::extract`]). In chain order, each staged tree then replaces the empty upper
+//! directory of the snapshot `snapshots.Prepare` made, and is committed (see
+//! [`crate::unpack`]). The tree is what containerd's own applier makes of the layer
 //! ([`layer`]), so the snapshots are the ones containerd would have.
 
 mod fsops;
@@ -106,6 +108,8 @@ pub struct StagingArea {
     dir: PathBuf,
     /// The content store's root, when its blobs can be read from here.
     content_root: Option<PathBuf>,
+    /// The containerd namespace pulls write in (its ingests are found by it).
+    namespace: String,
     limit: Arc<Semaphore>,
 }
 
@@ -138,7 +142,28 @@ impl StagingArea {
             .map(PathBuf::from)
             .filter(|root| root.join("blobs").is_dir());
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Ok(StagingArea { dir, content_root, limit: Arc::new(Semaphore::new(cores)) })
+        let namespace = containerd.namespace().to_string();
+        Ok(StagingArea { dir, content_root, namespace, limit: Arc::new(Semaphore::new(cores)) })
+    }
+
+    /// The data file of this namespace's content ingest `reference` (a partial download), when
+    /// the content store is visible from here. containerd's local store keeps each ingest in a
+    /// directory of `ingest/` holding `ref` (the metadata store's key for it,
+    /// `<namespace>/<sequence>/<reference>`) and `data`.
+    pub async fn open_ingest(&self, reference: &str) -> Option<tokio::fs::File> {
+        let dir = self.content_root.as_ref()?.join("ingest");
+        let (prefix, suffix) = (format!("{}/", self.namespace), format!("/{reference}"));
+        let data = tokio::task::spawn_blocking(move || {
+            std::fs::read_dir(&dir).ok()?.flatten().find_map(|entry| {
+                let key = std::fs::read_to_string(entry.path().join("ref")).ok()?;
+                let sequence = key.strip_prefix(&prefix)?.strip_suffix(&suffix)?;
+                (!sequence.is_empty() && sequence.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| entry.path().join("data"))
+            })
+        })
+        .await
+        .ok()??;
+        tokio::fs::File::open(data).await.ok()
     }
 
     /// Extracts the layer `digest` (in the content store) for the snapshot `chain_id`;
@@ -189,6 +214,32 @@ impl StagingArea {
             }
         };
 
+        let (staged, applied) = self.spawn(compression, source, chain_id, first)?.finish(digest).await?;
+        tracing::debug!(elapsed = ?started.elapsed(), bytes = applied.bytes, "layer decompressed and extracted");
+        check_diff_id(staged, applied, digest, diff_id).map(Some)
+    }
+
+    /// Starts extracting the layer `digest` from the bytes the caller [`Tee::feed`]s while it
+    /// downloads them (every byte of the blob, from its first). `None` when its media type is
+    /// not one the direct apply reads. Back-pressure: `feed` waits while the extractor is
+    /// [`TEE_CHUNKS`] chunks behind. Not counted against the bound on extractions from the
+    /// content store: the bound on downloads bounds these.
+    pub fn tee(&self, media_type: &str, chain_id: &str, first: bool) -> Result<Option<Tee>, ApplyError> {
+        let Some(compression) = compression(media_type) else { return Ok(None) };
+        let (tx, rx) = mpsc::channel::<Result<Vec<u8>, tonic::Status>>(TEE_CHUNKS);
+        let reader = ChannelReader { rx, chunk: Vec::new(), pos: 0 };
+        let extraction = self.spawn(compression, Box::new(reader), chain_id, first)?;
+        Ok(Some(Tee { tx: Some(tx), extraction, started: std::time::Instant::now() }))
+    }
+
+    /// Extracts `source` into a new staging directory on a blocking thread.
+    fn spawn(
+        &self,
+        compression: Compression,
+        source: Box<dyn Read + Send>,
+        chain_id: &str,
+        first: bool,
+    ) -> Result<Extraction, ApplyError> {
         // A random suffix, so that two pulls of one layer never share a staging directory.
         let staging = tempfile::Builder::new()
             .prefix(&format!("{}-", chain_id.trim_start_matches("sha256:")))
@@ -198,11 +249,11 @@ impl StagingArea {
         // From here on the thread below (and then `Staged`) removes the directory.
         let root = staging.keep();
         let whiteouts = if first { Whiteouts::Remove } else { Whiteouts::Overlay };
-        // Dropping this future stops the thread at its next entry; the thread removes what it
-        // made unless it hands it over as a `Staged` (which removes it when dropped).
+        // Dropping the extraction stops the thread at its next entry; the thread removes what
+        // it made unless it hands it over as a `Staged` (which removes it when dropped).
         let cancel = Arc::new(AtomicBool::new(false));
-        let _stop = CancelOnDrop(cancel.clone());
-        let extracted = tokio::task::spawn_blocking(move || {
+        let stop = CancelOnDrop(cancel.clone());
+        let thread = tokio::task::spawn_blocking(move || {
             let source = io::BufReader::with_capacity(256 << 10, source);
             let result = match compression {
                 Compression::Gzip => layer::apply(flate2::read::MultiGzDecoder::new(source), &root, whiteouts, &cancel),
@@ -219,21 +270,73 @@ impl StagingArea {
                     Err(err)
                 }
             }
-        })
-        .await;
-        let (mut staged, applied) = extracted
-            .map_err(|e| ApplyError::Thread(e.to_string()))?
-            .map_err(|e| ApplyError::Layer { layer: digest.to_string(), source: Box::new(e) })?;
-        tracing::debug!(elapsed = ?started.elapsed(), bytes = applied.bytes, "layer decompressed and extracted");
-        if applied.diff_id != diff_id {
-            return Err(crate::unpack::UnpackError::DiffIdMismatch {
-                layer: digest.to_string(),
-                applied: applied.diff_id,
-                expected: diff_id.to_string(),
-            });
+        });
+        Ok(Extraction { thread, _stop: stop })
+    }
+}
+
+/// Chunks of a download queued for its extractor (reqwest's chunks: a few KiB to 64 KiB each).
+pub const TEE_CHUNKS: usize = 16;
+
+/// An extraction running on its blocking thread; dropped, it is stopped and its tree removed.
+struct Extraction {
+    thread: tokio::task::JoinHandle<Result<(Staged, layer::Applied), ApplyError>>,
+    _stop: CancelOnDrop,
+}
+
+impl Extraction {
+    async fn finish(self, digest: &str) -> Result<(Staged, layer::Applied), ApplyError> {
+        let result = self.thread.await.map_err(|e| ApplyError::Thread(e.to_string()))?;
+        result.map_err(|e| ApplyError::Layer { layer: digest.to_string(), source: Box::new(e) })
+    }
+}
+
+/// The staged tree, if the applied stream's digest is the config's diff id.
+fn check_diff_id(
+    mut staged: Staged,
+    applied: layer::Applied,
+    digest: &str,
+    diff_id: &str,
+) -> Result<Staged, crate::unpack::UnpackError> {
+    if applied.diff_id != diff_id {
+        return Err(crate::unpack::UnpackError::DiffIdMismatch {
+            layer: digest.to_string(),
+            applied: applied.diff_id,
+            expected: diff_id.to_string(),
+        });
+    }
+    staged.implicit_dirs = applied.implicit_dirs;
+    Ok(staged)
+}
+
+/// A layer extracting while it downloads: the download hands it every byte in order, then
+/// [`Tee::finish`]es it. Dropped before that (a failed or cancelled download), the extraction
+/// stops and its staged tree is removed.
+pub struct Tee {
+    tx: Option<mpsc::Sender<Result<Vec<u8>, tonic::Status>>>,
+    extraction: Extraction,
+    started: std::time::Instant,
+}
+
+impl Tee {
+    /// Hands the extractor the blob's next bytes, waiting while it is behind. `false` once it
+    /// stopped reading (it failed, or the archive ended): [`Tee::finish`] tells which.
+    pub async fn feed(&mut self, bytes: Vec<u8>) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        if tx.send(Ok(bytes)).await.is_err() {
+            self.tx = None;
+            return false;
         }
-        staged.implicit_dirs = applied.implicit_dirs;
-        Ok(Some(staged))
+        true
+    }
+
+    /// The blob is whole (its digest checked by the caller): waits for the extractor to read
+    /// the end and answers the staged tree if its diff id is `diff_id`.
+    pub async fn finish(mut self, digest: &str, diff_id: &str) -> Result<Staged, crate::unpack::UnpackError> {
+        self.tx = None;
+        let (staged, applied) = self.extraction.finish(digest).await?;
+        tracing::debug!(elapsed = ?self.started.elapsed(), bytes = applied.bytes, "layer extracted while it downloaded");
+        check_diff_id(staged, applied, digest, diff_id)
     }
 }
 

@@ -1,13 +1,22 @@
 //! Getting one blob into containerd's content store: skipped when present, otherwise streamed
 //! from the registry into an ingest (resuming what an earlier try left) and committed with its
 //! expected digest and size, so containerd keeps it only if every byte matches.
+//!
+//! A layer can be teed ([`ensure_layer`]): each byte from the registry goes to the ingest and
+//! to the layer's extractor at once (the extractor reading back first what a killed earlier try
+//! left in the ingest). The blob's digest (hashed here) and its diff id (hashed by the
+//! extractor) are both checked before the ingest is committed; on a mismatch the ingest is
+//! aborted and the staged tree removed.
 
 use super::progress::Progress;
+use crate::apply::{Staged, StagingArea, Tee};
 use crate::error::PullError;
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
+use crate::unpack::UnpackError;
 use crisp_containerd::{Containerd, Held, Ingest, Lease, Opened};
 use crisp_image_model::Digest;
 use crisp_image_model::oci::Descriptor;
+use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::time::Duration;
 use tracing::Instrument;
@@ -24,6 +33,10 @@ impl Wanted {
         Wanted { digest: Digest::from(descriptor.digest()), size: i64::try_from(descriptor.size()).unwrap_or(i64::MAX) }
     }
 }
+
+/// How many times one try resumes a blob whose download was cut off (each time after some
+/// bytes got through).
+const MAX_RESUMES: u32 = 5;
 
 /// Bytes sent to containerd per write.
 const WRITE_CHUNK: usize = 1 << 20;
@@ -55,6 +68,16 @@ pub enum Source<'a> {
     Registry(&'a Registry),
 }
 
+/// How to extract a layer while it downloads.
+pub struct Unpacking<'a> {
+    pub area: &'a StagingArea,
+    pub media_type: &'a str,
+    pub diff_id: &'a str,
+    pub chain_id: &'a str,
+    /// The layer has no parent.
+    pub first: bool,
+}
+
 /// Makes sure the blob `desc` is in the content store with `labels`.
 pub async fn ensure(
     containerd: &Containerd,
@@ -65,6 +88,36 @@ pub async fn ensure(
     labels: HashMap<String, String>,
     progress: &Progress,
 ) -> Result<(), PullError> {
+    ensure_teed(containerd, lease, kind, desc, source, labels, progress, None).await.map(drop)
+}
+
+/// Makes sure the layer `desc` is in the content store with `labels`; when this call downloads
+/// it and `unpacking` says how, extracts it on the way, and answers the staged tree (its diff
+/// id checked). `None` when the layer was there already (or another pull wrote it): the caller
+/// extracts it from the content store.
+pub async fn ensure_layer(
+    containerd: &Containerd,
+    lease: &Lease,
+    desc: &Wanted,
+    registry: &Registry,
+    labels: HashMap<String, String>,
+    progress: &Progress,
+    unpacking: Option<Unpacking<'_>>,
+) -> Result<Option<Staged>, PullError> {
+    ensure_teed(containerd, lease, Kind::Layer, desc, Source::Registry(registry), labels, progress, unpacking).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ensure_teed(
+    containerd: &Containerd,
+    lease: &Lease,
+    kind: Kind,
+    desc: &Wanted,
+    source: Source<'_>,
+    labels: HashMap<String, String>,
+    progress: &Progress,
+    unpacking: Option<Unpacking<'_>>,
+) -> Result<Option<Staged>, PullError> {
     let span = tracing::info_span!("blob", kind = kind.name(), digest = %desc.digest, size = desc.size);
     async {
         if let Source::Bytes(bytes) = &source {
@@ -79,7 +132,7 @@ pub async fn ensure(
                 containerd.set_content_labels(Some(lease.id()), desc.digest.as_str(), labels.clone()).await?;
                 progress.step();
                 tracing::debug!("already in the content store");
-                return Ok(());
+                return Ok(None);
             }
             match Ingest::open(containerd, lease.id(), &reference, desc.size, desc.digest.as_str()).await? {
                 Opened::Exists => continue,
@@ -96,14 +149,18 @@ pub async fn ensure(
                 }
                 Opened::Ingest(ingest) => {
                     let started = std::time::Instant::now();
-                    let result = write(ingest, kind, desc, &source, labels.clone(), progress).await;
+                    let result =
+                        write(ingest, &reference, kind, desc, &source, labels.clone(), progress, unpacking.as_ref())
+                            .await;
                     match result {
-                        Ok(()) => {
+                        Ok(staged) => {
                             progress.step();
                             tracing::debug!(elapsed = ?started.elapsed(), "stored");
-                            return Ok(());
+                            return Ok(staged);
                         }
-                        Err(err @ PullError::DigestMismatch { .. }) => {
+                        // Bytes that are not the blob, or not the layer the config describes:
+                        // nothing of them is kept.
+                        Err(err @ (PullError::DigestMismatch { .. } | PullError::Unpack(_))) => {
                             containerd.abort_ingest(&reference).await;
                             return Err(err);
                         }
@@ -129,14 +186,18 @@ fn check_in_memory(kind: Kind, desc: &Wanted, bytes: &[u8]) -> Result<(), PullEr
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write(
     mut ingest: Box<Ingest>,
+    reference: &str,
     kind: Kind,
     desc: &Wanted,
     source: &Source<'_>,
     labels: HashMap<String, String>,
     progress: &Progress,
-) -> Result<(), PullError> {
+    unpacking: Option<&Unpacking<'_>>,
+) -> Result<Option<Staged>, PullError> {
+    let mut teed = None;
     match source {
         Source::Bytes(bytes) => {
             if ingest.offset != 0 {
@@ -149,64 +210,177 @@ async fn write(
             if ingest.offset > desc.size {
                 ingest.restart().await?;
             }
+            let mut tee = match unpacking {
+                Some(u) => u.area.tee(u.media_type, u.chain_id, u.first).map_err(UnpackError::from)?.map(|tee| {
+                    let hasher = Sha256::new();
+                    Teed { tee, hasher, unpacking: u }
+                }),
+                None => None,
+            };
+            // What an earlier try left: read back for the extractor when the ingest's file is
+            // visible from here, else downloaded again.
+            let mut partial = None;
+            if ingest.offset > 0
+                && let Some(tee) = &tee
+            {
+                match tee.unpacking.area.open_ingest(reference).await {
+                    Some(file) => partial = Some(file),
+                    None => {
+                        tracing::info!(
+                            offset = ingest.offset,
+                            "a partial download the extractor cannot read: restarting it"
+                        );
+                        ingest.restart().await?;
+                    }
+                }
+            }
             if ingest.offset > 0 {
                 tracing::info!(offset = ingest.offset, "resuming a partial download");
             }
+            let mut response = None;
             if ingest.offset < desc.size {
-                let (mut response, ranged) = registry.fetch_blob(desc.digest.as_str(), ingest.offset as u64).await?;
+                let (fetched, ranged) = registry.fetch_blob(desc.digest.as_str(), ingest.offset as u64).await?;
                 if ingest.offset > 0 && !ranged {
                     ingest.restart().await?;
+                    partial = None;
                 }
+                response = Some(fetched);
+            }
+            if let (Some(file), Some(tee)) = (partial, &mut tee) {
+                tee.read_back(file, ingest.offset).await?;
+            }
+            if let Some(mut response) = response {
                 let mut buffer = Vec::with_capacity(WRITE_CHUNK);
+                let mut resumes = 0;
+                // Bytes received on the current connection.
+                let mut received = 0u64;
                 loop {
-                    let chunk = match response.chunk().await {
-                        Ok(Some(chunk)) => chunk,
-                        Ok(None) => break,
-                        Err(source) => {
-                            if !buffer.is_empty() {
+                    let cut = match response.chunk().await {
+                        Ok(Some(chunk)) => {
+                            progress.add_bytes(chunk.len() as u64);
+                            received += chunk.len() as u64;
+                            if ingest.offset + (buffer.len() + chunk.len()) as i64 > desc.size {
+                                return Err(PullError::DigestMismatch {
+                                    what: kind.name(),
+                                    digest: desc.digest.to_string(),
+                                    detail: format!("more than the {} bytes its descriptor says", desc.size),
+                                });
+                            }
+                            buffer.extend_from_slice(&chunk);
+                            if let Some(tee) = &mut tee {
+                                tee.feed(&chunk).await;
+                            }
+                            if buffer.len() >= WRITE_CHUNK {
                                 ingest.write(std::mem::replace(&mut buffer, Vec::with_capacity(WRITE_CHUNK))).await?;
                             }
-                            return Err(PullError::Registry(crate::registry::RegistryError::Unreachable {
-                                host: response.url().host_str().unwrap_or_default().to_string(),
-                                source,
-                            }));
+                            continue;
                         }
+                        Ok(None) if ingest.offset + buffer.len() as i64 == desc.size => break,
+                        // The connection closed early.
+                        Ok(None) => RegistryError::BodyEnded {
+                            host: response.url().host_str().unwrap_or_default().to_string(),
+                            what: format!("{} {}", kind.name(), desc.digest),
+                            received: ingest.offset + buffer.len() as i64,
+                            expected: desc.size,
+                        },
+                        Err(source) => RegistryError::Unreachable {
+                            host: response.url().host_str().unwrap_or_default().to_string(),
+                            source,
+                        },
                     };
-                    progress.add_bytes(chunk.len() as u64);
-                    if ingest.offset + (buffer.len() + chunk.len()) as i64 > desc.size {
-                        return Err(PullError::DigestMismatch {
-                            what: kind.name(),
-                            digest: desc.digest.to_string(),
-                            detail: format!("more than the {} bytes its descriptor says", desc.size),
-                        });
-                    }
-                    buffer.extend_from_slice(&chunk);
-                    if buffer.len() >= WRITE_CHUNK {
+                    if !buffer.is_empty() {
                         ingest.write(std::mem::replace(&mut buffer, Vec::with_capacity(WRITE_CHUNK))).await?;
                     }
+                    // Cut off after some bytes got through: the rest asked for with a range
+                    // request, a few times, into the same ingest (and extractor). Otherwise the
+                    // next try resumes from what the ingest holds.
+                    if received == 0 || resumes == MAX_RESUMES {
+                        return Err(cut.into());
+                    }
+                    resumes += 1;
+                    tracing::info!(error = %crisp_errors::message_chain(&cut), offset = ingest.offset, resumes, "the download was cut off: resuming it");
+                    let (next, ranged) = registry.fetch_blob(desc.digest.as_str(), ingest.offset as u64).await?;
+                    if !ranged {
+                        return Err(cut.into());
+                    }
+                    response = next;
+                    received = 0;
                 }
                 if !buffer.is_empty() {
                     ingest.write(std::mem::replace(&mut buffer, Vec::with_capacity(WRITE_CHUNK))).await?;
                 }
-                if ingest.offset != desc.size {
-                    // The connection closed early: worth another try (the next resumes it).
-                    return Err(PullError::Registry(crate::registry::RegistryError::BodyEnded {
-                        host: response.url().host_str().unwrap_or_default().to_string(),
-                        what: format!("{} {}", kind.name(), desc.digest),
-                        received: ingest.offset,
-                        expected: desc.size,
-                    }));
-                }
+            }
+            if let Some(tee) = tee {
+                teed = Some(tee.finish(kind, desc).await?);
             }
         }
     }
     match ingest.commit(labels).await {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(teed),
         Err(err) if err.is_digest_mismatch() => Err(PullError::DigestMismatch {
             what: kind.name(),
             digest: desc.digest.to_string(),
             detail: format!("bytes containerd rejected ({})", err.status().map(|s| s.message()).unwrap_or_default()),
         }),
         Err(err) => Err(err.into()),
+    }
+}
+
+/// A layer's download teed into its extractor, hashed on the way.
+struct Teed<'a> {
+    tee: Tee,
+    hasher: Sha256,
+    unpacking: &'a Unpacking<'a>,
+}
+
+/// Bytes per read of a partial ingest handed to the extractor.
+const READ_BACK_CHUNK: usize = 64 << 10;
+
+impl Teed<'_> {
+    async fn feed(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        // An extractor that stopped reading tells why at `finish`; the download goes on.
+        self.tee.feed(bytes.to_vec()).await;
+    }
+
+    /// Hands the extractor the first `len` bytes of the blob, from the ingest's file.
+    async fn read_back(&mut self, file: tokio::fs::File, len: i64) -> Result<(), PullError> {
+        use tokio::io::AsyncReadExt;
+        let mut file = file.take(len.max(0) as u64);
+        let mut read = 0u64;
+        loop {
+            let mut chunk = vec![0u8; READ_BACK_CHUNK];
+            let n = file
+                .read(&mut chunk)
+                .await
+                .map_err(|e| PullError::Internal(format!("reading back a partial download: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            chunk.truncate(n);
+            read += n as u64;
+            self.hasher.update(&chunk);
+            self.tee.feed(chunk).await;
+        }
+        if read != len as u64 {
+            return Err(PullError::Internal(format!(
+                "a partial download holds {read} bytes, not the {len} containerd said"
+            )));
+        }
+        tracing::info!(bytes = read, "partial download read back for the extractor");
+        Ok(())
+    }
+
+    /// The whole blob went through: its digest, then its diff id, checked.
+    async fn finish(self, kind: Kind, desc: &Wanted) -> Result<Staged, PullError> {
+        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        if digest != desc.digest.as_str() {
+            return Err(PullError::DigestMismatch {
+                what: kind.name(),
+                digest: desc.digest.to_string(),
+                detail: format!("{} bytes with digest {digest}", desc.size),
+            });
+        }
+        Ok(self.tee.finish(desc.digest.as_str(), self.unpacking.diff_id).await?)
     }
 }

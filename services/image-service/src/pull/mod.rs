@@ -1,10 +1,16 @@
 //! PullImage: resolve the reference at the registry, store index, manifest, config and layers
 //! in containerd's content store under a lease (layers downloading in parallel while earlier
 //! ones unpack in chain order), then create the image records, then drop the lease.
+//!
+//! With the direct apply, each layer is extracted into its own staging tree while it downloads
+//! (teed, [`blob::ensure_layer`]), all layers in parallel; the staged trees are then committed
+//! as snapshots strictly in chain order, each once its parent is committed.
 
 mod blob;
 mod coalesce;
+mod present;
 mod progress;
+mod resolve;
 
 use crate::error::{ImageError, PullError};
 use crate::metrics::METRICS;
@@ -17,10 +23,11 @@ use crisp_config::ImageConfig;
 use crisp_containerd::labels::{self, gc};
 use crisp_containerd::{Containerd, ContainerdError, Held, Lease, LeaseId};
 use crisp_errors::GrpcError;
-use crisp_image_model::oci::{self, Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
+use crisp_image_model::oci::{Descriptor, ImageConfiguration, ImageManifest};
 use crisp_image_model::{ChainId, Digest, ImageId, Reference};
 use crisp_proto::cri::AuthConfig;
 use progress::Progress;
+use resolve::Resolved;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -218,40 +225,21 @@ impl Inner {
         progress: &Progress,
     ) -> Result<ImageId, PullError> {
         let registry = self.registry(reference, credentials).await?;
-        let top = registry.resolve().await?;
-        if let Some(digest) = &reference.digest
-            && &top.digest != digest
-        {
-            return Err(PullError::DigestMismatch {
-                what: "manifest",
-                digest: digest.to_string(),
-                detail: format!("content with digest {}", top.digest),
-            });
+        let resolved = resolve::resolve(&self.containerd, &registry, reference, lease).await?;
+        if let Some(id) = present::everything_here(&self.containerd, &self.config.snapshotter, &resolved).await? {
+            tracing::debug!("everything is here already: only the records are written");
+            self.put_records(reference, &resolved, &id).await?;
+            return Ok(id);
         }
+        let top = &resolved.top;
         let top_blob = Wanted { digest: top.digest.clone(), size: top.bytes.len() as i64 };
         let source_label = labels::distribution_source(&reference.domain, &reference.path);
-
-        // The platform manifest: the top object, or picked from the index.
-        let (manifest_blob, manifest_bytes) = if oci::is_index(&top.media_type) {
-            let index: ImageIndex = serde_json::from_slice(&top.bytes).map_err(|e| PullError::Malformed {
-                what: "index",
-                digest: top.digest.to_string(),
-                detail: e.to_string(),
-            })?;
-            let platform = oci::host_platform();
-            let chosen = oci::pick_platform(&index, &platform)
-                .ok_or_else(|| PullError::NoPlatform(format!("{}/{}", platform.os, platform.architecture)))?;
-            let chosen = Wanted::of(chosen);
-            let labels = HashMap::from([(gc::ref_manifest(0), chosen.digest.to_string()), source_label.clone()]);
+        let (manifest_blob, manifest_bytes) = (resolved.manifest.clone(), resolved.manifest_bytes.clone());
+        if resolved.is_index() {
+            let labels = HashMap::from([(gc::ref_manifest(0), manifest_blob.digest.to_string()), source_label.clone()]);
             blob::ensure(&self.containerd, lease, Kind::Index, &top_blob, Source::Bytes(&top.bytes), labels, progress)
                 .await?;
-            let fetched = registry.fetch_manifest(chosen.digest.as_str(), false).await?;
-            (chosen, fetched.bytes)
-        } else if oci::is_manifest(&top.media_type) {
-            (top_blob.clone(), top.bytes.clone())
-        } else {
-            return Err(PullError::UnsupportedMediaType(top.media_type.clone()));
-        };
+        }
         let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes).map_err(|e| PullError::Malformed {
             what: "manifest",
             digest: manifest_blob.digest.to_string(),
@@ -318,27 +306,16 @@ impl Inner {
         self.layers(&registry, lease, layers, &source_label, progress).await?;
 
         // Everything is in place: the records, then (by the caller) the lease goes.
-        let target = containerd_client::types::Descriptor {
-            media_type: top.media_type.clone(),
-            digest: top.digest.to_string(),
-            size: top.bytes.len() as i64,
-            annotations: Default::default(),
-        };
         let id = ImageId::of_config(config_blob.digest.clone());
-        // As containerd (ParseDockerRef): with a digest, the tag is dropped; `name:tag@digest`
-        // names the image only by its digest and does not move the tag.
-        let mut names = Vec::new();
-        if reference.digest.is_none()
-            && let Some(tagged) = reference.tagged()
-        {
-            names.push(tagged);
-        }
-        names.push(reference.with_digest(&top.digest));
-        let pinned = names.iter().any(|n| Some(n) == self.sandbox_image.as_ref());
-        for name in names.iter().map(String::as_str).chain(std::iter::once(id.as_str())) {
-            store::put(&self.containerd, name, &target, pinned).await?;
-        }
+        self.put_records(reference, &resolved, &id).await?;
         Ok(id)
+    }
+
+    /// The image's records (see [`store::pulled_names`]), all → the object the reference names.
+    async fn put_records(&self, reference: &Reference, resolved: &Resolved, id: &ImageId) -> Result<(), PullError> {
+        let names = store::pulled_names(reference, &resolved.top.digest, id);
+        store::put_pulled(&self.containerd, &names, &resolved.target(), self.sandbox_image.as_deref()).await?;
+        Ok(())
     }
 
     /// The registry session: reading `hosts.toml` and CA files blocks, so off the async threads.
@@ -426,14 +403,30 @@ impl Inner {
                 let node_permit = self.in_flight.acquire().await;
                 progress.queued.fetch_sub(1, Ordering::Relaxed);
                 let node_permit = node_permit.map_err(closed)?;
-                blob::ensure(&self.containerd, lease, Kind::Layer, &blob, Source::Registry(registry), labels, progress)
+                // The direct apply: the layer is extracted while it downloads (teed), or, when
+                // it was stored already, read back from the content store; in parallel with
+                // the others either way.
+                let unpacking = staging.map(|area| blob::Unpacking {
+                    area,
+                    media_type: layer.media_type().as_ref(),
+                    diff_id: diff_ids[i].as_str(),
+                    chain_id: chain[i].as_str(),
+                    first: i == 0,
+                });
+                // The stall watchdog sees a teed layer's progress in its bytes: its extraction
+                // only goes as fast as they come.
+                let extract_started = std::time::Instant::now();
+                let span = tracing::debug_span!("extract", layer = %blob.digest, chain_id = %chain[i]);
+                let teed = blob::ensure_layer(&self.containerd, lease, &blob, registry, labels, progress, unpacking)
+                    .instrument(span.clone())
                     .await?;
                 drop((node_permit, permit));
-                // The direct apply: decompressed and extracted now, in parallel with the others.
-                let staged = match staging {
-                    Some(area) => {
-                        let span = tracing::debug_span!("extract", layer = %blob.digest, chain_id = %chain[i]);
-                        // Extracting counts as progress for the stall watchdog, as an unpack does.
+                let staged = match (teed, staging) {
+                    (Some(staged), _) => {
+                        METRICS.extract_duration.observe(extract_started.elapsed().as_secs_f64());
+                        Some(staged)
+                    }
+                    (None, Some(area)) => {
                         progress.unpacking.fetch_add(1, Ordering::Relaxed);
                         let extract_started = std::time::Instant::now();
                         let staged = area
@@ -452,7 +445,7 @@ impl Inner {
                         METRICS.extract_duration.observe(extract_started.elapsed().as_secs_f64());
                         staged?
                     }
-                    None => None,
+                    (None, None) => None,
                 };
                 let _ = tx.send(staged);
                 Ok::<(), PullError>(())

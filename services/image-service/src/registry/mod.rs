@@ -19,7 +19,7 @@ use auth::{Challenge, Credentials, parse_challenge, registry_name};
 use bytes::Bytes;
 use crisp_image_model::oci;
 use crisp_image_model::{Digest, Reference};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode, header};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -145,6 +145,15 @@ pub struct Fetched {
     pub bytes: Bytes,
 }
 
+/// What a `HEAD` of a manifest tells.
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    /// `Docker-Content-Digest`, when the registry sends it.
+    pub digest: Option<Digest>,
+    /// `Content-Type`, without parameters.
+    pub media_type: Option<String>,
+}
+
 /// A bearer token's key within one host: (realm, service, scope).
 type TokenKey = (String, String, String);
 
@@ -223,6 +232,27 @@ impl Registry {
     pub async fn resolve(&self) -> Result<Fetched, RegistryError> {
         let by_digest = self.reference.digest.is_some();
         self.fetch_manifest(self.reference.object(), !by_digest).await
+    }
+
+    /// Asks for the manifest or index `object` (a tag or digest) with a `HEAD`: its digest and
+    /// media type, when the registry answers them, without its bytes.
+    pub async fn head_manifest(&self, object: &str) -> Result<Head, RegistryError> {
+        let what = format!("manifest {}:{object}", self.reference.repository());
+        let needs_resolve = self.reference.digest.is_none();
+        self.each_host(needs_resolve, |host| {
+            let what = what.clone();
+            async move {
+                let url = self.url(host, &format!("manifests/{object}"));
+                let response = self.send_as(Method::HEAD, host, &url, Some(oci::MANIFEST_ACCEPT), None, &what).await?;
+                let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+                let digest = header("docker-content-digest").and_then(|v| Digest::parse(v.trim()).ok());
+                let media_type = header(header::CONTENT_TYPE.as_str())
+                    .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
+                    .filter(|v| !v.is_empty());
+                Ok(Head { digest, media_type })
+            }
+        })
+        .await
     }
 
     /// Fetches a manifest or index by tag or digest. When fetched by digest its bytes are
@@ -309,10 +339,23 @@ impl Registry {
         range: Option<&str>,
         what: &str,
     ) -> Result<reqwest::Response, RegistryError> {
+        self.send_as(Method::GET, host, url, accept, range, what).await
+    }
+
+    /// [`Registry::send`] with another method (`HEAD`).
+    async fn send_as(
+        &self,
+        method: Method,
+        host: &Host,
+        url: &str,
+        accept: Option<&str>,
+        range: Option<&str>,
+        what: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
         let name = host.config.host.clone();
         let mut answered_challenge = false;
         loop {
-            let mut request = host.client.get(url);
+            let mut request = host.client.request(method.clone(), url);
             for (name, value) in &host.config.headers {
                 request = request.header(name.as_str(), value.as_str());
             }
@@ -451,7 +494,7 @@ fn sensitive(mut value: HeaderValue) -> HeaderValue {
 }
 
 /// The `mediaType` field of a manifest or index, when it has one.
-fn media_type_of(bytes: &[u8]) -> Option<String> {
+pub(crate) fn media_type_of(bytes: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Probe {
