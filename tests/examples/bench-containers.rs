@@ -35,6 +35,8 @@ struct Report {
     create_start: Vec<Duration>,
     stop_remove: Vec<Duration>,
     list: Vec<Duration>,
+    /// ListContainers on the runtime service's own socket, past the proxy (crisp only).
+    list_direct: Vec<Duration>,
     status: Vec<Duration>,
     exec: Option<Vec<Duration>>,
     concurrent: Duration,
@@ -44,6 +46,8 @@ struct Report {
 struct Target {
     name: &'static str,
     client: RuntimeServiceClient<Channel>,
+    /// The runtime service itself, where the client goes through a proxy.
+    direct: Option<RuntimeServiceClient<Channel>>,
     image: String,
     memory: Box<dyn Fn() -> u64>,
 }
@@ -74,6 +78,7 @@ async fn bench() -> anyhow::Result<()> {
         Target {
             name: "containerd",
             client: containerd,
+            direct: None,
             image: image.clone(),
             memory: Box::new(move || {
                 let grown: Vec<u32> = k8s_shims().difference(&shims_before).copied().collect();
@@ -83,6 +88,7 @@ async fn bench() -> anyhow::Result<()> {
         Target {
             name: "crisp",
             client: stack.runtime_client(),
+            direct: Some(RuntimeServiceClient::new(crisp_testkit::cri_channel(&stack.dir().join("runtime.sock")))),
             image: image.clone(),
             memory: Box::new(move || rss(&crisp_pids)),
         },
@@ -109,6 +115,16 @@ async fn bench() -> anyhow::Result<()> {
     ];
     for (name, c, x) in rows {
         println!("{name:<34} {:>10.1}ms {:>10.1}ms {:>8.2}", ms(c), ms(x), ms(x) / ms(c));
+    }
+    if !x.list_direct.is_empty() {
+        let direct = p(&x.list_direct, 50);
+        println!(
+            "{:<34} {:>12} {:>10.1}ms {:>8.2}",
+            "  crisp past the proxy",
+            "",
+            ms(direct),
+            ms(direct) / ms(p(&c.list, 50))
+        );
     }
     match (&c.exec, &x.exec) {
         (Some(ce), Some(xe)) => {
@@ -181,6 +197,11 @@ async fn measure(target: &mut Target, containers: usize, list: usize, memory: us
         let listed = client.list_containers(ListContainersRequest { filter: None }).await?.into_inner().containers;
         report.list.push(started.elapsed());
         anyhow::ensure!(listed.len() >= list, "{tag} listed {} of {list}", listed.len());
+        if let Some(direct) = target.direct.as_mut() {
+            let started = Instant::now();
+            direct.list_containers(ListContainersRequest { filter: None }).await?;
+            report.list_direct.push(started.elapsed());
+        }
         let started = Instant::now();
         let request = ContainerStatusRequest { container_id: ids[i * list / 50].clone(), verbose: false };
         client.container_status(request).await?;

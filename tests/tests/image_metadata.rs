@@ -1,14 +1,15 @@
 //! The metadata paths kept cheap: a pull of an image whose content is all stored asks the
-//! registry one `HEAD` and fetches nothing; a RemoveImage answers once the records are gone
-//! (containerd's garbage collection frees the content right after), and the image pulls again.
+//! registry one `HEAD` and fetches nothing; a RemoveImage answers once the records are gone,
+//! containerd's garbage collection runs right after it (before the next pull or ImageFsInfo
+//! answers), and the image pulls again.
 
 mod image_support;
 
+use crisp_proto::cri::{ImageFsInfoRequest, ImageFsInfoResponse};
 use crisp_testkit::images::{BuiltImage, Format, sha256};
 use crisp_testkit::registry::Registry;
 use image_support::fake::{FakeServer, Recorded, Reply};
 use image_support::*;
-use std::time::Duration;
 
 /// A registry serving `image` as `test/app:v1` (manifest by tag and digest, config and layers
 /// by digest), recording every request.
@@ -96,45 +97,72 @@ async fn a_stored_image_whose_snapshot_is_gone_is_unpacked_again() -> anyhow::Re
 }
 
 #[tokio::test]
-async fn a_removed_image_is_gone_at_once_and_collected_soon() -> anyhow::Result<()> {
+async fn a_removed_image_is_gone_at_once_and_collected_before_the_next_pull_or_usage() -> anyhow::Result<()> {
     let registry = Registry::start().await?;
     let stack = stack().await?;
     let mut client = stack.image_client();
     let image = busybox(Format::Oci)?;
     let name = registry.push("test/app", "v1", &image).await?;
     let top = sha256(format!("{} {}", image.diff_ids[0], image.diff_ids[1]).as_bytes());
+    let blobs_left = || -> anyhow::Result<Vec<String>> {
+        let content = stack.ctr(&["content", "ls", "-q"])?;
+        let blobs = image.layers.iter().chain([&image.config, &image.manifest]);
+        Ok(blobs.filter(|b| content.contains(&b.digest)).map(|b| b.digest.clone()).collect())
+    };
+    let used = |r: &ImageFsInfoResponse| -> u64 {
+        r.image_filesystems.iter().map(|fs| fs.used_bytes.as_ref().map_or(0, |v| v.value)).sum()
+    };
     for round in 0..3 {
         assert_eq!(pull(&mut client, &name).await?, image.id(), "pull {round}");
         assert!(list(&mut client).await?.iter().any(|i| i.id == image.id()));
+        let pulled = client.image_fs_info(ImageFsInfoRequest {}).await?.into_inner();
         remove(&mut client, &name).await?;
         // Gone from every CRI answer and from containerd's records when RemoveImage answers.
         assert!(status(&mut client, &name).await?.is_none(), "round {round}");
         assert!(status(&mut client, &image.id()).await?.is_none(), "round {round}");
         assert!(list(&mut client).await?.iter().all(|i| i.id != image.id()), "round {round}");
         assert!(ctr_images(&stack)?.is_empty(), "round {round}");
+        // The next ImageFsInfo answers after containerd's collection: the space is freed.
+        let removed = client.image_fs_info(ImageFsInfoRequest {}).await?.into_inner();
+        assert!(used(&removed) < used(&pulled), "round {round}: {} -> {}", used(&pulled), used(&removed));
+        assert_eq!(blobs_left()?, Vec::<String>::new(), "round {round}");
+        assert!(!stack.ctr(&["snapshots", "ls"])?.contains(&top), "round {round}");
     }
-    // containerd's collection follows: content and snapshots go within seconds.
-    let collected = eventually(|| {
-        let content = stack.ctr(&["content", "ls", "-q"])?;
-        let snapshots = stack.ctr(&["snapshots", "ls"])?;
-        let blobs = image.layers.iter().chain([&image.config, &image.manifest]);
-        Ok(blobs.clone().all(|b| !content.contains(&b.digest)) && !snapshots.contains(&top))
-    })
-    .await?;
-    assert!(collected, "content or snapshots left after the removal");
-    // And it pulls again, whole.
+    // Pulled again right after its removal (the pull waits for the collection), it is whole.
     assert_eq!(pull(&mut client, &name).await?, image.id());
     assert!(stack.ctr(&["snapshots", "ls"])?.contains(&top));
+    assert_eq!(blobs_left()?.len(), 4);
     Ok(())
 }
 
-/// Polls `check` for up to 5 seconds; answers whether it held.
-async fn eventually(check: impl Fn() -> anyhow::Result<bool>) -> anyhow::Result<bool> {
-    for _ in 0..50 {
-        if check()? {
-            return Ok(true);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+#[tokio::test]
+async fn the_index_answers_even_before_containerd_sends_an_event() -> anyhow::Result<()> {
+    // containerd answers an event subscription only with its first event; a node where no
+    // image changes still has its ListImages answered from memory, not from containerd.
+    let address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let stack = stack_with(&format!("metrics_address = \"{address}\"")).await?;
+    let mut client = stack.image_client();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    list(&mut client).await?;
+    let before = image_lists(address).await?;
+    for _ in 0..10 {
+        assert!(list(&mut client).await?.is_empty());
     }
-    Ok(false)
+    assert_eq!(image_lists(address).await?, before, "ListImages asked containerd");
+    Ok(())
+}
+
+/// How many image lists the image service asked containerd for (its metrics).
+async fn image_lists(address: std::net::SocketAddr) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    let series = r#"crisp_containerd_call_duration_seconds_count{grpc_service="containerd.services.images.v1.Images",grpc_method="List""#;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with(series))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }

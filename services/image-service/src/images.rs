@@ -1,9 +1,15 @@
-//! ListImages, ImageStatus and RemoveImage: reading and deleting the image records.
+//! ListImages, ImageStatus and RemoveImage: reading and deleting the image records, and the
+//! garbage collection that follows a removal.
 
 use crate::error::ImageError;
+use crisp_containerd::{Containerd, ContainerdError, Lease};
 use crisp_image_model::ImageStore;
 use crisp_proto::cri::{Image, ImageFilter};
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
 
 /// Every image, or those the filter's image names.
 pub async fn list(store: &ImageStore, filter: Option<&ImageFilter>) -> Result<Vec<Image>, ImageError> {
@@ -39,24 +45,31 @@ pub async fn status(
 
 /// Removes the image `name` names with every name it has; an absent image is removed already.
 ///
-/// Its records are deleted without waiting for containerd's garbage collection, which
-/// containerd schedules at once after a deletion (its default `deletion_threshold` of 0) and
-/// which frees the content and snapshots nothing else references. containerd's CRI plugin
-/// waits for that collection (a synchronous delete of the last record); the CRI asks only that
-/// the image be gone, and the kubelet's image GC counts what it freed from the images' sizes.
-/// A pull racing the collection holds what it finds in its lease first ([`crate::pull`]).
-pub async fn remove(store: &ImageStore, name: &str) -> Result<(), ImageError> {
+/// Its records are deleted without waiting for containerd's garbage collection, which frees the
+/// content and snapshots nothing else references: the caller starts one in the background
+/// ([`Collection`]). containerd's CRI plugin waits for it (a synchronous delete of the last
+/// record); the CRI asks only that the image be gone, and the kubelet's image GC counts what it
+/// freed from the images' sizes.
+/// Answers whether there was one.
+pub async fn remove(store: &ImageStore, name: &str) -> Result<bool, ImageError> {
     let Some(image) = store.resolve(name).await? else {
-        return Ok(());
+        return Ok(false);
     };
     let (names, ids) = deletions(&image.record_names, image.id.as_str());
     let containerd = store.containerd();
+    let all: Vec<&str> = names.iter().chain(&ids).copied().collect();
+    store.expect_deletions(&all);
     futures::future::try_join_all(names.iter().map(|record| containerd.delete_image_record(record, false))).await?;
-    for record in ids {
+    for record in &ids {
         containerd.delete_image_record(record, false).await?;
     }
+    // Answered once the deletions came back through containerd's events, which every replica
+    // hears at about the same time: the next call is not answered with the image by another.
+    if !store.deletions_seen(&all, DELETIONS_SEEN_WITHIN).await {
+        tracing::debug!("the image's deletion events did not come back in time");
+    }
     tracing::info!(id = %image.id, tags = ?image.repo_tags, digests = ?image.repo_digests, "removed image");
-    Ok(())
+    Ok(true)
 }
 
 /// An image's records in the two steps they are deleted in: its names, then its id record
@@ -65,6 +78,65 @@ pub async fn remove(store: &ImageStore, name: &str) -> Result<(), ImageError> {
 fn deletions<'a>(record_names: &'a [String], id: &str) -> (Vec<&'a str>, Vec<&'a str>) {
     let (ids, names): (Vec<_>, Vec<_>) = record_names.iter().map(String::as_str).partition(|n| *n == id);
     (names, ids)
+}
+
+/// containerd's garbage collection after this replica's removals, run in the background: a
+/// pull or an ImageFsInfo call waits for the one requested before it, so a pull never races the
+/// collection of what it is about to find (and reuse), and the usage reported is after it.
+/// Removals in a row share collections: one runs at a time, the next covers every removal
+/// requested meanwhile.
+#[derive(Clone)]
+pub struct Collection {
+    requested: Arc<AtomicU64>,
+    done: watch::Receiver<u64>,
+    wake: Arc<Notify>,
+}
+
+/// How long a removal waits for its deletion events at most.
+const DELETIONS_SEEN_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long a caller waits for a collection at most; a slower one is left to finish alone.
+const COLLECTION_WAIT: Duration = Duration::from_secs(10);
+
+impl Collection {
+    /// Starts the task that runs the collections (until the process ends).
+    pub fn start(containerd: Containerd) -> Collection {
+        let (tx, done) = watch::channel(0);
+        let (requested, wake) = (Arc::new(AtomicU64::new(0)), Arc::new(Notify::new()));
+        let (wanted, woken) = (requested.clone(), wake.clone());
+        tokio::spawn(async move {
+            loop {
+                woken.notified().await;
+                let target = wanted.load(Ordering::SeqCst);
+                if let Err(err) = collect(&containerd).await {
+                    tracing::warn!(error = %err, "running containerd's garbage collection after a removal failed");
+                }
+                tx.send_replace(target);
+            }
+        });
+        Collection { requested, done, wake }
+    }
+
+    /// Asks for a collection, after a removal.
+    pub fn request(&self) {
+        self.requested.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Waits until the collections requested so far have run.
+    pub async fn settled(&self) {
+        let wanted = self.requested.load(Ordering::SeqCst);
+        let mut done = self.done.clone();
+        if tokio::time::timeout(COLLECTION_WAIT, done.wait_for(|done| *done >= wanted)).await.is_err() {
+            tracing::warn!("containerd's garbage collection after a removal takes long; not waiting for it");
+        }
+    }
+}
+
+/// One synchronous collection: containerd runs one when a lease is deleted with `sync`.
+async fn collect(containerd: &Containerd) -> Result<(), ContainerdError> {
+    let lease = Lease::create(containerd, "crisp-collect", HashMap::new(), Duration::from_secs(60)).await?;
+    containerd.delete_lease(&lease.into_id(), true).await
 }
 
 /// The CRI view of an image.

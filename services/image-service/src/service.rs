@@ -16,6 +16,7 @@ pub struct Images {
     store: ImageStore,
     puller: Puller,
     fs_info: FsInfo,
+    collection: images::Collection,
 }
 
 impl Images {
@@ -27,8 +28,9 @@ impl Images {
         // kubelet within minutes; its lease keeps what it fetched for that retry until then.
         let delay = config.image.pull_progress_timeout.saturating_mul(2);
         puller.clean_stale_leases_later(delay.clamp(Duration::from_secs(60), Duration::from_secs(600)));
+        let collection = images::Collection::start(containerd.clone());
         let fs_info = FsInfo::start(containerd, config.image.snapshotter.clone(), fsinfo::REFRESH_PERIOD);
-        Self { store, puller, fs_info }
+        Self { store, puller, fs_info, collection }
     }
 
     /// This replica's writes are in its image index before it answers (their events follow).
@@ -76,6 +78,8 @@ impl ImageService for Images {
         let deadline = deadline(&request);
         let request = request.into_inner();
         let name = image_name(request.image.as_ref())?;
+        // What a removal here left for collection is collected first, not raced.
+        self.collection.settled().await;
         let id = self.puller.pull(name, request.auth.as_ref(), deadline).await?;
         self.fs_info.changed();
         self.resync().await;
@@ -90,8 +94,10 @@ impl ImageService for Images {
         let name = image_name(request.image.as_ref())?;
         let removed = images::remove(&self.store, name).await.map_err(|e| e.about(name));
         self.resync().await;
-        removed?;
-        self.fs_info.changed();
+        if removed? {
+            self.collection.request();
+            self.fs_info.changed();
+        }
         Ok(Response::new(RemoveImageResponse {}))
     }
 
@@ -99,6 +105,7 @@ impl ImageService for Images {
         &self,
         _request: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
+        self.collection.settled().await;
         let image_filesystems = self.fs_info.get().await?;
         Ok(Response::new(ImageFsInfoResponse { image_filesystems, container_filesystems: vec![] }))
     }

@@ -9,7 +9,9 @@ use crisp_containerd::{Containerd, ContainerdError};
 use crisp_image_model::{ImageId, Reference};
 use std::collections::HashMap;
 
-/// Creates or replaces the record `name` → `target`.
+/// Creates or replaces the record `name` → `target`. A record that is so already is left as
+/// it is (as containerd's CRI leaves it): a pull of an image it has writes nothing, and no
+/// event follows.
 pub async fn put(
     containerd: &Containerd,
     name: &str,
@@ -19,6 +21,12 @@ pub async fn put(
     let mut labels = HashMap::from([(cri::IMAGE.to_string(), cri::IMAGE_MANAGED.to_string())]);
     if pinned {
         labels.insert(cri::PINNED.to_string(), cri::PINNED_VALUE.to_string());
+    }
+    if let Some(record) = containerd.image_record(name).await?
+        && record.target.as_ref() == Some(target)
+        && labels.iter().all(|(key, value)| record.labels.get(key) == Some(value))
+    {
+        return Ok(());
     }
     containerd.put_image_record(name, target, labels).await
 }

@@ -10,7 +10,9 @@
 //! With [`ImageStore::start_index`] the records are kept in memory, current from containerd's
 //! image events (`/images/create|update|delete`, each record read anew), as containerd's CRI
 //! image store keeps them: listing and finding then ask containerd nothing. The stream is
-//! subscribed before the full list is read, so nothing is missed; when it breaks, the index is
+//! subscribed before the full list is read, so nothing is missed (containerd answers a
+//! subscription only with its first event: the list is read, and read again then, when none
+//! comes within 200 ms); when it breaks, the index is
 //! not used (every read asks containerd) until it is subscribed again and rebuilt from a full
 //! list. A name the index lacks is still looked up in containerd (another replica's pull may be
 //! ahead of its event), and [`ImageStore::resync`] rebuilds it after this replica's own writes.
@@ -98,6 +100,10 @@ struct Index {
     /// Serialises the writers (events, resyncs): each reads containerd's state then writes it,
     /// so the last one written is the newest read.
     writer: tokio::sync::Mutex<()>,
+    /// Record names whose deletion the event stream brought, for [`ImageStore::deletions_seen`];
+    /// bumped at each.
+    gone: Mutex<std::collections::HashSet<String>>,
+    gone_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Index {
@@ -110,6 +116,10 @@ impl Index {
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view.map(Arc::new);
     }
 }
+
+/// How long a subscription to containerd's events has to answer before the index is built
+/// without waiting for the answer (see [`ImageStore::follow_events`]).
+const SUBSCRIBED_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How long to wait before subscribing again after the event stream broke.
 const RESUBSCRIBE_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
@@ -141,14 +151,35 @@ impl ImageStore {
     /// ends.
     async fn follow_events(&self) -> Result<(), ContainerdError> {
         use futures::StreamExt;
-        let events = self.containerd.image_events().await?;
+        let subscribing = self.containerd.image_events();
+        futures::pin_mut!(subscribing);
+        let events = match tokio::time::timeout(SUBSCRIBED_AFTER, subscribing.as_mut()).await {
+            Ok(events) => {
+                let events = events?;
+                self.rebuild(true).await?;
+                events
+            }
+            // containerd answers a subscription (its headers) only with its first event, which
+            // may be long in coming: the request is registered by now, so the index is built and
+            // used meanwhile, and built again when the answer comes, for an event in between.
+            Err(_) => {
+                self.rebuild(true).await?;
+                tracing::debug!("the image index is current; its subscription answers with the first event");
+                let events = subscribing.await?;
+                self.rebuild(true).await?;
+                events
+            }
+        };
         futures::pin_mut!(events);
-        self.rebuild(true).await?;
         tracing::debug!("the image index is current");
         while let Some(event) = events.next().await {
             let name = event?.name().to_string();
             let _writer = self.index.writer.lock().await;
             let record = self.containerd.image_record(&name).await?;
+            if record.is_none() {
+                self.index.gone.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
+                self.index.gone_changed.send_modify(|n| *n += 1);
+            }
             let Some(view) = self.index.get() else { continue };
             // This replica's own writes are in already (resync): nothing changed.
             if view.records.get(&name) == record.as_ref() {
@@ -162,6 +193,39 @@ impl ImageStore {
             self.index.set(Some(self.view_of(records).await));
         }
         Ok(())
+    }
+
+    /// Before deleting the records `names`: forgets earlier deletions of them, so that
+    /// [`ImageStore::deletions_seen`] waits for these.
+    pub fn expect_deletions(&self, names: &[&str]) {
+        let mut gone = self.index.gone.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            gone.remove(*name);
+        }
+    }
+
+    /// Waits, at most `within`, until containerd's events brought the deletion of every record
+    /// in `names` (when the index is kept): every replica's index hears of them at about the
+    /// same time, so a call answered by another replica right after no longer finds them.
+    /// Answers whether they all came.
+    pub async fn deletions_seen(&self, names: &[&str], within: std::time::Duration) -> bool {
+        if self.index.get().is_none() {
+            return false;
+        }
+        let mut changed = self.index.gone_changed.subscribe();
+        let all_seen = || {
+            let gone = self.index.gone.lock().unwrap_or_else(|p| p.into_inner());
+            names.iter().all(|name| gone.contains(*name))
+        };
+        let wait = async {
+            while !all_seen() {
+                if changed.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(within, wait).await.unwrap_or(false)
     }
 
     /// Rebuilds the index from a full list (when it is kept): after this replica's own writes,

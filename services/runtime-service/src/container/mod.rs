@@ -8,6 +8,9 @@
 //! runs. Exits come from containerd's event stream ([`exits`]), never from polling. Nothing is
 //! kept in memory that a restart would need: [`Containers::watch_exits`] rebuilds the log writers
 //! of running containers and records the exits that happened while the service was down.
+//! ListContainers and ContainerStatus answer from an in-memory [`index`] of the records, kept
+//! current by crisp's own writes and containerd's container events, and rebuilt from containerd
+//! after a restart. Task calls into a pod's shim take turns ([`Containers::shim_turn`]).
 //!
 //! One operation per file; [`ContainerError`] is this module's one error type, mapped to a
 //! `tonic::Status` by `crisp_errors::to_status`.
@@ -147,7 +150,7 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Containers whose cgroup reported an OOM kill (`/tasks/oom`) since they started.
     oom: Mutex<HashSet<String>>,
-    /// What ListContainers answers ([`index`]).
+    /// What ListContainers and ContainerStatus answer ([`index`]).
     index: index::Index,
     /// One task call at a time into each pod's shim ([`Containers::shim_turn`]).
     shims: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -165,7 +168,7 @@ impl Containers {
         }
     }
 
-    /// The ListContainers index, which the container gauges count ([`crate::metrics`]).
+    /// The ListContainers and ContainerStatus index, which the container gauges count ([`crate::metrics`]).
     pub(crate) fn index(&self) -> &index::Index {
         &self.inner.index
     }

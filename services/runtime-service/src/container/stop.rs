@@ -61,7 +61,11 @@ pub async fn stop(containers: &Containers, id: &str, timeout: i64) -> Result<(),
         }
         tracing::info!(id, ?grace, "the container outlived its grace period: killing it");
     }
-    if let Some(exit) = kill(containers, pod, &id, libc::SIGKILL, true).await? {
+    // SIGKILL to the first process of a PID namespace of its own takes every process in it along
+    // (the kernel does it); only a container sharing a namespace needs `runc kill --all`, which
+    // on cgroup v1 freezes the cgroup around the signals and costs several times a plain kill.
+    let all = !owns_pid_namespace(&stored.spec);
+    if let Some(exit) = kill(containers, pod, &id, libc::SIGKILL, all).await? {
         containers.record_exit(&id, exit).await;
         return Ok(());
     }
@@ -70,6 +74,15 @@ pub async fn stop(containers: &Containers, id: &str, timeout: i64) -> Result<(),
     })?;
     containers.record_exit(&id, exit?).await;
     Ok(())
+}
+
+/// Whether the OCI spec (JSON) gives the container a PID namespace of its own (one without a
+/// path to join). An unreadable spec answers false: kill everything.
+fn owns_pid_namespace(spec: &[u8]) -> bool {
+    let Ok(spec) = serde_json::from_slice::<serde_json::Value>(spec) else { return false };
+    spec["linux"]["namespaces"]
+        .as_array()
+        .is_some_and(|all| all.iter().any(|ns| ns["type"] == "pid" && ns["path"].as_str().is_none_or(str::is_empty)))
 }
 
 /// Signals the task. `Some(exit)` where the task ended before the signal reached it: the
@@ -123,6 +136,17 @@ async fn wait_exit(containers: &Containers, id: &str) -> Result<Option<Exit>, Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_pid_namespace_of_its_own_is_owned() {
+        let own = br#"{"linux":{"namespaces":[{"type":"mount"},{"type":"pid"}]}}"#;
+        let joined = br#"{"linux":{"namespaces":[{"type":"pid","path":"/proc/7/ns/pid"}]}}"#;
+        let host = br#"{"linux":{"namespaces":[{"type":"mount"}]}}"#;
+        assert!(owns_pid_namespace(own));
+        assert!(!owns_pid_namespace(joined));
+        assert!(!owns_pid_namespace(host));
+        assert!(!owns_pid_namespace(b"not json"));
+    }
 
     #[test]
     fn cri_signals_become_numbers() {
