@@ -5,7 +5,7 @@
 mod image_support;
 
 use crisp_testkit::images::{Entry, Format, ImageBuilder, Node, NodeKind, TarCut, sha256};
-use crisp_testkit::registry::Registry;
+use crisp_testkit::registry::{Registry, Throttle};
 use image_support::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -492,72 +492,6 @@ async fn a_layer_cut_inside_a_header_or_inside_file_data_is_refused_and_leaves_n
     Ok(())
 }
 
-/// A loopback relay in front of the registry that, while armed, cuts the first connection
-/// whose answer passes `cut_after` bytes (one cut per arming): a download broken mid-blob.
-struct CutProxy {
-    addr: std::net::SocketAddr,
-    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    cuts: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl CutProxy {
-    async fn start(upstream: std::net::SocketAddr, cut_after: u64) -> anyhow::Result<CutProxy> {
-        use std::sync::atomic::Ordering;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let cuts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (task_armed, task_cuts) = (armed.clone(), cuts.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let (armed, cuts) = (task_armed.clone(), task_cuts.clone());
-                tokio::spawn(async move {
-                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
-                    let (mut client_read, mut client_write) = client.into_split();
-                    let (mut server_read, mut server_write) = server.into_split();
-                    let up = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
-                        let _ = server_write.shutdown().await;
-                    });
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let mut relayed = 0u64;
-                    loop {
-                        let n = match server_read.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if relayed + n as u64 > cut_after && armed.swap(false, Ordering::SeqCst) {
-                            let keep = (cut_after - relayed.min(cut_after)) as usize;
-                            let _ = client_write.write_all(&buf[..keep]).await;
-                            cuts.fetch_add(1, Ordering::SeqCst);
-                            break;
-                        }
-                        if client_write.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        relayed += n as u64;
-                    }
-                    // Dropping both halves closes the connection (a cut: no clean end).
-                    up.abort();
-                });
-            }
-        });
-        Ok(CutProxy { addr, armed, cuts, task })
-    }
-
-    fn host(&self) -> String {
-        self.addr.to_string()
-    }
-}
-
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 fn debug_stack_options() -> crisp_testkit::StackOptions {
     crisp_testkit::StackOptions {
         env: vec![("CRISP_LOG_LEVEL".into(), "info,crisp_image=debug".into())],
@@ -656,15 +590,16 @@ async fn a_download_cut_off_mid_layer_resumes_and_unpacks_as_containerd_does() -
         // One layer, so the one cut lands inside it (past the manifest and config).
         let image = builder.data_layer(6 << 20, 11).build()?;
         registry.push(repository, "v1", &image).await?;
-        let proxy = CutProxy::start(registry.addr(), 2 << 20).await?;
+        let proxy = Throttle::start(registry.addr(), 0).await?;
+        proxy.cut_once_after(2 << 20);
         let name = format!("{}/{repository}:v1", proxy.host());
         let pulled = tokio::time::timeout(std::time::Duration::from_secs(60), pull(&mut client, &name)).await;
         let Ok(pulled) = pulled else {
             anyhow::bail!("{repository}: the pull hangs:\n{}", stack.service_log("image-0")?);
         };
         assert_eq!(pulled?, image.id(), "{repository}");
-        assert_eq!(proxy.cuts.load(std::sync::atomic::Ordering::SeqCst), 1, "{repository}: no cut happened");
-        proxy.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(proxy.cuts(), 1, "{repository}: no cut happened");
+        proxy.cut_once_after(u64::MAX);
         pull_both_and_compare(&stack, &mut client, &name, &image).await?;
         assert_staging_empty(&stack, repository).await?;
     }

@@ -365,11 +365,15 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// A loopback TCP relay in front of a server whose answers it passes on at most
-/// `bytes_per_second` (0: unthrottled), adjustable while it runs. Stops on drop.
+/// `bytes_per_second` (0: unthrottled), adjustable while it runs; armed with
+/// [`Throttle::cut_once_after`], it also breaks one connection mid-answer. Stops on drop.
 pub struct Throttle {
     addr: SocketAddr,
     rate: Arc<AtomicU64>,
     relayed: Arc<AtomicU64>,
+    /// Where the next connection to pass it is cut (`u64::MAX`: none).
+    cut_at: Arc<AtomicU64>,
+    cuts: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -378,44 +382,22 @@ impl Throttle {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let rate = Arc::new(AtomicU64::new(bytes_per_second));
-        let shared = rate.clone();
         let relayed = Arc::new(AtomicU64::new(0));
-        let counter = relayed.clone();
+        let cut_at = Arc::new(AtomicU64::new(u64::MAX));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let relay = Relay {
+            upstream,
+            rate: rate.clone(),
+            relayed: relayed.clone(),
+            cut_at: cut_at.clone(),
+            cuts: cuts.clone(),
+        };
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let rate = shared.clone();
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
-                    let (mut client_read, mut client_write) = client.into_split();
-                    let (mut server_read, mut server_write) = server.into_split();
-                    let up = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
-                        let _ = server_write.shutdown().await;
-                    });
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let limit = rate.load(Ordering::Relaxed);
-                        // Ten slices a second when throttled.
-                        let want = if limit == 0 { buf.len() } else { ((limit / 10).max(1) as usize).min(buf.len()) };
-                        let n = match server_read.read(&mut buf[..want]).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if client_write.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        counter.fetch_add(n as u64, Ordering::Relaxed);
-                        if limit != 0 {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                    let _ = client_write.shutdown().await;
-                    up.abort();
-                });
+                tokio::spawn(relay.clone().serve(client));
             }
         });
-        Ok(Throttle { addr, rate, relayed, task })
+        Ok(Throttle { addr, rate, relayed, cut_at, cuts, task })
     }
 
     /// `127.0.0.1:<port>` of the relay.
@@ -430,6 +412,74 @@ impl Throttle {
 
     pub fn set_rate(&self, bytes_per_second: u64) {
         self.rate.store(bytes_per_second, Ordering::Relaxed);
+    }
+
+    /// Arms one cut: the first connection whose answer passes `bytes` is closed there, without
+    /// a clean end (a download broken mid-blob). `u64::MAX` disarms.
+    pub fn cut_once_after(&self, bytes: u64) {
+        self.cut_at.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Connections cut so far.
+    pub fn cuts(&self) -> u64 {
+        self.cuts.load(Ordering::SeqCst)
+    }
+}
+
+/// What each relayed connection shares with its [`Throttle`].
+#[derive(Clone)]
+struct Relay {
+    upstream: SocketAddr,
+    rate: Arc<AtomicU64>,
+    relayed: Arc<AtomicU64>,
+    cut_at: Arc<AtomicU64>,
+    cuts: Arc<AtomicU64>,
+}
+
+impl Relay {
+    async fn serve(self, client: tokio::net::TcpStream) {
+        let Ok(server) = tokio::net::TcpStream::connect(self.upstream).await else { return };
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = server.into_split();
+        let up = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            let _ = server_write.shutdown().await;
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut passed = 0u64;
+        let mut cut = false;
+        loop {
+            let limit = self.rate.load(Ordering::Relaxed);
+            // Ten slices a second when throttled.
+            let want = if limit == 0 { buf.len() } else { ((limit / 10).max(1) as usize).min(buf.len()) };
+            let n = match server_read.read(&mut buf[..want]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let at = self.cut_at.load(Ordering::SeqCst);
+            if passed + n as u64 > at
+                && self.cut_at.compare_exchange(at, u64::MAX, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+            {
+                let keep = (at - passed.min(at)) as usize;
+                let _ = client_write.write_all(&buf[..keep]).await;
+                self.cuts.fetch_add(1, Ordering::SeqCst);
+                cut = true;
+                break;
+            }
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            passed += n as u64;
+            self.relayed.fetch_add(n as u64, Ordering::Relaxed);
+            if limit != 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // A cut drops both halves with no clean end.
+        if !cut {
+            let _ = client_write.shutdown().await;
+        }
+        up.abort();
     }
 }
 
