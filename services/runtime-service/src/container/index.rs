@@ -51,21 +51,22 @@ impl Entry {
     }
 }
 
-/// A snapshot of the loaded index: every entry, newest first (the order ListContainers answers in).
+/// A snapshot of the loaded index: every container's List answer, newest first (the order
+/// ListContainers answers in), side by side in one vector for a fast walk and clone.
 #[derive(Debug, Default)]
 pub struct View {
-    newest_first: Vec<Arc<Entry>>,
+    newest_first: Vec<Container>,
 }
 
 impl View {
     fn new(entries: &HashMap<String, Arc<Entry>>) -> Self {
-        let mut newest_first: Vec<_> = entries.values().cloned().collect();
-        newest_first.sort_by_key(|e| std::cmp::Reverse(e.container.created_at));
+        let mut newest_first: Vec<_> = entries.values().map(|e| e.container.clone()).collect();
+        newest_first.sort_by_key(|c| std::cmp::Reverse(c.created_at));
         View { newest_first }
     }
 
-    /// Every entry, newest first.
-    pub fn values(&self) -> impl Iterator<Item = &Arc<Entry>> {
+    /// Every container, newest first.
+    pub fn values(&self) -> impl Iterator<Item = &Container> {
         self.newest_first.iter()
     }
 }
@@ -188,7 +189,9 @@ impl Containers {
     /// Every container that passes `keep`, newest first, from the index.
     pub async fn indexed_where(&self, keep: impl Fn(&Container) -> bool) -> Result<Vec<Container>, ContainerError> {
         let view = self.view().await?;
-        Ok(view.values().filter(|e| keep(&e.container)).map(|e| e.container.clone()).collect())
+        let mut kept = Vec::with_capacity(view.newest_first.len());
+        kept.extend(view.values().filter(|c| keep(c)).cloned());
+        Ok(kept)
     }
 
     /// The status of the container whose id is `id` or starts with it, from the index.
@@ -214,8 +217,12 @@ impl Containers {
 
     /// The statuses of the pod's containers, from the index.
     pub async fn indexed_pod_statuses(&self, pod: &str) -> Result<Vec<ContainerStatus>, ContainerError> {
-        let view = self.view().await?;
-        Ok(view.values().filter(|e| e.container.pod_sandbox_id == pod).map(|e| e.status.clone()).collect())
+        self.view().await?;
+        let found: Vec<Arc<Entry>> = match self.inner.index.loaded().as_ref() {
+            Some(loaded) => loaded.entries.values().filter(|e| e.container.pod_sandbox_id == pod).cloned().collect(),
+            None => vec![],
+        };
+        Ok(found.iter().map(|e| e.status.clone()).collect())
     }
 
     /// Puts `stored` in the index (if it is loaded).
