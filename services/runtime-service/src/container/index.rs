@@ -10,9 +10,9 @@
 //!   and put, or forgotten when it is gone.
 //!
 //! Readers never wait on containerd: the index is a map behind a short (never held across an
-//! `.await`) mutex, and ListContainers reads a snapshot of it ([`View`]: the entries behind
-//! `Arc`, newest first) built at most once per change, so a List only filters and clones what it
-//! answers. An async turn is taken by every writer — a load, an event's read-and-put, crisp's own
+//! `.await`) mutex (entries behind `Arc`, so a Status clones one outside it), and
+//! ListContainers reads a snapshot ([`View`]: the containers side by side, newest first) built at
+//! most once per change, so a List only filters and clones what it answers. An async turn is taken by every writer — a load, an event's read-and-put, crisp's own
 //! puts — so a write of crisp's that races a load or an event's read is applied after it: the
 //! index never ends older than containerd's record. A reader waits on the turn only while the
 //! index is unloaded.
