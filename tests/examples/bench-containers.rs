@@ -2,15 +2,15 @@
 //! own CRI plugin on this machine, side by side, as ratios (issue 9's benchmark). Not a test:
 //! run it by hand (`tests/bench/containers.sh`).
 //!
-//! bench-containers [--containers N (50)] [--list N (500)] [--memory N (100)]
+//! bench-containers [--containers N (50)] [--list N (500)] [--calls N (50)] [--memory N (100)]
 //!                  [--containerd-socket /run/containerd/containerd.sock]
 //!
 //! Both runtimes pull one busybox image from a private loopback registry. Measured, each
 //! runtime in turn, on pods using the node's network (no CNI in the way):
 //! - CreateContainer+StartContainer and StopContainer+RemoveContainer latency, p50/p99 over N
 //!   containers made one at a time in one pod;
-//! - ListContainers and ContainerStatus latency (p50 of 50 calls) with `--list` containers
-//!   created;
+//! - ListContainers and ContainerStatus latency (p50 of `--calls` calls) with `--list`
+//!   containers created (more calls give a profiler time to sample the answer's path);
 //! - ExecSync round trip (`true`), p50 over N calls (`n/a` where the runtime answers
 //!   UNIMPLEMENTED);
 //! - N pods each with one container, run and started all at once (wall time);
@@ -53,7 +53,7 @@ struct Target {
 }
 
 async fn bench() -> anyhow::Result<()> {
-    let (mut containers, mut list, mut memory) = (50usize, 500usize, 100usize);
+    let (mut containers, mut list, mut calls, mut memory) = (50usize, 500usize, 50usize, 100usize);
     let mut containerd_socket = PathBuf::from("/run/containerd/containerd.sock");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -61,10 +61,11 @@ async fn bench() -> anyhow::Result<()> {
         match arg.as_str() {
             "--containers" => containers = number(containers),
             "--list" => list = number(list),
+            "--calls" => calls = number(calls).max(1),
             "--memory" => memory = number(memory),
             "--containerd-socket" => containerd_socket = args.next().map(PathBuf::from).unwrap_or(containerd_socket),
             other => anyhow::bail!(
-                "unknown argument {other}; usage: bench-containers [--containers N] [--list N] [--memory N] [--containerd-socket PATH]"
+                "unknown argument {other}; usage: bench-containers [--containers N] [--list N] [--calls N] [--memory N] [--containerd-socket PATH]"
             ),
         }
     }
@@ -95,7 +96,7 @@ async fn bench() -> anyhow::Result<()> {
     ];
     let mut reports = vec![];
     for target in &mut targets {
-        let report = measure(target, containers, list, memory)
+        let report = measure(target, containers, list, calls, memory)
             .await
             .map_err(|e| anyhow::anyhow!("{} failed: {e}", target.name))?;
         reports.push(report);
@@ -154,7 +155,13 @@ fn p(times: &[Duration], percentile: usize) -> Duration {
     sorted[((sorted.len() * percentile).div_ceil(100)).saturating_sub(1).min(sorted.len() - 1)]
 }
 
-async fn measure(target: &mut Target, containers: usize, list: usize, memory: usize) -> anyhow::Result<Report> {
+async fn measure(
+    target: &mut Target,
+    containers: usize,
+    list: usize,
+    calls: usize,
+    memory: usize,
+) -> anyhow::Result<Report> {
     let tag = target.name;
     let client = &mut target.client;
     let mut report = Report::default();
@@ -192,7 +199,7 @@ async fn measure(target: &mut Target, containers: usize, list: usize, memory: us
     for i in 0..list {
         ids.push(create(client, &pod, container_config(&target.image, &format!("l{i}"))).await?);
     }
-    for i in 0..50 {
+    for i in 0..calls {
         let started = Instant::now();
         let listed = client.list_containers(ListContainersRequest { filter: None }).await?.into_inner().containers;
         report.list.push(started.elapsed());
@@ -203,7 +210,7 @@ async fn measure(target: &mut Target, containers: usize, list: usize, memory: us
             report.list_direct.push(started.elapsed());
         }
         let started = Instant::now();
-        let request = ContainerStatusRequest { container_id: ids[i * list / 50].clone(), verbose: false };
+        let request = ContainerStatusRequest { container_id: ids[i * list / calls].clone(), verbose: false };
         client.container_status(request).await?;
         report.status.push(started.elapsed());
     }

@@ -9,8 +9,13 @@
 //!   made (a record created or deleted behind crisp's back): the event's record is read again
 //!   and put, or forgotten when it is gone.
 //!
-//! An async lock covers a load and an event's read-and-put, so a write of crisp's that races
-//! them is applied after them: the index never ends older than containerd's record.
+//! Readers never wait on containerd: the index is a map behind a short (never held across an
+//! `.await`) mutex (entries behind `Arc`, so a Status clones one outside it), and
+//! ListContainers reads a snapshot ([`View`]: the containers side by side, newest first) built at
+//! most once per change, so a List only filters and clones what it answers. An async turn is taken by every writer — a load, an event's read-and-put, crisp's own
+//! puts — so a write of crisp's that races a load or an event's read is applied after it: the
+//! index never ends older than containerd's record. A reader waits on the turn only while the
+//! index is unloaded.
 
 use super::record::{self, Stored};
 use super::select::Selector;
@@ -20,6 +25,7 @@ use crisp_containerd::events::ContainerEvent;
 use crisp_proto::cri::{Container, ContainerStatus, ImageSpec};
 use futures::StreamExt;
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 /// One container as the index keeps it.
@@ -45,8 +51,85 @@ impl Entry {
     }
 }
 
-/// The index: None until loaded.
-pub type Index = tokio::sync::Mutex<Option<HashMap<String, Entry>>>;
+/// A snapshot of the loaded index: every container's List answer, newest first (the order
+/// ListContainers answers in), side by side in one vector for a fast walk and clone.
+#[derive(Debug, Default)]
+pub struct View {
+    newest_first: Vec<Container>,
+}
+
+impl View {
+    fn new(entries: &HashMap<String, Arc<Entry>>) -> Self {
+        let mut newest_first: Vec<_> = entries.values().map(|e| e.container.clone()).collect();
+        newest_first.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+        View { newest_first }
+    }
+
+    /// Every container, newest first.
+    pub fn values(&self) -> impl Iterator<Item = &Container> {
+        self.newest_first.iter()
+    }
+}
+
+/// The loaded index and its snapshot (None after a change, until the next reader builds it).
+#[derive(Debug, Default)]
+struct Loaded {
+    entries: HashMap<String, Arc<Entry>>,
+    view: Option<Arc<View>>,
+}
+
+/// The index: unloaded until first used, and after a reload.
+#[derive(Debug, Default)]
+pub struct Index {
+    /// Taken by every writer, and by a reader that finds the index unloaded.
+    turn: tokio::sync::Mutex<()>,
+    /// None while unloaded. Held only for map operations, never across an `.await`.
+    loaded: std::sync::Mutex<Option<Loaded>>,
+}
+
+/// [`Index::try_lock`] found the index being written.
+#[derive(Debug)]
+pub struct Busy;
+
+impl Index {
+    fn loaded(&self) -> std::sync::MutexGuard<'_, Option<Loaded>> {
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current snapshot (None while unloaded), built here if a change outdated it.
+    fn view(&self) -> Option<Arc<View>> {
+        let mut loaded = self.loaded();
+        let loaded = loaded.as_mut()?;
+        let view = match &loaded.view {
+            Some(view) => view.clone(),
+            None => {
+                let view = Arc::new(View::new(&loaded.entries));
+                loaded.view = Some(view.clone());
+                view
+            }
+        };
+        Some(view)
+    }
+
+    /// The current snapshot without waiting (for the metrics' scrape): Ok(None) while unloaded,
+    /// Err while a writer holds the map this instant.
+    pub fn try_lock(&self) -> Result<Option<Arc<View>>, Busy> {
+        match self.loaded.try_lock() {
+            Ok(guard) => drop(guard),
+            Err(std::sync::TryLockError::Poisoned(_)) => {}
+            Err(std::sync::TryLockError::WouldBlock) => return Err(Busy),
+        }
+        Ok(self.view())
+    }
+
+    /// Applies `change` to the loaded entries (nothing while unloaded). The caller holds the turn.
+    fn change(&self, change: impl FnOnce(&mut HashMap<String, Arc<Entry>>)) {
+        if let Some(loaded) = self.loaded().as_mut() {
+            change(&mut loaded.entries);
+            loaded.view = None;
+        }
+    }
+}
 
 /// How long a new subscription is given to reach containerd before the records are read.
 const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(200);
@@ -68,43 +151,47 @@ pub fn cri_container(s: &Stored) -> Container {
 }
 
 /// The entry whose id is `id` or, failing that, the one whose id starts with it.
-fn resolve<'a>(index: &'a HashMap<String, Entry>, id: &str) -> Result<Option<&'a Entry>, ContainerError> {
+fn resolve(index: &HashMap<String, Arc<Entry>>, id: &str) -> Result<Option<Arc<Entry>>, ContainerError> {
     if let Some(entry) = index.get(id) {
-        return Ok(Some(entry));
+        return Ok(Some(entry.clone()));
     }
     let mut matching = index.iter().filter(|(key, _)| key.starts_with(id)).map(|(_, entry)| entry);
     match (matching.next(), matching.next()) {
         (None, _) => Ok(None),
-        (Some(entry), None) => Ok(Some(entry)),
+        (Some(entry), None) => Ok(Some(entry.clone())),
         (Some(_), Some(_)) => Err(ContainerError::Ambiguous(id.to_string())),
     }
 }
 
 impl Containers {
-    /// Runs `f` on the loaded index (loading it from containerd when it is not).
-    async fn with_index<T>(&self, f: impl FnOnce(&HashMap<String, Entry>) -> T) -> Result<T, ContainerError> {
-        let mut index = self.inner.index.lock().await;
-        let loaded = match index.take() {
-            Some(loaded) => loaded,
-            None => {
-                let all = record::list(&self.containerd, &Selector::default()).await?;
-                all.iter().map(|s| (s.id.clone(), Entry::new(s))).collect()
-            }
-        };
-        let answer = f(&loaded);
-        *index = Some(loaded);
-        Ok(answer)
+    /// The index's snapshot, loading the index from containerd when it is not loaded.
+    async fn view(&self) -> Result<Arc<View>, ContainerError> {
+        let index = &self.inner.index;
+        if let Some(view) = index.view() {
+            return Ok(view);
+        }
+        let _turn = index.turn.lock().await;
+        if let Some(view) = index.view() {
+            return Ok(view);
+        }
+        let all = record::list(&self.containerd, &Selector::default()).await?;
+        let entries: HashMap<_, _> = all.iter().map(|s| (s.id.clone(), Arc::new(Entry::new(s)))).collect();
+        let view = Arc::new(View::new(&entries));
+        *index.loaded() = Some(Loaded { entries, view: Some(view.clone()) });
+        Ok(view)
     }
 
-    /// Every container, from the index (loaded from containerd when it is not).
+    /// Every container, newest first, from the index (loaded from containerd when it is not).
     pub async fn indexed(&self) -> Result<Vec<Container>, ContainerError> {
         self.indexed_where(|_| true).await
     }
 
-    /// Every container that passes `keep`, from the index.
+    /// Every container that passes `keep`, newest first, from the index.
     pub async fn indexed_where(&self, keep: impl Fn(&Container) -> bool) -> Result<Vec<Container>, ContainerError> {
-        self.with_index(|index| index.values().filter(|e| keep(&e.container)).map(|e| e.container.clone()).collect())
-            .await
+        let view = self.view().await?;
+        let mut kept = Vec::with_capacity(view.newest_first.len());
+        kept.extend(view.values().filter(|c| keep(c)).cloned());
+        Ok(kept)
     }
 
     /// The status of the container whose id is `id` or starts with it, from the index.
@@ -112,33 +199,52 @@ impl Containers {
         if id.is_empty() {
             return Err(ContainerError::MissingField("container_id"));
         }
-        self.with_index(|index| resolve(index, id).map(|found| found.map(|e| e.status.clone()))).await?
+        let found = {
+            let loaded = self.inner.index.loaded();
+            loaded.as_ref().map(|loaded| resolve(&loaded.entries, id))
+        };
+        let found = match found {
+            Some(found) => found?,
+            None => {
+                // Unloaded: load it, then look again.
+                self.view().await?;
+                let loaded = self.inner.index.loaded();
+                loaded.as_ref().map(|loaded| resolve(&loaded.entries, id)).transpose()?.flatten()
+            }
+        };
+        Ok(found.map(|e| e.status.clone()))
     }
 
     /// The statuses of the pod's containers, from the index.
     pub async fn indexed_pod_statuses(&self, pod: &str) -> Result<Vec<ContainerStatus>, ContainerError> {
-        self.with_index(|index| {
-            index.values().filter(|e| e.container.pod_sandbox_id == pod).map(|e| e.status.clone()).collect()
-        })
-        .await
+        self.view().await?;
+        let found: Vec<Arc<Entry>> = match self.inner.index.loaded().as_ref() {
+            Some(loaded) => loaded.entries.values().filter(|e| e.container.pod_sandbox_id == pod).cloned().collect(),
+            None => vec![],
+        };
+        Ok(found.iter().map(|e| e.status.clone()).collect())
     }
 
     /// Puts `stored` in the index (if it is loaded).
     pub(super) async fn index_put(&self, stored: &Stored) {
-        if let Some(index) = self.inner.index.lock().await.as_mut() {
-            index.insert(stored.id.clone(), Entry::new(stored));
-        }
+        let entry = Arc::new(Entry::new(stored));
+        let _turn = self.inner.index.turn.lock().await;
+        self.inner.index.change(|entries| {
+            entries.insert(stored.id.clone(), entry);
+        });
     }
 
     pub(super) async fn index_remove(&self, id: &str) {
-        if let Some(index) = self.inner.index.lock().await.as_mut() {
-            index.remove(id);
-        }
+        let _turn = self.inner.index.turn.lock().await;
+        self.inner.index.change(|entries| {
+            entries.remove(id);
+        });
     }
 
     /// Forgets the index: the next use reads containerd again.
     pub(super) async fn index_reload(&self) {
-        *self.inner.index.lock().await = None;
+        let _turn = self.inner.index.turn.lock().await;
+        *self.inner.index.loaded() = None;
     }
 
     /// Writes `stored`'s state and info to its record, and the index.
@@ -150,22 +256,28 @@ impl Containers {
 
     /// Brings the index entry of container `id` in line with its record in containerd.
     pub(super) async fn index_refresh(&self, id: &str) {
-        let mut index = self.inner.index.lock().await;
-        let Some(loaded) = index.as_mut() else { return };
+        let index = &self.inner.index;
+        let _turn = index.turn.lock().await;
+        if index.loaded().is_none() {
+            return;
+        }
         match self.containerd.container_record(id).await {
             Ok(Some(found)) if record::is_container(&found) => match record::read(found) {
                 Ok(stored) => {
-                    loaded.insert(stored.id.clone(), Entry::new(&stored));
+                    let entry = Arc::new(Entry::new(&stored));
+                    index.change(|entries| {
+                        entries.insert(stored.id.clone(), entry);
+                    });
                 }
                 Err(err) => tracing::warn!(id, error = %err, "an unreadable container record is not listed"),
             },
-            Ok(_) => {
-                loaded.remove(id);
-            }
+            Ok(_) => index.change(|entries| {
+                entries.remove(id);
+            }),
             Err(err) => {
                 // The index may now be behind: read it all again at the next use.
                 tracing::warn!(id, error = %crisp_errors::message_chain(&err), "reading a changed container record");
-                *index = None;
+                *index.loaded() = None;
             }
         }
     }
@@ -220,16 +332,16 @@ impl Containers {
 mod tests {
     use super::*;
 
-    fn entry(id: &str) -> Entry {
-        Entry {
+    fn entry(id: &str) -> Arc<Entry> {
+        Arc::new(Entry {
             container: Container { id: id.into(), ..Default::default() },
             status: ContainerStatus { id: id.into(), ..Default::default() },
-        }
+        })
     }
 
     #[test]
     fn an_id_resolves_exactly_then_by_unique_prefix() {
-        let index: HashMap<String, Entry> =
+        let index: HashMap<String, Arc<Entry>> =
             ["abc1", "abc2", "abd", "abc"].iter().map(|id| (id.to_string(), entry(id))).collect();
         assert_eq!(resolve(&index, "abc").unwrap().unwrap().status.id, "abc");
         assert_eq!(resolve(&index, "abd").unwrap().unwrap().status.id, "abd");

@@ -25,9 +25,8 @@ pub async fn list(containers: &Containers, filter: Option<ContainerFilter>) -> R
             Ok(None) | Err(_) => return Ok(vec![]),
         },
     };
-    let mut listed = containers.indexed_where(|c| matches(c, &filter, pod.as_deref())).await?;
-    listed.sort_by_key(|c| std::cmp::Reverse(c.created_at));
-    Ok(listed)
+    // The index's snapshot is newest first already.
+    containers.indexed_where(|c| matches(c, &filter, pod.as_deref())).await
 }
 
 #[cfg(test)]
