@@ -176,8 +176,9 @@ async fn a_restarted_runtime_service_finds_the_pods_shim_again() -> anyhow::Resu
     Ok(())
 }
 
-/// Many containers of one pod (one shim) stopped at once: every StopContainer answers within
-/// its grace period and a few seconds, and each container is EXITED with the code its signal
+/// Many containers of one pod (one shim) stopped at once: every StopContainer answers (within
+/// its grace period and a bound generous enough for a loaded 2-core machine: the calls take turns
+/// at the shim), and each container is EXITED with the code its signal
 /// gave (143 for SIGTERM, 137 for SIGKILL). containerd 1.6's shim, sent that many kills at
 /// once, stopped answering and lost exits ("still running 30s after SIGKILL").
 #[tokio::test]
@@ -209,7 +210,7 @@ async fn many_containers_of_one_pod_stopped_at_once_all_exit_in_time() -> anyhow
     let answered = futures::future::try_join_all(stops).await?;
     for (i, timeout, took) in &answered {
         assert!(
-            *took < Duration::from_secs(*timeout as u64 + 10),
+            *took < Duration::from_secs(*timeout as u64 + 25),
             "StopContainer {i} (timeout {timeout}) took {took:?}"
         );
     }
@@ -230,8 +231,9 @@ async fn many_containers_of_one_pod_stopped_at_once_all_exit_in_time() -> anyhow
     Ok(())
 }
 
-/// StopPodSandbox on a pod of 100 running containers (one shim) kills them all at once: it
-/// answers within seconds and every container is EXITED with 137.
+/// StopPodSandbox on a pod of 100 running containers (one shim) kills them all: it answers
+/// (within a minute: a bound against a hang, not a speed check) and every container is EXITED
+/// with 137.
 #[tokio::test]
 async fn stopping_a_pod_of_a_hundred_running_containers_stops_every_one() -> anyhow::Result<()> {
     const COUNT: usize = 100;
@@ -245,7 +247,7 @@ async fn stopping_a_pod_of_a_hundred_running_containers_stops_every_one() -> any
     node.runtime().stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await?;
     let took = started.elapsed();
     eprintln!("StopPodSandbox of {COUNT} running containers answered in {took:?}");
-    assert!(took < Duration::from_secs(20), "StopPodSandbox took {took:?}");
+    assert!(took < Duration::from_secs(60), "StopPodSandbox took {took:?}");
     for (i, id) in ids.iter().enumerate() {
         let status = node.status(id).await?;
         assert_eq!(status.state, ContainerState::ContainerExited as i32, "container {i}");
