@@ -22,6 +22,12 @@ use std::time::Duration;
 /// without waiting for window updates on each 64 KiB.
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Streams the proxy has reset (calls the kubelet cancelled) that it remembers, so that the
+/// frames a backend still sends on them are dropped quietly. h2 remembers 50 by default; past
+/// that, each late frame is a stream error that h2 answers with a reset of its own and counts,
+/// and after 1024 of those it closes the connection ("too_many_internal_resets") under every
+/// other call to that backend. A burst of cancelled calls did that (proxy_fuzz, 2 cores).
+const REMEMBERED_RESETS: usize = crisp_grpc_server::MAX_PENDING_ACCEPT_RESET_STREAMS;
 
 /// Why a call to a backend got no response from it.
 #[derive(Debug)]
@@ -134,6 +140,10 @@ impl Backend {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(1 << 20)
             .enable_push(false)
+            .max_concurrent_reset_streams(REMEMBERED_RESETS)
+            // The backend is one of crisp's own services on a root-only socket, not a peer to
+            // guard against: a late frame on a cancelled call never closes the connection.
+            .max_local_error_reset_streams(None)
             .handshake::<_, Bytes>(stream)
             .await
             .map_err(|err| self.unreachable(err))?;
