@@ -78,6 +78,13 @@ struct Loaded {
     view: Option<Arc<View>>,
 }
 
+impl Loaded {
+    /// The snapshot, built here if a change outdated it.
+    fn view(&mut self) -> Arc<View> {
+        self.view.get_or_insert_with(|| Arc::new(View::new(&self.entries))).clone()
+    }
+}
+
 /// The index: unloaded until first used, and after a reload.
 #[derive(Debug, Default)]
 pub struct Index {
@@ -100,15 +107,7 @@ impl Index {
     fn view(&self) -> Option<Arc<View>> {
         let mut loaded = self.loaded();
         let loaded = loaded.as_mut()?;
-        let view = match &loaded.view {
-            Some(view) => view.clone(),
-            None => {
-                let view = Arc::new(View::new(&loaded.entries));
-                loaded.view = Some(view.clone());
-                view
-            }
-        };
-        Some(view)
+        Some(loaded.view())
     }
 
     /// The current snapshot without waiting (for the metrics' scrape): Ok(None) while unloaded,
@@ -164,21 +163,27 @@ fn resolve(index: &HashMap<String, Arc<Entry>>, id: &str) -> Result<Option<Arc<E
 }
 
 impl Containers {
+    /// Runs `read` on the loaded index, loading it from containerd first when it is not (and
+    /// again if a reload unloaded it in between).
+    async fn with_loaded<T>(&self, mut read: impl FnMut(&mut Loaded) -> T) -> Result<T, ContainerError> {
+        let index = &self.inner.index;
+        loop {
+            if let Some(loaded) = index.loaded().as_mut() {
+                return Ok(read(loaded));
+            }
+            let _turn = index.turn.lock().await;
+            if index.loaded().is_some() {
+                continue;
+            }
+            let all = record::list(&self.containerd, &Selector::default()).await?;
+            let entries = all.iter().map(|s| (s.id.clone(), Arc::new(Entry::new(s)))).collect();
+            *index.loaded() = Some(Loaded { entries, view: None });
+        }
+    }
+
     /// The index's snapshot, loading the index from containerd when it is not loaded.
     async fn view(&self) -> Result<Arc<View>, ContainerError> {
-        let index = &self.inner.index;
-        if let Some(view) = index.view() {
-            return Ok(view);
-        }
-        let _turn = index.turn.lock().await;
-        if let Some(view) = index.view() {
-            return Ok(view);
-        }
-        let all = record::list(&self.containerd, &Selector::default()).await?;
-        let entries: HashMap<_, _> = all.iter().map(|s| (s.id.clone(), Arc::new(Entry::new(s)))).collect();
-        let view = Arc::new(View::new(&entries));
-        *index.loaded() = Some(Loaded { entries, view: Some(view.clone()) });
-        Ok(view)
+        self.with_loaded(Loaded::view).await
     }
 
     /// Every container, newest first, from the index (loaded from containerd when it is not).
@@ -199,30 +204,16 @@ impl Containers {
         if id.is_empty() {
             return Err(ContainerError::MissingField("container_id"));
         }
-        let found = {
-            let loaded = self.inner.index.loaded();
-            loaded.as_ref().map(|loaded| resolve(&loaded.entries, id))
-        };
-        let found = match found {
-            Some(found) => found?,
-            None => {
-                // Unloaded: load it, then look again.
-                self.view().await?;
-                let loaded = self.inner.index.loaded();
-                loaded.as_ref().map(|loaded| resolve(&loaded.entries, id)).transpose()?.flatten()
-            }
-        };
+        let found = self.with_loaded(|loaded| resolve(&loaded.entries, id)).await??;
         Ok(found.map(|e| e.status.clone()))
     }
 
     /// The statuses of the pod's containers, from the index.
     pub async fn indexed_pod_statuses(&self, pod: &str) -> Result<Vec<ContainerStatus>, ContainerError> {
-        self.view().await?;
-        let found: Vec<Arc<Entry>> = match self.inner.index.loaded().as_ref() {
-            Some(loaded) => loaded.entries.values().filter(|e| e.container.pod_sandbox_id == pod).cloned().collect(),
-            None => vec![],
-        };
-        Ok(found.iter().map(|e| e.status.clone()).collect())
+        self.with_loaded(|loaded| {
+            loaded.entries.values().filter(|e| e.container.pod_sandbox_id == pod).map(|e| e.status.clone()).collect()
+        })
+        .await
     }
 
     /// Puts `stored` in the index (if it is loaded).
