@@ -1,5 +1,5 @@
 //! ListImages, ImageStatus and RemoveImage: reading and deleting the image records, and the
-//! garbage collection that follows a removal.
+//! garbage collection that follows a removal (which nothing but ImageFsInfo waits for).
 
 use crate::error::ImageError;
 use crisp_containerd::{Containerd, ContainerdError, Lease};
@@ -80,11 +80,19 @@ fn deletions<'a>(record_names: &'a [String], id: &str) -> (Vec<&'a str>, Vec<&'a
     (names, ids)
 }
 
-/// containerd's garbage collection after this replica's removals, run in the background: a
-/// pull or an ImageFsInfo call waits for the one requested before it, so a pull never races the
-/// collection of what it is about to find (and reuse), and the usage reported is after it.
+/// containerd's garbage collection after this replica's removals, run in the background: an
+/// ImageFsInfo call waits for the one requested before it, so the usage it reports is after it.
 /// Removals in a row share collections: one runs at a time, the next covers every removal
 /// requested meanwhile.
+///
+/// A PullImage does not wait: it runs beside a collection as it must beside those containerd's
+/// own scheduler starts soon after any deletion, whoever deleted. A collection marks and
+/// sweeps containerd's metadata in one step under its write lock; the pull adds the object its
+/// reference names to its lease before it looks for it, and that object's labels lead to the
+/// config, the layers and the top snapshot: what the pull finds there was kept by every
+/// collection since, or was swept with it and is fetched again. What the pull writes is in its
+/// lease. containerd removes the swept files afterwards, under the content store's and the
+/// snapshotter's locks, which the pull's writes wait for.
 #[derive(Clone)]
 pub struct Collection {
     requested: Arc<AtomicU64>,

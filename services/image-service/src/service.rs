@@ -78,8 +78,7 @@ impl ImageService for Images {
         let deadline = deadline(&request);
         let request = request.into_inner();
         let name = image_name(request.image.as_ref())?;
-        // What a removal here left for collection is collected first, not raced.
-        self.collection.settled().await;
+        // Not after a removal's collection: the pull runs beside it (see images::Collection).
         let id = self.puller.pull(name, request.auth.as_ref(), deadline).await?;
         self.fs_info.changed();
         self.resync().await;
