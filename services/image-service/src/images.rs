@@ -147,7 +147,11 @@ async fn collect(containerd: &Containerd) -> Result<(), ContainerdError> {
     containerd.delete_lease(&lease.into_id(), true).await
 }
 
-/// The CRI view of an image.
+/// The CRI view of an image, with the fields containerd's CRI plugin fills: no `spec` (optional;
+/// the kubelet reads the image's id when there is none). An answer that stays small counts:
+/// h2 writes a DATA payload over 256 bytes apart from the trailers that follow it, so every hop
+/// of a larger answer costs one more write and one more wake-up of its reader (ImageStatus of
+/// critest's image: 248 bytes on the wire without `spec`, 323 with it).
 fn to_cri(image: &crisp_image_model::Image) -> Image {
     let user = image.details.user();
     Image {
@@ -157,7 +161,7 @@ fn to_cri(image: &crisp_image_model::Image) -> Image {
         size: image.details.size,
         uid: user.uid.map(|value| crisp_proto::cri::Int64Value { value }),
         username: user.username,
-        spec: Some(crisp_proto::cri::ImageSpec { image: image.id.to_string(), ..Default::default() }),
+        spec: None,
         pinned: image.pinned,
     }
 }
