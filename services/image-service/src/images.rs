@@ -1,5 +1,5 @@
 //! ListImages, ImageStatus and RemoveImage: reading and deleting the image records, and the
-//! garbage collection that follows a removal (which nothing but ImageFsInfo waits for).
+//! garbage collection that follows a removal (a second later; only ImageFsInfo waits for it).
 
 use crate::error::ImageError;
 use crisp_containerd::{Containerd, ContainerdError, Lease};
@@ -80,28 +80,37 @@ fn deletions<'a>(record_names: &'a [String], id: &str) -> (Vec<&'a str>, Vec<&'a
     (names, ids)
 }
 
-/// containerd's garbage collection after this replica's removals, run in the background: an
-/// ImageFsInfo call waits for the one requested before it, so the usage it reports is after it.
-/// Removals in a row share collections: one runs at a time, the next covers every removal
-/// requested meanwhile.
+/// containerd's garbage collection after this replica's removals, run in the background
+/// [`COLLECTION_DELAY`] after a removal: the removals in a row meanwhile (the kubelet's image GC
+/// removes several) share it, and a pull of the image right after its removal (critest's loop,
+/// a pod scheduled back) still finds what the records held, which it keeps in its lease and
+/// reuses instead of fetching and unpacking it again. containerd's own GC scheduler may collect
+/// earlier (it runs soon after any deletion): the delay only bounds how late the space comes
+/// back. An ImageFsInfo call runs a pending collection at once and waits for it, so the usage it
+/// reports is after every removal before it. One collection runs at a time.
 ///
 /// A PullImage does not wait: it runs beside a collection as it must beside those containerd's
-/// own scheduler starts soon after any deletion, whoever deleted. A collection marks and
-/// sweeps containerd's metadata in one step under its write lock; the pull adds the object its
-/// reference names to its lease before it looks for it, and that object's labels lead to the
-/// config, the layers and the top snapshot: what the pull finds there was kept by every
-/// collection since, or was swept with it and is fetched again. What the pull writes is in its
-/// lease. containerd removes the swept files afterwards, under the content store's and the
-/// snapshotter's locks, which the pull's writes wait for.
+/// own scheduler starts, whoever deleted. A collection marks and sweeps containerd's metadata
+/// in one step under its write lock; the pull adds the object its reference names to its lease
+/// before it looks for it, and that object's labels lead to the config, the layers and the top
+/// snapshot: what the pull finds there was kept by every collection since, or was swept with it
+/// and is fetched again. What the pull writes is in its lease. containerd removes the swept
+/// files afterwards, under the content store's and the snapshotter's locks, which the pull's
+/// writes wait for.
 #[derive(Clone)]
 pub struct Collection {
     requested: Arc<AtomicU64>,
     done: watch::Receiver<u64>,
     wake: Arc<Notify>,
+    /// Cuts the delay short (a caller waits).
+    hurry: Arc<Notify>,
 }
 
 /// How long a removal waits for its deletion events at most.
 const DELETIONS_SEEN_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long after a removal its collection runs (unless a caller waits for it).
+pub const COLLECTION_DELAY: Duration = Duration::from_secs(1);
 
 /// How long a caller waits for a collection at most; a slower one is left to finish alone.
 const COLLECTION_WAIT: Duration = Duration::from_secs(10);
@@ -110,11 +119,15 @@ impl Collection {
     /// Starts the task that runs the collections (until the process ends).
     pub fn start(containerd: Containerd) -> Collection {
         let (tx, done) = watch::channel(0);
-        let (requested, wake) = (Arc::new(AtomicU64::new(0)), Arc::new(Notify::new()));
-        let (wanted, woken) = (requested.clone(), wake.clone());
+        let (requested, wake, hurry) = (Arc::new(AtomicU64::new(0)), Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (wanted, woken, hurried) = (requested.clone(), wake.clone(), hurry.clone());
         tokio::spawn(async move {
             loop {
                 woken.notified().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(COLLECTION_DELAY) => {}
+                    _ = hurried.notified() => {}
+                }
                 let target = wanted.load(Ordering::SeqCst);
                 if let Err(err) = collect(&containerd).await {
                     tracing::warn!(error = %err, "running containerd's garbage collection after a removal failed");
@@ -122,7 +135,7 @@ impl Collection {
                 tx.send_replace(target);
             }
         });
-        Collection { requested, done, wake }
+        Collection { requested, done, wake, hurry }
     }
 
     /// Asks for a collection, after a removal.
@@ -131,10 +144,14 @@ impl Collection {
         self.wake.notify_one();
     }
 
-    /// Waits until the collections requested so far have run.
+    /// Runs the collections requested so far now, if they have not run, and waits for them.
     pub async fn settled(&self) {
         let wanted = self.requested.load(Ordering::SeqCst);
         let mut done = self.done.clone();
+        if *done.borrow() >= wanted {
+            return;
+        }
+        self.hurry.notify_one();
         if tokio::time::timeout(COLLECTION_WAIT, done.wait_for(|done| *done >= wanted)).await.is_err() {
             tracing::warn!("containerd's garbage collection after a removal takes long; not waiting for it");
         }
