@@ -97,7 +97,7 @@ async fn a_stored_image_whose_snapshot_is_gone_is_unpacked_again() -> anyhow::Re
 }
 
 #[tokio::test]
-async fn a_removed_image_is_gone_at_once_and_collected_before_the_next_pull_or_usage() -> anyhow::Result<()> {
+async fn a_removed_image_is_gone_at_once_and_collected_before_the_next_usage() -> anyhow::Result<()> {
     let registry = Registry::start().await?;
     let stack = stack().await?;
     let mut client = stack.image_client();
@@ -128,7 +128,7 @@ async fn a_removed_image_is_gone_at_once_and_collected_before_the_next_pull_or_u
         assert_eq!(blobs_left()?, Vec::<String>::new(), "round {round}");
         assert!(!stack.ctr(&["snapshots", "ls"])?.contains(&top), "round {round}");
     }
-    // Pulled again right after its removal (the pull waits for the collection), it is whole.
+    // Pulled again after its removal was collected, it is whole.
     assert_eq!(pull(&mut client, &name).await?, image.id());
     assert!(stack.ctr(&["snapshots", "ls"])?.contains(&top));
     assert_eq!(blobs_left()?.len(), 4);
