@@ -354,6 +354,35 @@ mod tests {
     }
 
     #[test]
+    fn the_encoded_list_is_the_snapshot_newest_first_and_follows_changes() {
+        use crisp_proto::cri::ListContainersResponse;
+        use prost::Message;
+        let dated = |id: &str, created_at: i64| {
+            let mut e = (*entry(id)).clone();
+            e.container.created_at = created_at;
+            Arc::new(e)
+        };
+        let index = Index::default();
+        let entries = [dated("old", 1), dated("new", 3), dated("mid", 2)];
+        let entries = entries.into_iter().map(|e| (e.container.id.clone(), e)).collect();
+        *index.loaded() = Some(Loaded { entries, view: None });
+        let listed = |index: &Index| {
+            let frame = index.view().unwrap().unfiltered_frame();
+            let ids = ListContainersResponse::decode(&frame[5..]).unwrap().containers.into_iter().map(|c| c.id);
+            ids.collect::<Vec<_>>()
+        };
+        assert_eq!(listed(&index), ["new", "mid", "old"]);
+        // The same snapshot answers the same bytes; a change makes a new one.
+        let view = index.view().unwrap();
+        assert_eq!(view.unfiltered_frame().as_ptr(), index.view().unwrap().unfiltered_frame().as_ptr());
+        index.change(|entries| {
+            entries.remove("mid");
+            entries.insert("newest".into(), dated("newest", 4));
+        });
+        assert_eq!(listed(&index), ["newest", "new", "old"]);
+    }
+
+    #[test]
     fn an_id_resolves_exactly_then_by_unique_prefix() {
         let index: HashMap<String, Arc<Entry>> =
             ["abc1", "abc2", "abd", "abc"].iter().map(|id| (id.to_string(), entry(id))).collect();
