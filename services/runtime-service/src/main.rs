@@ -49,9 +49,12 @@ async fn run(config: crisp_config::Config) -> Result<(), Box<dyn std::error::Err
     // Exits from containerd's events; first, the exits that happened while the service was down.
     let _exits = service.containers().watch_exits();
     let container_io = attach::server(service.containers().clone());
+    let containers = service.containers().clone();
     let runtime = RuntimeServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // ListContainers with an empty filter (the kubelet's PLEG, each second) from the index's encoded answer.
+    let runtime = container::UnfilteredList::new(runtime, containers);
     crisp_grpc_server::serve_until_shutdown(|shutdown| {
         crisp_grpc_server::server()
             .add_service(health_service)

@@ -12,7 +12,10 @@
 //! Readers never wait on containerd: the index is a map behind a short (never held across an
 //! `.await`) mutex (entries behind `Arc`, so a Status clones one outside it), and
 //! ListContainers reads a snapshot ([`View`]: the containers side by side, newest first) built at
-//! most once per change, so a List only filters and clones what it answers. An async turn is taken by every writer — a load, an event's read-and-put, crisp's own
+//! most once per change, so a List only filters and clones what it answers; the unfiltered
+//! answer (the kubelet's PLEG asks for it every second) is encoded at most once per change too.
+//!
+//! An async turn is taken by every writer — a load, an event's read-and-put, crisp's own
 //! puts — so a write of crisp's that races a load or an event's read is applied after it: the
 //! index never ends older than containerd's record. A reader waits on the turn only while the
 //! index is unloaded.
@@ -21,11 +24,12 @@ use super::record::{self, Stored};
 use super::select::Selector;
 use super::status::cri_status;
 use super::{ContainerError, Containers};
+use bytes::Bytes;
 use crisp_containerd::events::ContainerEvent;
 use crisp_proto::cri::{Container, ContainerStatus, ImageSpec};
 use futures::StreamExt;
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 
 /// One container as the index keeps it.
@@ -52,22 +56,35 @@ impl Entry {
 }
 
 /// A snapshot of the loaded index: every container's List answer, newest first (the order
-/// ListContainers answers in), side by side in one vector for a fast walk and clone.
+/// ListContainers answers in), side by side in one vector for a fast walk and clone; and the
+/// unfiltered answer encoded, once, by the first List that asks for it.
 #[derive(Debug, Default)]
 pub struct View {
     newest_first: Vec<Container>,
+    unfiltered: OnceLock<Bytes>,
 }
 
 impl View {
     fn new(entries: &HashMap<String, Arc<Entry>>) -> Self {
         let mut newest_first: Vec<_> = entries.values().map(|e| e.container.clone()).collect();
         newest_first.sort_by_key(|c| std::cmp::Reverse(c.created_at));
-        View { newest_first }
+        View { newest_first, unfiltered: OnceLock::new() }
     }
 
     /// Every container, newest first.
     pub fn values(&self) -> impl Iterator<Item = &Container> {
         self.newest_first.iter()
+    }
+
+    /// ListContainers' answer to an empty filter, as one gRPC message frame
+    /// ([`super::list::encode_frame`]), encoded at the first call on this snapshot. Two first
+    /// calls at once may both encode it; neither waits for the other.
+    pub fn unfiltered_frame(&self) -> Bytes {
+        if let Some(frame) = self.unfiltered.get() {
+            return frame.clone();
+        }
+        let frame = super::list::encode_frame(&self.newest_first);
+        self.unfiltered.get_or_init(|| frame).clone()
     }
 }
 
@@ -184,6 +201,12 @@ impl Containers {
     /// The index's snapshot, loading the index from containerd when it is not loaded.
     async fn view(&self) -> Result<Arc<View>, ContainerError> {
         self.with_loaded(Loaded::view).await
+    }
+
+    /// ListContainers' answer to an empty filter, encoded ([`View::unfiltered_frame`]): the
+    /// same bytes for every call until the index changes.
+    pub async fn unfiltered_frame(&self) -> Result<Bytes, ContainerError> {
+        Ok(self.view().await?.unfiltered_frame())
     }
 
     /// Every container, newest first, from the index (loaded from containerd when it is not).
@@ -328,6 +351,35 @@ mod tests {
             container: Container { id: id.into(), ..Default::default() },
             status: ContainerStatus { id: id.into(), ..Default::default() },
         })
+    }
+
+    #[test]
+    fn the_encoded_list_is_the_snapshot_newest_first_and_follows_changes() {
+        use crisp_proto::cri::ListContainersResponse;
+        use prost::Message;
+        let dated = |id: &str, created_at: i64| {
+            let mut e = (*entry(id)).clone();
+            e.container.created_at = created_at;
+            Arc::new(e)
+        };
+        let index = Index::default();
+        let entries = [dated("old", 1), dated("new", 3), dated("mid", 2)];
+        let entries = entries.into_iter().map(|e| (e.container.id.clone(), e)).collect();
+        *index.loaded() = Some(Loaded { entries, view: None });
+        let listed = |index: &Index| {
+            let frame = index.view().unwrap().unfiltered_frame();
+            let ids = ListContainersResponse::decode(&frame[5..]).unwrap().containers.into_iter().map(|c| c.id);
+            ids.collect::<Vec<_>>()
+        };
+        assert_eq!(listed(&index), ["new", "mid", "old"]);
+        // The same snapshot answers the same bytes; a change makes a new one.
+        let view = index.view().unwrap();
+        assert_eq!(view.unfiltered_frame().as_ptr(), index.view().unwrap().unfiltered_frame().as_ptr());
+        index.change(|entries| {
+            entries.remove("mid");
+            entries.insert("newest".into(), dated("newest", 4));
+        });
+        assert_eq!(listed(&index), ["newest", "new", "old"]);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub mod update;
 
 pub use checkpoint::checkpoint;
 pub use create::create;
-pub use list::list;
+pub use list::{UnfilteredList, list};
 pub use pod::{remove_all as remove_pod_containers, stop_all as stop_pod_containers};
 pub use remove::remove;
 pub use start::start;
