@@ -126,10 +126,18 @@ async fn ensure_teed(
         let reference = format!("{}-{}", kind.name(), desc.digest);
         let mut waited_offset = None;
         loop {
+            // Present: held in the pull's lease, then looked for again. A garbage collection
+            // started by another client in between either removed it (it is fetched) or, once
+            // the lease holds it, keeps it. (A blob that is not there costs no lease write.)
             if containerd.content_info(desc.digest.as_str()).await?.is_some() {
-                // Present: hold it in this pull's lease and label it.
                 lease.hold(Held::Content(desc.digest.as_str())).await?;
-                containerd.set_content_labels(Some(lease.id()), desc.digest.as_str(), labels.clone()).await?;
+                let Some(info) = containerd.content_info(desc.digest.as_str()).await? else {
+                    tracing::debug!("collected before the pull held it: fetching it");
+                    continue;
+                };
+                // Its source repositories kept, this one added.
+                let update = super::source::missing(&info.labels, &labels);
+                containerd.set_content_labels(Some(lease.id()), desc.digest.as_str(), update).await?;
                 progress.step();
                 tracing::debug!("already in the content store");
                 return Ok(None);
