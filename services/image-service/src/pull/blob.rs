@@ -276,7 +276,7 @@ async fn write(
                             }
                             buffer.extend_from_slice(&chunk);
                             if let Some(tee) = &mut tee {
-                                tee.feed(&chunk).await;
+                                tee.feed(chunk).await;
                             }
                             if buffer.len() >= WRITE_CHUNK {
                                 ingest.write(std::mem::replace(&mut buffer, Vec::with_capacity(WRITE_CHUNK))).await?;
@@ -345,10 +345,10 @@ struct Teed<'a> {
 const READ_BACK_CHUNK: usize = 64 << 10;
 
 impl Teed<'_> {
-    async fn feed(&mut self, bytes: &[u8]) {
-        self.hasher.update(bytes);
+    async fn feed(&mut self, bytes: bytes::Bytes) {
+        self.hasher.update(&bytes);
         // An extractor that stopped reading tells why at `finish`; the download goes on.
-        self.tee.feed(bytes.to_vec()).await;
+        self.tee.feed(bytes).await;
     }
 
     /// Hands the extractor the first `len` bytes of the blob, from the ingest's file.
@@ -368,7 +368,7 @@ impl Teed<'_> {
             chunk.truncate(n);
             read += n as u64;
             self.hasher.update(&chunk);
-            self.tee.feed(chunk).await;
+            self.tee.feed(chunk.into()).await;
         }
         if read != len as u64 {
             return Err(PullError::Internal(format!(
