@@ -38,8 +38,9 @@ impl Wanted {
 /// bytes got through).
 const MAX_RESUMES: u32 = 5;
 
-/// Bytes sent to containerd per write.
-const WRITE_CHUNK: usize = 1 << 20;
+/// Bytes sent to containerd per write (at most four writes of a blob are unanswered at a time,
+/// and several layers download at once: what they hold is what this bounds).
+const WRITE_CHUNK: usize = 512 << 10;
 
 /// The blob's kind, as containerd names ingests (`layer-sha256:...`).
 #[derive(Debug, Clone, Copy)]
