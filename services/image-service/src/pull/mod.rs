@@ -381,10 +381,14 @@ impl Inner {
         // parents).
         let mut unpacked = 0;
         for i in (0..chain.len()).rev() {
+            // Held, then looked for again: a collection in between either took it (the chain
+            // below is looked at) or, once held, keeps it and its parents.
             if self.containerd.snapshot_exists(snapshotter, chain[i].as_str()).await? {
-                unpacked = i + 1;
                 lease.hold(Held::Snapshot { snapshotter, key: chain[i].as_str() }).await?;
-                break;
+                if self.containerd.snapshot_exists(snapshotter, chain[i].as_str()).await? {
+                    unpacked = i + 1;
+                    break;
+                }
             }
         }
         let staging = self.staging().await;
