@@ -25,10 +25,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{Semaphore, mpsc};
+use tonic::Code;
 
 /// Bytes read at once from a blob file in the content store.
 const FILE_READ_BUFFER: usize = 256 << 10;
-use tonic::Code;
 
 /// The snapshotter whose snapshots the direct apply fills.
 pub const SNAPSHOTTER: &str = "overlayfs";
