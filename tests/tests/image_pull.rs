@@ -162,3 +162,45 @@ async fn a_tag_with_a_digest_names_the_image_by_digest_only() -> anyhow::Result<
     assert_no_leases(&stack).await?;
     Ok(())
 }
+
+/// The `containerd.io/distribution.source.<host>` label of the blob `digest`, as `ctr content
+/// ls` prints it (`key=value`, the value listing repositories with commas).
+fn source_label(stack: &crisp_testkit::Stack, registry: &Registry, digest: &str) -> anyhow::Result<String> {
+    let listing = stack.ctr(&["content", "ls"])?;
+    let line = listing.lines().find(|l| l.starts_with(digest)).ok_or_else(|| anyhow::anyhow!("no {digest}"))?;
+    let key = format!("containerd.io/distribution.source.{}=", registry.host());
+    let value = line.split_once(&key).map(|(_, rest)| rest).unwrap_or_default();
+    // Labels are comma-separated too: the value ends where the next `key=` starts.
+    let repositories: Vec<&str> = value.split(',').take_while(|part| !part.contains('=')).collect();
+    Ok(repositories.join(","))
+}
+
+#[tokio::test]
+async fn every_blob_lists_each_repository_it_was_pulled_from() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let stack = stack().await?;
+    let mut client = stack.image_client();
+    let image = ImageBuilder::new(Format::Oci).busybox_layer()?.file_layer("etc/motd", "one\n").build()?;
+    let app = registry.push("team/app", "v1", &image).await?;
+    let base = registry.push("team/base", "v1", &image).await?;
+    let blobs: Vec<&str> =
+        image.layers.iter().chain([&image.config, &image.manifest]).map(|b| b.digest.as_str()).collect();
+
+    pull(&mut client, &app).await?;
+    for digest in &blobs {
+        assert_eq!(source_label(&stack, &registry, digest)?, "team/app", "{digest}");
+    }
+    // Everything stored already: only the records and the labels are written.
+    pull(&mut client, &base).await?;
+    for digest in &blobs {
+        assert_eq!(source_label(&stack, &registry, digest)?, "team/app,team/base", "{digest}");
+    }
+    // A full pull of another image keeps the sources of the layer it shares.
+    let other = ImageBuilder::new(Format::Oci).busybox_layer()?.file_layer("etc/motd", "other\n").build()?;
+    let other_name = registry.push("team/other", "v1", &other).await?;
+    pull(&mut client, &other_name).await?;
+    assert_eq!(other.layers[0].digest, image.layers[0].digest);
+    assert_eq!(source_label(&stack, &registry, &other.layers[0].digest)?, "team/app,team/base,team/other");
+    assert_eq!(source_label(&stack, &registry, &other.layers[1].digest)?, "team/other");
+    Ok(())
+}

@@ -59,10 +59,14 @@ pub async fn unpack_layer(
     layer: Layer<'_>,
     staged: Option<crate::apply::Staged>,
 ) -> Result<(), UnpackError> {
+    // Held, then looked for again: a collection in between either took it (it is made again)
+    // or, once held, keeps it.
     if containerd.snapshot_exists(snapshotter, layer.chain_id.as_str()).await? {
         hold_snapshot(lease, snapshotter, layer.chain_id).await?;
-        tracing::debug!("snapshot committed by another pull meanwhile");
-        return Ok(());
+        if containerd.snapshot_exists(snapshotter, layer.chain_id.as_str()).await? {
+            tracing::debug!("snapshot committed by another pull meanwhile");
+            return Ok(());
+        }
     }
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let key = format!("extract-{nanos}-{} {}", std::process::id(), layer.chain_id);

@@ -12,19 +12,23 @@ mod fsops;
 pub mod layer;
 mod stream;
 
+use bytes::{Buf, Bytes};
 use containerd_client::services::v1::ReadContentRequest;
 use crisp_containerd::{Containerd, ContainerdError, LeaseId, leased};
 use futures::StreamExt;
 use layer::{ImplicitDir, Whiteouts};
 use rustix::fs::XattrFlags;
 use rustix::io::Errno;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{Semaphore, mpsc};
 use tonic::Code;
+
+/// Bytes read at once from a blob file in the content store.
+const FILE_READ_BUFFER: usize = 256 << 10;
 
 /// The snapshotter whose snapshots the direct apply fills.
 pub const SNAPSHOTTER: &str = "overlayfs";
@@ -190,10 +194,10 @@ impl StagingArea {
             let (algorithm, hex) = digest.split_once(':')?;
             std::fs::File::open(root.join("blobs").join(algorithm).join(hex)).ok()
         });
-        let (source, _abort_reader): (Box<dyn Read + Send>, Option<AbortOnDrop>) = match blob_file {
-            Some(file) => (Box::new(file), None),
+        let (source, _abort_reader): (Box<dyn BufRead + Send>, Option<AbortOnDrop>) = match blob_file {
+            Some(file) => (Box::new(io::BufReader::with_capacity(FILE_READ_BUFFER, file)), None),
             None => {
-                let (tx, rx) = mpsc::channel::<Result<Vec<u8>, tonic::Status>>(8);
+                let (tx, rx) = mpsc::channel::<Result<Bytes, tonic::Status>>(8);
                 let request = leased(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 }, lease);
                 let mut stream = containerd
                     .content()
@@ -203,14 +207,14 @@ impl StagingArea {
                     .into_inner();
                 let reader_task = tokio::spawn(async move {
                     while let Some(chunk) = stream.next().await {
-                        let chunk = chunk.map(|c| c.data);
+                        let chunk = chunk.map(|c| Bytes::from(c.data));
                         let failed = chunk.is_err();
                         if tx.send(chunk).await.is_err() || failed {
                             break;
                         }
                     }
                 });
-                (Box::new(ChannelReader { rx, chunk: Vec::new(), pos: 0 }), Some(AbortOnDrop(reader_task)))
+                (Box::new(ChannelReader::new(Receiver::Bounded(rx), None)), Some(AbortOnDrop(reader_task)))
             }
         };
 
@@ -221,22 +225,24 @@ impl StagingArea {
 
     /// Starts extracting the layer `digest` from the bytes the caller [`Tee::feed`]s while it
     /// downloads them (every byte of the blob, from its first). `None` when its media type is
-    /// not one the direct apply reads. Back-pressure: `feed` waits while the extractor is
-    /// [`TEE_CHUNKS`] chunks behind. Not counted against the bound on extractions from the
+    /// not one the direct apply reads. Back-pressure: `feed` waits while the extractor has
+    /// [`TEE_BYTES`] not read yet. Not counted against the bound on extractions from the
     /// content store: the bound on downloads bounds these.
     pub fn tee(&self, media_type: &str, chain_id: &str, first: bool) -> Result<Option<Tee>, ApplyError> {
         let Some(compression) = compression(media_type) else { return Ok(None) };
-        let (tx, rx) = mpsc::channel::<Result<Vec<u8>, tonic::Status>>(TEE_CHUNKS);
-        let reader = ChannelReader { rx, chunk: Vec::new(), pos: 0 };
+        // Unbounded in chunks, bounded in bytes by `room`.
+        let (tx, rx) = mpsc::unbounded_channel::<Result<Bytes, tonic::Status>>();
+        let room = Arc::new(Semaphore::new(TEE_BYTES));
+        let reader = ChannelReader::new(Receiver::Unbounded(rx), Some(room.clone()));
         let extraction = self.spawn(compression, Box::new(reader), chain_id, first)?;
-        Ok(Some(Tee { tx: Some(tx), extraction, started: std::time::Instant::now() }))
+        Ok(Some(Tee { tx: Some(tx), room, extraction, started: std::time::Instant::now() }))
     }
 
     /// Extracts `source` into a new staging directory on a blocking thread.
     fn spawn(
         &self,
         compression: Compression,
-        source: Box<dyn Read + Send>,
+        source: Box<dyn BufRead + Send>,
         chain_id: &str,
         first: bool,
     ) -> Result<Extraction, ApplyError> {
@@ -254,9 +260,11 @@ impl StagingArea {
         let cancel = Arc::new(AtomicBool::new(false));
         let stop = CancelOnDrop(cancel.clone());
         let thread = tokio::task::spawn_blocking(move || {
-            let source = io::BufReader::with_capacity(256 << 10, source);
+            // Inflated straight from the source's buffers (the download's chunks, or the file's).
             let result = match compression {
-                Compression::Gzip => layer::apply(flate2::read::MultiGzDecoder::new(source), &root, whiteouts, &cancel),
+                Compression::Gzip => {
+                    layer::apply(flate2::bufread::MultiGzDecoder::new(source), &root, whiteouts, &cancel)
+                }
                 // Every frame of the stream, as containerd's decompressor reads them.
                 Compression::Zstd => zstd::stream::read::Decoder::with_buffer(source)
                     .map_err(|e| ApplyError::io("starting the zstd decoder for", &root, e))
@@ -275,8 +283,9 @@ impl StagingArea {
     }
 }
 
-/// Chunks of a download queued for its extractor (reqwest's chunks: a few KiB to 64 KiB each).
-pub const TEE_CHUNKS: usize = 16;
+/// Bytes of a download queued for its extractor (reqwest's chunks, a few KiB to a few hundred
+/// each, as they came): enough to keep it busy, little beside several layers downloading.
+pub const TEE_BYTES: usize = 1 << 20;
 
 /// An extraction running on its blocking thread; dropped, it is stopped and its tree removed.
 struct Extraction {
@@ -313,7 +322,9 @@ fn check_diff_id(
 /// [`Tee::finish`]es it. Dropped before that (a failed or cancelled download), the extraction
 /// stops and its staged tree is removed.
 pub struct Tee {
-    tx: Option<mpsc::Sender<Result<Vec<u8>, tonic::Status>>>,
+    tx: Option<mpsc::UnboundedSender<Result<Bytes, tonic::Status>>>,
+    /// Bytes the extractor may still be handed before it reads some.
+    room: Arc<Semaphore>,
     extraction: Extraction,
     started: std::time::Instant,
 }
@@ -321,9 +332,17 @@ pub struct Tee {
 impl Tee {
     /// Hands the extractor the blob's next bytes, waiting while it is behind. `false` once it
     /// stopped reading (it failed, or the archive ended): [`Tee::finish`] tells which.
-    pub async fn feed(&mut self, bytes: Vec<u8>) -> bool {
+    pub async fn feed(&mut self, bytes: Bytes) -> bool {
         let Some(tx) = &self.tx else { return false };
-        if tx.send(Ok(bytes)).await.is_err() {
+        // A chunk larger than the whole room takes all of it.
+        let want = bytes.len().min(TEE_BYTES) as u32;
+        // The reader closes `room` when it stops.
+        let Ok(permit) = self.room.acquire_many(want).await else {
+            self.tx = None;
+            return false;
+        };
+        permit.forget();
+        if tx.send(Ok(bytes)).is_err() {
             self.tx = None;
             return false;
         }
@@ -359,28 +378,77 @@ fn remove_stale(dir: &Path) {
     }
 }
 
-/// The content store's chunks as a `Read` for the blocking thread.
+/// The chunks of a blob (from the content service, or teed from its download) as a `BufRead`
+/// for the extractor's blocking thread: the decompressor reads them where they are.
 struct ChannelReader {
-    rx: mpsc::Receiver<Result<Vec<u8>, tonic::Status>>,
-    chunk: Vec<u8>,
-    pos: usize,
+    rx: Receiver,
+    chunk: Bytes,
+    /// Of the room the current chunk took, what is not given back yet.
+    held: usize,
+    /// The tee's room: each chunk's bytes are given back once read; closed when the reader is
+    /// dropped, so that a download feeding an extractor that stopped does not wait.
+    room: Option<Arc<Semaphore>>,
+}
+
+enum Receiver {
+    Bounded(mpsc::Receiver<Result<Bytes, tonic::Status>>),
+    Unbounded(mpsc::UnboundedReceiver<Result<Bytes, tonic::Status>>),
+}
+
+impl ChannelReader {
+    fn new(rx: Receiver, room: Option<Arc<Semaphore>>) -> ChannelReader {
+        ChannelReader { rx, chunk: Bytes::new(), held: 0, room }
+    }
+}
+
+impl Drop for ChannelReader {
+    fn drop(&mut self) {
+        if let Some(room) = &self.room {
+            room.close();
+        }
+    }
+}
+
+impl BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.chunk.is_empty() {
+            let next = match &mut self.rx {
+                Receiver::Bounded(rx) => rx.blocking_recv(),
+                Receiver::Unbounded(rx) => rx.blocking_recv(),
+            };
+            match next {
+                Some(Ok(chunk)) => {
+                    // What `Tee::feed` took for it.
+                    self.held = chunk.len().min(TEE_BYTES);
+                    self.chunk = chunk;
+                }
+                Some(Err(status)) => return Err(io::Error::other(format!("reading content: {}", status.message()))),
+                None => return Ok(&[]),
+            }
+        }
+        Ok(&self.chunk)
+    }
+
+    fn consume(&mut self, amount: usize) {
+        let amount = amount.min(self.chunk.len());
+        self.chunk.advance(amount);
+        // Room given back as the bytes are read (the chunk's buffer goes once all of it is).
+        let freed = if self.chunk.is_empty() { self.held } else { amount.min(self.held) };
+        self.held -= freed;
+        if let Some(room) = &self.room
+            && freed > 0
+        {
+            room.add_permits(freed);
+        }
+    }
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos >= self.chunk.len() {
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => {
-                    self.chunk = chunk;
-                    self.pos = 0;
-                }
-                Some(Err(status)) => return Err(io::Error::other(format!("reading content: {}", status.message()))),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
+        let available = self.fill_buf()?;
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
@@ -595,15 +663,42 @@ mod tests {
     }
 
     #[test]
+    fn the_tees_room_comes_back_as_the_extractor_reads_and_closes_when_it_stops() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(TEE_BYTES));
+        let mut reader = ChannelReader::new(Receiver::Unbounded(rx), Some(room.clone()));
+        // As `Tee::feed` hands over a chunk of 3 bytes, then one larger than the whole room.
+        room.try_acquire_many(3).unwrap().forget();
+        tx.send(Ok(Bytes::from_static(b"abc"))).unwrap();
+        let mut two = [0u8; 2];
+        reader.read_exact(&mut two).unwrap();
+        assert_eq!(room.available_permits(), TEE_BYTES - 1);
+        reader.read_exact(&mut two[..1]).unwrap();
+        assert_eq!(room.available_permits(), TEE_BYTES);
+        room.try_acquire_many(TEE_BYTES as u32).unwrap().forget();
+        tx.send(Ok(Bytes::from(vec![7u8; 2 * TEE_BYTES]))).unwrap();
+        let mut half = vec![0u8; TEE_BYTES];
+        reader.read_exact(&mut half).unwrap();
+        assert_eq!(room.available_permits(), TEE_BYTES);
+        reader.read_exact(&mut half).unwrap();
+        assert_eq!(room.available_permits(), TEE_BYTES);
+        drop(tx);
+        assert_eq!(reader.read(&mut half).unwrap(), 0);
+        // An extractor that stopped lets a download waiting for room go on.
+        drop(reader);
+        assert!(matches!(room.try_acquire(), Err(tokio::sync::TryAcquireError::Closed)));
+    }
+
+    #[test]
     fn the_channel_reader_reads_every_chunk() {
         let (tx, rx) = mpsc::channel(4);
         std::thread::spawn(move || {
-            for chunk in [b"ab".to_vec(), Vec::new(), b"cde".to_vec()] {
+            for chunk in [Bytes::from_static(b"ab"), Bytes::new(), Bytes::from_static(b"cde")] {
                 tx.blocking_send(Ok(chunk)).unwrap();
             }
         });
         let mut out = Vec::new();
-        ChannelReader { rx, chunk: Vec::new(), pos: 0 }.read_to_end(&mut out).unwrap();
+        ChannelReader::new(Receiver::Bounded(rx), None).read_to_end(&mut out).unwrap();
         assert_eq!(out, b"abcde");
     }
 }

@@ -38,8 +38,9 @@ impl Wanted {
 /// bytes got through).
 const MAX_RESUMES: u32 = 5;
 
-/// Bytes sent to containerd per write.
-const WRITE_CHUNK: usize = 1 << 20;
+/// Bytes sent to containerd per write (at most four writes of a blob are unanswered at a time,
+/// and several layers download at once: what they hold is what this bounds).
+const WRITE_CHUNK: usize = 512 << 10;
 
 /// The blob's kind, as containerd names ingests (`layer-sha256:...`).
 #[derive(Debug, Clone, Copy)]
@@ -126,10 +127,18 @@ async fn ensure_teed(
         let reference = format!("{}-{}", kind.name(), desc.digest);
         let mut waited_offset = None;
         loop {
+            // Present: held in the pull's lease, then looked for again. A garbage collection
+            // started by another client in between either removed it (it is fetched) or, once
+            // the lease holds it, keeps it. (A blob that is not there costs no lease write.)
             if containerd.content_info(desc.digest.as_str()).await?.is_some() {
-                // Present: hold it in this pull's lease and label it.
                 lease.hold(Held::Content(desc.digest.as_str())).await?;
-                containerd.set_content_labels(Some(lease.id()), desc.digest.as_str(), labels.clone()).await?;
+                let Some(info) = containerd.content_info(desc.digest.as_str()).await? else {
+                    tracing::debug!("collected before the pull held it: fetching it");
+                    continue;
+                };
+                // Its source repositories kept, this one added.
+                let update = super::source::missing(&info.labels, &labels);
+                containerd.set_content_labels(Some(lease.id()), desc.digest.as_str(), update).await?;
                 progress.step();
                 tracing::debug!("already in the content store");
                 return Ok(None);
@@ -268,7 +277,7 @@ async fn write(
                             }
                             buffer.extend_from_slice(&chunk);
                             if let Some(tee) = &mut tee {
-                                tee.feed(&chunk).await;
+                                tee.feed(chunk).await;
                             }
                             if buffer.len() >= WRITE_CHUNK {
                                 ingest.write(std::mem::replace(&mut buffer, Vec::with_capacity(WRITE_CHUNK))).await?;
@@ -337,10 +346,10 @@ struct Teed<'a> {
 const READ_BACK_CHUNK: usize = 64 << 10;
 
 impl Teed<'_> {
-    async fn feed(&mut self, bytes: &[u8]) {
-        self.hasher.update(bytes);
+    async fn feed(&mut self, bytes: bytes::Bytes) {
+        self.hasher.update(&bytes);
         // An extractor that stopped reading tells why at `finish`; the download goes on.
-        self.tee.feed(bytes.to_vec()).await;
+        self.tee.feed(bytes).await;
     }
 
     /// Hands the extractor the first `len` bytes of the blob, from the ingest's file.
@@ -360,7 +369,7 @@ impl Teed<'_> {
             chunk.truncate(n);
             read += n as u64;
             self.hasher.update(&chunk);
-            self.tee.feed(chunk).await;
+            self.tee.feed(chunk.into()).await;
         }
         if read != len as u64 {
             return Err(PullError::Internal(format!(

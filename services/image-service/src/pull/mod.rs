@@ -11,6 +11,7 @@ mod coalesce;
 mod present;
 mod progress;
 mod resolve;
+mod source;
 
 use crate::error::{ImageError, PullError};
 use crate::metrics::METRICS;
@@ -226,14 +227,17 @@ impl Inner {
     ) -> Result<ImageId, PullError> {
         let registry = self.registry(reference, credentials).await?;
         let resolved = resolve::resolve(&self.containerd, &registry, reference, lease).await?;
-        if let Some(id) = present::everything_here(&self.containerd, &self.config.snapshotter, &resolved).await? {
+        let source_label = labels::distribution_source(&reference.domain, &reference.path);
+        let snapshotter = &self.config.snapshotter;
+        if let Some(id) =
+            present::everything_here(&self.containerd, snapshotter, &resolved, lease.id(), &source_label).await?
+        {
             tracing::debug!("everything is here already: only the records are written");
             self.put_records(reference, &resolved, &id).await?;
             return Ok(id);
         }
         let top = &resolved.top;
         let top_blob = Wanted { digest: top.digest.clone(), size: top.bytes.len() as i64 };
-        let source_label = labels::distribution_source(&reference.domain, &reference.path);
         let (manifest_blob, manifest_bytes) = (resolved.manifest.clone(), resolved.manifest_bytes.clone());
         if resolved.is_index() {
             let labels = HashMap::from([(gc::ref_manifest(0), manifest_blob.digest.to_string()), source_label.clone()]);
@@ -284,10 +288,9 @@ impl Inner {
             )));
         }
         let chain = crisp_image_model::chain_ids(&diff_ids);
-        let snapshotter = self.config.snapshotter.clone();
         let mut config_labels = HashMap::from([source_label.clone()]);
         if let Some(top_chain) = chain.last() {
-            config_labels.insert(gc::ref_snapshot(&snapshotter), top_chain.to_string());
+            config_labels.insert(gc::ref_snapshot(snapshotter), top_chain.to_string());
         }
         blob::ensure(
             &self.containerd,
@@ -378,10 +381,14 @@ impl Inner {
         // parents).
         let mut unpacked = 0;
         for i in (0..chain.len()).rev() {
+            // Held, then looked for again: a collection in between either took it (the chain
+            // below is looked at) or, once held, keeps it and its parents.
             if self.containerd.snapshot_exists(snapshotter, chain[i].as_str()).await? {
-                unpacked = i + 1;
                 lease.hold(Held::Snapshot { snapshotter, key: chain[i].as_str() }).await?;
-                break;
+                if self.containerd.snapshot_exists(snapshotter, chain[i].as_str()).await? {
+                    unpacked = i + 1;
+                    break;
+                }
             }
         }
         let staging = self.staging().await;

@@ -2,7 +2,9 @@
 //! store ([`super::resolve`]) and whose config and layers are there too, linked by the labels a
 //! pull sets (index → manifest → config and layers, config → the top of its unpacked chain),
 //! with that top snapshot committed. Such a pull only writes the image's records: it asked the
-//! registry once (the `HEAD`), as containerd's pull does, and reads or writes no blob.
+//! registry once (the `HEAD`), as containerd's pull does, and reads or writes no blob; it adds
+//! the repository it pulled from to the blobs' `containerd.io/distribution.source.<host>`
+//! label where they lack it, as a full pull does.
 //!
 //! The object the reference names is in the pull's lease before it was read: from then on,
 //! containerd's garbage collection keeps it and everything its labels lead to, so what is
@@ -12,16 +14,20 @@
 use super::resolve::Resolved;
 use crate::error::PullError;
 use containerd_client::services::v1::Info;
-use crisp_containerd::Containerd;
 use crisp_containerd::labels::gc;
+use crisp_containerd::{Containerd, LeaseId};
 use crisp_image_model::oci::{ImageConfiguration, ImageManifest};
 use crisp_image_model::{Digest, ImageId, chain_ids};
+use std::collections::HashMap;
 
-/// The image's id when everything it is made of is here, unpacked in `snapshotter`.
+/// The image's id when everything it is made of is here, unpacked in `snapshotter`; its blobs
+/// then get the distribution source label `source_label` (their other sources kept).
 pub async fn everything_here(
     containerd: &Containerd,
     snapshotter: &str,
     resolved: &Resolved,
+    lease: &LeaseId,
+    source_label: &(String, String),
 ) -> Result<Option<ImageId>, PullError> {
     if !resolved.local {
         return Ok(None);
@@ -80,6 +86,18 @@ pub async fn everything_here(
     if !containerd.snapshot_exists(snapshotter, top_chain.as_str()).await? {
         return Ok(None);
     }
+    // The repository pulled from, on every blob as a full pull sets it.
+    let wanted = HashMap::from([source_label.clone()]);
+    let blobs = top_info
+        .iter()
+        .chain(manifest_info.iter())
+        .chain(std::iter::once(&config_info))
+        .chain(layer_infos.iter().flatten());
+    let updates = blobs.filter_map(|info| {
+        let update = super::source::missing(&info.labels, &wanted);
+        (!update.is_empty()).then(|| containerd.set_content_labels(Some(lease), &info.digest, update))
+    });
+    futures::future::try_join_all(updates).await?;
     Ok(Some(ImageId::of_config(config_digest)))
 }
 
