@@ -9,7 +9,8 @@
 //! are open before containerd's shim opens its own, so neither open blocks: a read end needs
 //! no writer, and stdin's write end is opened read-write so it needs no reader. Then
 //! containerd creates and starts the process. The [`ExecProcess`] guard owns the process and
-//! the directory: [`ExecProcess::cleanup`] deletes both. Dropped without it (an error, a
+//! the directory: [`ExecProcess::cleanup`] deletes both ([`ExecProcess::finish`]: the
+//! directory at once, the exited process in the background). Dropped without it (an error, a
 //! caller that went away), it kills a process that may still run (SIGKILL, its exit awaited at
 //! most [`KILL_WAIT`]), deletes it from containerd and removes the directory, in the
 //! background. [`process_spec`] makes the process spec from the container's OCI spec.
@@ -256,6 +257,14 @@ impl ExecProcess {
             self.control.delete().await;
             self.deleted = true;
         }
+    }
+
+    /// For a process whose exit was seen: removes the FIFOs now and has containerd delete the
+    /// process in the background (as the guard's drop does), for a caller that answers without
+    /// waiting for the shim.
+    pub fn finish(self) {
+        remove_dir(&self.dir);
+        drop(self);
     }
 
     /// Kills the process if it may still run, deletes it and removes the FIFOs.

@@ -9,7 +9,8 @@
 //! `DEADLINE_EXCEEDED` naming the timeout (the kubelet's probe timeout). Each stream is
 //! bounded to [`MAX_STREAM_BYTES`]: beyond it the process is killed and the answer is
 //! `RESOURCE_EXHAUSTED`. The exec process and its FIFOs are always deleted, by the
-//! [`ExecProcess`] guard also when the caller goes away mid-way. An unknown container is `NOT_FOUND`, one not
+//! [`ExecProcess`] guard also when the caller goes away mid-way; after a normal exit the
+//! FIFOs go before the answer and the process is deleted from containerd after it. An unknown container is `NOT_FOUND`, one not
 //! running `FAILED_PRECONDITION` (its task is asked about only where the exec failed: the record
 //! says running, and a task that is not is what the failure was about).
 
@@ -117,7 +118,8 @@ pub async fn exec_sync(
     match ended {
         Ended::Exited(exit_code) => {
             let (stdout, stderr, overflowed) = output.drain(&mut exec).await;
-            exec.cleanup().await;
+            // The answer does not wait for the shim to forget the exited process.
+            exec.finish();
             if let Some(stream) = overflowed {
                 // Past the bound after the exit: still more than the caller may be given.
                 return Err(ExecError::OutputTooLarge { id, stream: stream.as_str(), limit: MAX_STREAM_BYTES });
