@@ -11,7 +11,7 @@
 
 use super::record::{self, State, Stored};
 use super::select::Selector;
-use super::{Containers, TaskGone, now_nanos};
+use super::{ContainerError, Containers, TaskGone, now_nanos};
 use crate::logs::{Fifos, LogWriter};
 use crisp_containerd::events::TaskEvent;
 use crisp_containerd::tasks::{Exit, is_stopped};
@@ -149,9 +149,14 @@ impl Containers {
         if let Err(err) = &deleted {
             tracing::warn!(id, error = %crisp_errors::message_chain(err), "deleting an exited task");
         }
-        if let Err(err) = saved {
-            tracing::warn!(id, error = %crisp_errors::message_chain(&err), "recording a container's exit");
-            return;
+        match saved {
+            Ok(()) => {}
+            // Removed meanwhile (a removal that stopped it first): nothing is left to record.
+            Err(ContainerError::Containerd { source, .. }) if source.is_not_found() => return,
+            Err(err) => {
+                tracing::warn!(id, error = %crisp_errors::message_chain(&err), "recording a container's exit");
+                return;
+            }
         }
         self.set_exit_recorded(&id, if deleted.is_ok() { TaskGone::Yes } else { TaskGone::No });
         crate::metrics::METRICS.oom_kills.inc_by(u64::from(oom));

@@ -2,8 +2,10 @@
 //! be forcibly removed. This call is idempotent, and must not return an error if the container
 //! has already been removed."
 //!
-//! A running container is killed and its exit recorded; then its task, its record, its
-//! snapshot, its FIFOs and directories go. The record goes before the snapshot and the
+//! A running container is killed and its exit recorded; then its task (unless this process saw
+//! it deleted when it recorded the exit; one still running under a record that does not say
+//! so, left by a start cut off, is killed first), its record, its snapshot, its FIFOs and
+//! directories go. The record goes before the snapshot and the
 //! directories: a failure after it leaves nothing the CRI can see, and containerd's GC takes
 //! an unreferenced snapshot anyway.
 
