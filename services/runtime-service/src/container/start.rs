@@ -68,10 +68,14 @@ async fn locked_record(
 ) -> Result<(tokio::sync::OwnedMutexGuard<()>, Stored), ContainerError> {
     if is_whole_id(id) {
         let lock = containers.lock(id).await;
-        let stored =
-            record::find(&containers.containerd, id).await?.ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
-        if stored.id == id {
-            return Ok((lock, stored));
+        match record::find(&containers.containerd, id).await? {
+            Some(stored) if stored.id == id => return Ok((lock, stored)),
+            Some(_) => {}
+            None => {
+                // No lock is kept for a container that is not there.
+                containers.forget(id);
+                return Err(ContainerError::NotFound(id.to_string()));
+            }
         }
     }
     let found =
