@@ -9,7 +9,8 @@
 //! are open before containerd's shim opens its own, so neither open blocks: a read end needs
 //! no writer, and stdin's write end is opened read-write so it needs no reader. Then
 //! containerd creates and starts the process. The [`ExecProcess`] guard owns the process and
-//! the directory: [`ExecProcess::cleanup`] deletes both. Dropped without it (an error, a
+//! the directory: [`ExecProcess::cleanup`] deletes both ([`ExecProcess::finish`]: the
+//! directory at once, the exited process in the background). Dropped without it (an error, a
 //! caller that went away), it kills a process that may still run (SIGKILL, its exit awaited at
 //! most [`KILL_WAIT`]), deletes it from containerd and removes the directory, in the
 //! background. [`process_spec`] makes the process spec from the container's OCI spec.
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::unix::pipe;
 use tonic::Code;
+use tracing::Instrument;
 
 /// The type containerd knows an OCI process spec by.
 pub const PROCESS_SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
@@ -129,6 +131,9 @@ pub struct ExecProcess {
     deleted: bool,
     /// Everything is cleaned up already.
     cleaned: bool,
+    /// The wait for the process's exit, asked for before its start (as containerd's own
+    /// client does): its answer is not one more round trip after the start.
+    exit: Option<tokio::task::JoinHandle<Result<u32, ContainerdError>>>,
 }
 
 impl ExecProcess {
@@ -148,6 +153,7 @@ impl ExecProcess {
             may_run: false,
             deleted: false,
             cleaned: false,
+            exit: None,
         };
         let stderr = new.stderr && !new.terminal;
         let (paths, io) = exec.make_fifos(new.stdin, new.stdout, stderr)?;
@@ -165,6 +171,7 @@ impl ExecProcess {
         let mut tasks = containerd.tasks();
         tasks.exec(request).await.map_err(|s| ContainerdError::call("creating the exec process", s))?;
         exec.created = true;
+        exec.exit = Some(tokio::spawn(exec.control.clone().wait().in_current_span()));
         // From here a drop kills: the start may have gone through without its answer.
         exec.may_run = true;
         let request = StartRequest { container_id: control.container_id.clone(), exec_id: control.exec_id.clone() };
@@ -224,16 +231,16 @@ impl ExecProcess {
 
     /// Waits until the process exits; its exit status.
     pub async fn wait(&mut self) -> Result<u32, ContainerdError> {
-        let control = &self.control;
-        let request = WaitRequest { container_id: control.container_id.clone(), exec_id: control.exec_id.clone() };
-        let exited = control
-            .containerd
-            .tasks()
-            .wait(request)
-            .await
-            .map_err(|s| ContainerdError::call("waiting for the exec process", s))?;
+        let exited = match self.exit.as_mut() {
+            Some(asked) => asked.await.unwrap_or_else(|err| {
+                Err(ContainerdError::call("waiting for the exec process", tonic::Status::internal(err.to_string())))
+            }),
+            None => self.control.clone().wait().await,
+        };
+        self.exit = None;
+        let status = exited?;
         self.may_run = false;
-        Ok(exited.into_inner().exit_status)
+        Ok(status)
     }
 
     /// SIGKILL, then waits (at most [`KILL_WAIT`]) until containerd reports the exit.
@@ -252,6 +259,14 @@ impl ExecProcess {
         }
     }
 
+    /// For a process whose exit was seen: removes the FIFOs now and has containerd delete the
+    /// process in the background (as the guard's drop does), for a caller that answers without
+    /// waiting for the shim.
+    pub fn finish(self) {
+        remove_dir(&self.dir);
+        drop(self);
+    }
+
     /// Kills the process if it may still run, deletes it and removes the FIFOs.
     pub async fn cleanup(mut self) {
         self.kill_and_wait().await;
@@ -263,6 +278,9 @@ impl ExecProcess {
 
 impl Drop for ExecProcess {
     fn drop(&mut self) {
+        if let Some(asked) = self.exit.take() {
+            asked.abort();
+        }
         if self.cleaned {
             return;
         }
@@ -326,6 +344,18 @@ impl ExecControl {
             CloseIoRequest { container_id: self.container_id.clone(), exec_id: self.exec_id.clone(), stdin: true };
         self.containerd.tasks().close_io(request).await.map_err(|s| ContainerdError::call("closing stdin", s))?;
         Ok(())
+    }
+
+    /// Waits until the process exits; its exit status.
+    async fn wait(self) -> Result<u32, ContainerdError> {
+        let request = WaitRequest { container_id: self.container_id, exec_id: self.exec_id };
+        let exited = self
+            .containerd
+            .tasks()
+            .wait(request)
+            .await
+            .map_err(|s| ContainerdError::call("waiting for the exec process", s))?;
+        Ok(exited.into_inner().exit_status)
     }
 
     /// SIGKILL, then waits at most [`KILL_WAIT`]; whether the exit was seen.
@@ -495,6 +525,7 @@ mod tests {
             may_run: false,
             deleted: false,
             cleaned: false,
+            exit: None,
         };
         let (paths, io) = exec.make_fifos(true, true, false).unwrap();
         assert!(paths[0].is_some() && paths[1].is_some() && paths[2].is_none());

@@ -18,7 +18,9 @@ use crisp_proto::cri::{ContainerConfig, ContainerEventType, CreateContainerReque
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// How long the lease holding a new container's snapshot lives if crisp dies before deleting it.
 const LEASE_LIFETIME: Duration = Duration::from_secs(600);
@@ -196,11 +198,21 @@ pub async fn create(containers: &Containers, request: CreateContainerRequest) ->
     for dir in [&root_dir, &state_dir] {
         std::fs::create_dir_all(dir).map_err(ContainerError::io(&id, "creating", dir))?;
     }
-    let scratch = state_dir.join("rootfs-read");
-    let image_files = tokio::task::spawn_blocking(move || rootfs::image_files(&mounts, &scratch))
-        .await
-        .map_err(|e| ContainerError::Internal { id: id.clone(), reason: format!("reading the rootfs: {e}") })?
-        .map_err(ContainerError::io(&id, "reading /etc/passwd and /etc/group of", &state_dir))?;
+    let image_files = match top.as_deref().and_then(|top| containers.cached_image_files(top)) {
+        Some(files) => files,
+        None => {
+            let scratch = state_dir.join("rootfs-read");
+            let files = tokio::task::spawn_blocking(move || rootfs::image_files(&mounts, &scratch))
+                .await
+                .map_err(|e| ContainerError::Internal { id: id.clone(), reason: format!("reading the rootfs: {e}") })?
+                .map_err(ContainerError::io(&id, "reading /etc/passwd and /etc/group of", &state_dir))?;
+            let files = Arc::new(files);
+            if let Some(top) = &top {
+                containers.cache_image_files(top, files.clone());
+            }
+            files
+        }
+    };
 
     let default_pod = PodSandboxConfig::default();
     let pid_namespace = pod.pid_namespace();
@@ -265,10 +277,17 @@ pub async fn create(containers: &Containers, request: CreateContainerRequest) ->
     let indexed = record::read(container.clone())?;
     containers.containerd.create_container_record(container).await.map_err(ContainerError::containerd(&id))?;
     undo.record = true;
-    // The record references the snapshot now: the lease is no longer needed.
-    if let Err(err) = lease.delete().await {
-        tracing::debug!(id, error = %err, "deleting the create's lease; it expires by itself");
-    }
+    // The record references the snapshot now: the lease is no longer needed. Its deletion is
+    // no part of the answer.
+    let lease_id = id.clone();
+    tokio::spawn(
+        async move {
+            if let Err(err) = lease.delete().await {
+                tracing::debug!(id = lease_id, error = %err, "deleting the create's lease; it expires by itself");
+            }
+        }
+        .in_current_span(),
+    );
     undo.disarm();
     containers.index_put(&indexed).await;
     tracing::info!(id, name, pod = %pod.id, "container created");

@@ -9,8 +9,10 @@
 //! `DEADLINE_EXCEEDED` naming the timeout (the kubelet's probe timeout). Each stream is
 //! bounded to [`MAX_STREAM_BYTES`]: beyond it the process is killed and the answer is
 //! `RESOURCE_EXHAUSTED`. The exec process and its FIFOs are always deleted, by the
-//! [`ExecProcess`] guard also when the caller goes away mid-way. An unknown container is `NOT_FOUND`, one not
-//! running `FAILED_PRECONDITION`.
+//! [`ExecProcess`] guard also when the caller goes away mid-way; after a normal exit the
+//! FIFOs go before the answer and the process is deleted from containerd after it. An unknown container is `NOT_FOUND`, one not
+//! running `FAILED_PRECONDITION` (its task is asked about only where the exec failed: the record
+//! says running, and a task that is not is what the failure was about).
 
 use super::ContainerError;
 use super::record::{self, State};
@@ -88,19 +90,23 @@ pub async fn exec_sync(
     if container.state != State::Running {
         return Err(ExecError::NotRunning { id, state: container.state.label() });
     }
-    ensure_running(containerd, &id).await?;
     let process = crisp_exec::process_spec(&container.spec, &request.cmd, false, None)
         .map_err(|source| ExecError::Process { id: id.clone(), source })?;
 
     let fifo_root = config.runtime.state_dir.join("containers").join(&id).join("exec");
     let new = NewExec { container_id: id.clone(), process, stdout: true, stderr: true, ..Default::default() };
-    let (mut exec, io) = ExecProcess::start(containerd, &fifo_root, new).await.map_err(|source| match source {
+    let (mut exec, io) = match ExecProcess::start(containerd, &fifo_root, new).await {
+        Ok(started) => started,
         // The task is gone: it exited meanwhile.
-        ExecProcessError::Containerd(e) if e.is_not_found() => {
-            ExecError::NotRunning { id: id.clone(), state: "exited" }
+        Err(ExecProcessError::Containerd(e)) if e.is_not_found() => {
+            return Err(ExecError::NotRunning { id, state: "exited" });
         }
-        source => ExecError::Process { id: id.clone(), source },
-    })?;
+        // The record said running; the task may not be (any more): say so where it is not.
+        Err(source) => {
+            ensure_running(containerd, &id).await?;
+            return Err(ExecError::Process { id, source });
+        }
+    };
     let mut output = Output::collect(io.stdout, io.stderr);
     let ended = tokio::select! {
         exited = exec.wait() => {
@@ -112,7 +118,8 @@ pub async fn exec_sync(
     match ended {
         Ended::Exited(exit_code) => {
             let (stdout, stderr, overflowed) = output.drain(&mut exec).await;
-            exec.cleanup().await;
+            // The answer does not wait for the shim to forget the exited process.
+            exec.finish();
             if let Some(stream) = overflowed {
                 // Past the bound after the exit: still more than the caller may be given.
                 return Err(ExecError::OutputTooLarge { id, stream: stream.as_str(), limit: MAX_STREAM_BYTES });

@@ -9,9 +9,9 @@
 //! (or vanished) meanwhile gets its exit recorded; a running one gets its log writer back.
 //! Recording an exit is idempotent, so an exit seen twice is recorded once.
 
-use super::record::{self, State};
+use super::record::{self, State, Stored};
 use super::select::Selector;
-use super::{Containers, now_nanos};
+use super::{ContainerError, Containers, TaskGone, now_nanos};
 use crate::logs::{Fifos, LogWriter};
 use crisp_containerd::events::TaskEvent;
 use crisp_containerd::tasks::{Exit, is_stopped};
@@ -48,10 +48,31 @@ fn cgroup_oom_kills(cgroup: &str) -> u64 {
         .sum()
 }
 
+/// `stored` as exited with `exit` (None: lost), killed for memory or not.
+fn exited(stored: &mut Stored, exit: Option<Exit>, oom: bool) {
+    stored.state = State::Exited;
+    stored.info.finished_at = exit.map(|e| e.at).filter(|at| *at > 0).unwrap_or_else(now_nanos);
+    stored.info.exit_code = exit.map(|e| e.code as i32).unwrap_or(UNKNOWN_EXIT_CODE);
+    stored.info.reason = match (oom, exit) {
+        (true, _) => "OOMKilled",
+        (false, Some(e)) if e.code == 0 => "Completed",
+        (false, Some(_)) => "Error",
+        (false, None) => "Unknown",
+    }
+    .to_string();
+    if exit.is_none() {
+        stored.info.message = "the container's task was gone; its exit status is lost".into();
+    }
+}
+
 impl Containers {
-    /// Records that container `id` exited (`exit`: how, when known). Idempotent.
+    /// Records that container `id` exited (`exit`: how, when known). Idempotent: an exit this
+    /// process recorded already (its task deleted) asks containerd nothing.
     pub async fn record_exit(&self, id: &str, exit: Option<Exit>) {
         let _lock = self.lock(id).await;
+        if self.exit_recorded(id) == Some(TaskGone::Yes) {
+            return;
+        }
         let record = match self.containerd.container_record(id).await {
             Ok(Some(record)) if record::is_container(&record) => record,
             Ok(_) => return,
@@ -60,57 +81,87 @@ impl Containers {
                 return;
             }
         };
-        let mut stored = match record::read(record) {
-            Ok(stored) => stored,
-            Err(err) => {
-                tracing::warn!(id, error = %err, "an unreadable container record: its exit is not recorded");
-                return;
-            }
+        match record::read(record) {
+            Ok(stored) => self.record_exit_locked(stored, exit).await,
+            Err(err) => tracing::warn!(id, error = %err, "an unreadable container record: its exit is not recorded"),
+        }
+    }
+
+    /// Records the exit of `stored`, read before the caller signalled it (StopContainer has the
+    /// record in hand: it is not read again). Under the container's lock only this process
+    /// records an exit, and it remembers doing so: an exit recorded between the read and the
+    /// lock is seen.
+    pub(super) async fn record_exit_of(&self, stored: Stored, exit: Option<Exit>) {
+        let _lock = self.lock(&stored.id).await;
+        match self.exit_recorded(&stored.id) {
+            Some(TaskGone::Yes) => {}
+            Some(TaskGone::No) => self.delete_exited_task(&stored.id, &stored.info.sandbox_id).await,
+            None => self.record_exit_locked(stored, exit).await,
+        }
+    }
+
+    /// Deletes the task of a container whose exit is recorded (again, where a delete failed).
+    async fn delete_exited_task(&self, id: &str, pod: &str) {
+        let deleted = {
+            let _turn = self.shim_turn(pod).await;
+            self.containerd.delete_task(id).await
         };
+        match deleted {
+            Ok(_) => self.set_exit_recorded(id, TaskGone::Yes),
+            Err(err) => tracing::warn!(id, error = %crisp_errors::message_chain(&err), "deleting an exited task"),
+        }
+    }
+
+    /// Records the exit of `stored` (read under the container's lock, or before it with no
+    /// exit recorded since): finished time, code and reason in the record, the task deleted.
+    /// Where the exit is known already, the record's update and the task's deletion go at once.
+    pub(super) async fn record_exit_locked(&self, mut stored: Stored, exit: Option<Exit>) {
+        let id = stored.id.clone();
+        let pod = stored.info.sandbox_id.clone();
         if stored.state == State::Exited {
-            let _turn = self.shim_turn(&stored.info.sandbox_id).await;
-            let _ = self.containerd.delete_task(id).await;
+            self.set_exit_recorded(&id, TaskGone::No);
+            self.delete_exited_task(&id, &pod).await;
             return;
         }
-        if let Some(writer) = self.take_log_writer(id)
+        if let Some(writer) = self.take_log_writer(&id)
             && tokio::time::timeout(LOG_DRAIN, writer.closed()).await.is_err()
         {
             tracing::warn!(id, "the container's output did not drain within {LOG_DRAIN:?}");
         }
         // The cgroup goes with the task: read its OOM count first.
-        let oom = self.take_oom(id) || cgroup_oom_kills(&stored.info.cgroup) > 0;
-        let deleted = {
-            let _turn = self.shim_turn(&stored.info.sandbox_id).await;
-            self.containerd.delete_task(id).await
+        let oom = self.take_oom(&id) || cgroup_oom_kills(&stored.info.cgroup) > 0;
+        let delete = async {
+            let _turn = self.shim_turn(&pod).await;
+            self.containerd.delete_task(&id).await
         };
-        let deleted = match deleted {
-            Ok(deleted) => deleted,
-            Err(err) => {
-                tracing::warn!(id, error = %crisp_errors::message_chain(&err), "deleting an exited task");
-                None
+        let (deleted, saved) = match exit {
+            Some(exit) => {
+                exited(&mut stored, Some(exit), oom);
+                tokio::join!(delete, self.save(&stored))
+            }
+            None => {
+                // The exit is lost unless the task still holds it: its deletion answers it.
+                let deleted = delete.await;
+                exited(&mut stored, deleted.as_ref().ok().copied().flatten(), oom);
+                (deleted, self.save(&stored).await)
             }
         };
-        let exit = exit.or(deleted);
-        stored.state = State::Exited;
-        stored.info.finished_at = exit.map(|e| e.at).filter(|at| *at > 0).unwrap_or_else(now_nanos);
-        stored.info.exit_code = exit.map(|e| e.code as i32).unwrap_or(UNKNOWN_EXIT_CODE);
-        stored.info.reason = match (oom, exit) {
-            (true, _) => "OOMKilled",
-            (false, Some(e)) if e.code == 0 => "Completed",
-            (false, Some(_)) => "Error",
-            (false, None) => "Unknown",
+        if let Err(err) = &deleted {
+            tracing::warn!(id, error = %crisp_errors::message_chain(err), "deleting an exited task");
         }
-        .to_string();
+        match saved {
+            Ok(()) => {}
+            // Removed meanwhile (a removal that stopped it first): nothing is left to record.
+            Err(ContainerError::Containerd { source, .. }) if source.is_not_found() => return,
+            Err(err) => {
+                tracing::warn!(id, error = %crisp_errors::message_chain(&err), "recording a container's exit");
+                return;
+            }
+        }
+        self.set_exit_recorded(&id, if deleted.is_ok() { TaskGone::Yes } else { TaskGone::No });
         crate::metrics::METRICS.oom_kills.inc_by(u64::from(oom));
-        if exit.is_none() {
-            stored.info.message = "the container's task was gone; its exit status is lost".into();
-        }
-        if let Err(err) = self.save(&stored).await {
-            tracing::warn!(id, error = %crisp_errors::message_chain(&err), "recording a container's exit");
-            return;
-        }
         tracing::info!(id, code = stored.info.exit_code, reason = %stored.info.reason, "container exited");
-        self.publish(id, &stored.info.sandbox_id, ContainerEventType::ContainerStoppedEvent).await;
+        self.publish(&id, &pod, ContainerEventType::ContainerStoppedEvent).await;
     }
 
     /// Follows containerd's task events for as long as the service runs: subscribe, reconcile,
@@ -178,8 +229,20 @@ impl Containers {
     }
 
     /// Brings every running container's record in line with its task: exits that happened
-    /// unseen are recorded; a running task without a log writer gets one.
+    /// unseen are recorded; a running task without a log writer gets one. A created
+    /// container's task left by a start cut off is taken over ([`super::start::recover`]).
     pub async fn reconcile(&self) {
+        let created = Selector { state: Some(State::Created.label().into()), ..Default::default() };
+        match record::list(&self.containerd, &created).await {
+            Ok(created) => {
+                for container in created {
+                    super::start::recover(self, &container.id).await;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %crisp_errors::message_chain(&err), "listing created containers to reconcile")
+            }
+        }
         let running = Selector { state: Some(State::Running.label().into()), ..Default::default() };
         let stored = match record::list(&self.containerd, &running).await {
             Ok(stored) => stored,
@@ -206,7 +269,7 @@ impl Containers {
     }
 
     /// A new log writer on a running container's FIFOs (after a restart of the service).
-    fn reattach(&self, container: &record::Stored) {
+    pub(super) fn reattach(&self, container: &record::Stored) {
         let dir = self.state_dir(&container.id).join("io");
         if !dir.exists() {
             return;

@@ -129,6 +129,9 @@ impl ContainerError {
     }
 }
 
+/// How many images' `/etc/passwd` and `/etc/group` are kept (a node runs a few dozen images).
+const IMAGE_FILES_KEPT: usize = 256;
+
 /// The container side of the runtime service: what every container RPC shares. Cheap to clone.
 #[derive(Clone)]
 pub struct Containers {
@@ -154,6 +157,20 @@ struct Inner {
     index: index::Index,
     /// One task call at a time into each pod's shim ([`Containers::shim_turn`]).
     shims: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Containers whose exit this process recorded, with whether their task is deleted too
+    /// ([`Containers::exit_recorded`]): a second report of the exit, and the removal, then
+    /// ask containerd nothing.
+    exits: Mutex<HashMap<String, TaskGone>>,
+    /// Images' `/etc/passwd` and `/etc/group` by the chain id of their top layer (layers never
+    /// change): a create from an image seen before mounts nothing.
+    image_files: Mutex<HashMap<String, Arc<spec::ImageFiles>>>,
+}
+
+/// Whether the task of a container whose exit was recorded is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskGone {
+    No,
+    Yes,
 }
 
 impl Containers {
@@ -214,8 +231,32 @@ impl Containers {
 
     fn forget(&self, id: &str) {
         self.inner.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.inner.exits.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.inner.oom.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.take_log_writer(id);
+    }
+
+    /// Whether this process recorded the container's exit, and if so whether its task is deleted.
+    fn exit_recorded(&self, id: &str) -> Option<TaskGone> {
+        self.inner.exits.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied()
+    }
+
+    fn set_exit_recorded(&self, id: &str, task: TaskGone) {
+        self.inner.exits.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), task);
+    }
+
+    /// The `/etc/passwd` and `/etc/group` read before from an image whose top layer is `top`.
+    fn cached_image_files(&self, top: &str) -> Option<Arc<spec::ImageFiles>> {
+        self.inner.image_files.lock().unwrap_or_else(|p| p.into_inner()).get(top).cloned()
+    }
+
+    /// Keeps what was read from an image's rootfs, for [`IMAGE_FILES_KEPT`] images at most.
+    fn cache_image_files(&self, top: &str, files: Arc<spec::ImageFiles>) {
+        let mut cache = self.inner.image_files.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= IMAGE_FILES_KEPT {
+            cache.clear();
+        }
+        cache.insert(top.to_string(), files);
     }
 
     fn mark_oom(&self, id: &str) {

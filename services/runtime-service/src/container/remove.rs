@@ -2,15 +2,18 @@
 //! be forcibly removed. This call is idempotent, and must not return an error if the container
 //! has already been removed."
 //!
-//! A running container is killed and its exit recorded; then its task, its record, its
-//! snapshot, its FIFOs and directories go. The record goes before the snapshot and the
+//! A running container is killed and its exit recorded; then its task (unless this process saw
+//! it deleted when it recorded the exit; one still running under a record that does not say
+//! so, left by a start cut off, is killed first), its record, its snapshot, its FIFOs and
+//! directories go. The record goes before the snapshot and the
 //! directories: a failure after it leaves nothing the CRI can see, and containerd's GC takes
 //! an unreferenced snapshot anyway.
 
 use super::create::remove_snapshot;
-use super::record::{self, State};
-use super::{ContainerError, Containers, stop};
+use super::record::{self, State, Stored};
+use super::{ContainerError, Containers, TaskGone, stop};
 use crate::logs::Fifos;
+use crisp_containerd::tasks::is_stopped;
 use crisp_proto::cri::ContainerEventType;
 
 pub async fn remove(containers: &Containers, id: &str) -> Result<(), ContainerError> {
@@ -20,18 +23,13 @@ pub async fn remove(containers: &Containers, id: &str) -> Result<(), ContainerEr
     };
     let id = stored.id.clone();
     if stored.state == State::Running {
-        stop::stop(containers, &id, 0).await?;
+        let exit = stop::stop_task(containers, &stored, 0).await?;
+        containers.record_exit_of(stored.clone(), exit).await;
     }
     let lock = containers.lock(&id).await;
-    let deleted = {
-        let _turn = containers.shim_turn(&stored.info.sandbox_id).await;
-        containers.containerd.delete_task(&id).await
-    };
-    if let Err(err) = deleted {
-        // The task may have gone under the call (deleted by the exit's recording, its shim gone).
-        if containers.containerd.task(&id).await.map_err(ContainerError::containerd(&id))?.is_some() {
-            return Err(ContainerError::containerd(&id)(err));
-        }
+    // A task whose deletion this process saw needs no second one.
+    if containers.exit_recorded(&id) != Some(TaskGone::Yes) {
+        delete_task(containers, &stored).await?;
     }
     containers.containerd.delete_container_record(&id).await.map_err(ContainerError::containerd(&id))?;
     containers.index_remove(&id).await;
@@ -52,4 +50,26 @@ pub async fn remove(containers: &Containers, id: &str) -> Result<(), ContainerEr
     tracing::info!(id, "container removed");
     containers.publish(&id, &stored.info.sandbox_id, ContainerEventType::ContainerDeletedEvent).await;
     Ok(())
+}
+
+/// Deletes the container's task. One still running under a record that does not say so (a
+/// start cut off after the task was made) is killed first: a removal is forcible.
+async fn delete_task(containers: &Containers, stored: &Stored) -> Result<(), ContainerError> {
+    let (id, pod) = (stored.id.as_str(), stored.info.sandbox_id.as_str());
+    let deleted = {
+        let _turn = containers.shim_turn(pod).await;
+        containers.containerd.delete_task(id).await
+    };
+    let Err(err) = deleted else { return Ok(()) };
+    // The task may have gone under the call (deleted by the exit's recording, its shim gone).
+    match containers.containerd.task(id).await.map_err(ContainerError::containerd(id))? {
+        None => Ok(()),
+        Some(process) if is_stopped(&process) => Err(ContainerError::containerd(id)(err)),
+        Some(_) => {
+            tracing::info!(id, "removing a container whose task still runs: killing it");
+            stop::stop_task(containers, stored, 0).await?;
+            let _turn = containers.shim_turn(pod).await;
+            containers.containerd.delete_task(id).await.map(drop).map_err(ContainerError::containerd(id))
+        }
+    }
 }

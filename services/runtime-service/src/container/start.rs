@@ -3,18 +3,28 @@
 //! Only a created container starts (else FAILED_PRECONDITION). Its FIFOs are made and the log
 //! writer opened on them (read ends first, so the shim's opens never block), the task is
 //! created on the snapshot's mounts with the FIFOs as stdio, the writer starts copying, and the
-//! task starts; the record then says `running` with its start time. A start that fails
-//! leaves the container exited with reason `StartError` and the error as message, as
-//! containerd's CRI plugin does, and kills and deletes what it made.
+//! task starts while the record is updated to `running` with its start time (together: the
+//! record's update does not wait for runc). A start that fails leaves the container exited
+//! with reason `StartError` and the error as message, as containerd's CRI plugin does, and
+//! kills and deletes what it made.
+//!
+//! A start, once begun, runs to its end even when its caller goes away (a kubelet's deadline):
+//! cut off between the task's creation and the record's update, it would leave a task the
+//! record does not know. A start cut off anyway (the service died there) left its task: a later
+//! start, or the restarted service's reconciliation ([`recover`]), takes it over as containerd's
+//! CRI plugin does after a restart: a task only created is deleted (the container stays created
+//! and starts anew), a running one is the container running, one that exited is its exit.
 
+use super::TaskGone;
 use super::record::{self, State, Stored};
 use super::{ContainerError, Containers, now_nanos};
 use crate::logs::{Fifos, LogWriter};
 use crisp_containerd::containerd_client::services::v1::snapshots::MountsRequest;
-use crisp_containerd::tasks::NewTask;
+use crisp_containerd::tasks::{Exit, NewTask, TaskStatus, is_stopped, unix_nanos};
 use crisp_proto::cri::ContainerEventType;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument;
 
 fn path(p: &Option<PathBuf>) -> String {
     p.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
@@ -44,29 +54,65 @@ fn open_io(containers: &Containers, stored: &Stored) -> Option<(Fifos, Arc<LogWr
 }
 
 pub async fn start(containers: &Containers, id: &str) -> Result<(), ContainerError> {
+    let (owned, id) = (containers.clone(), id.to_string());
+    let id_for_error = id.clone();
+    tokio::spawn(async move { start_to_end(&owned, &id).await }.in_current_span()).await.map_err(|err| {
+        ContainerError::Internal { id: id_for_error, reason: format!("the start did not finish: {err}") }
+    })?
+}
+
+/// The container's lock and its record, read under it (once, where `id` is a whole id).
+async fn locked_record(
+    containers: &Containers,
+    id: &str,
+) -> Result<(tokio::sync::OwnedMutexGuard<()>, Stored), ContainerError> {
+    if is_whole_id(id) {
+        let lock = containers.lock(id).await;
+        match record::find(&containers.containerd, id).await? {
+            Some(stored) if stored.id == id => return Ok((lock, stored)),
+            Some(_) => {}
+            None => {
+                // No lock is kept for a container that is not there.
+                containers.forget(id);
+                return Err(ContainerError::NotFound(id.to_string()));
+            }
+        }
+    }
     let found =
         record::find(&containers.containerd, id).await?.ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
     // Read again under the lock: an exit recorded meanwhile is seen.
-    let _lock = containers.lock(&found.id).await;
-    let mut stored =
+    let lock = containers.lock(&found.id).await;
+    let stored =
         record::find(&containers.containerd, &found.id).await?.ok_or_else(|| ContainerError::NotFound(found.id))?;
+    Ok((lock, stored))
+}
+
+/// Whether `id` has the form of the ids CreateContainer makes (64 hex digits), not a prefix.
+fn is_whole_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+async fn start_to_end(containers: &Containers, id: &str) -> Result<(), ContainerError> {
+    let (_lock, mut stored) = locked_record(containers, id).await?;
     if stored.state != State::Created {
         return Err(ContainerError::WrongState { id: stored.id, state: stored.state.label(), wanted: "created" });
     }
     let id = stored.id.clone();
     match run_task(containers, &stored).await {
-        Ok(started_at) => {
-            stored.state = State::Running;
-            stored.info.started_at = started_at;
-            containers.save(&stored).await?;
+        Ok(Ran::Started(running)) => {
+            containers.index_put(&running).await;
             tracing::info!(id, "container started");
-            containers.publish(&id, &stored.info.sandbox_id, ContainerEventType::ContainerStartedEvent).await;
+            containers.publish(&id, &running.info.sandbox_id, ContainerEventType::ContainerStartedEvent).await;
             Ok(())
+        }
+        Ok(Ran::Exited(exit)) => {
+            containers.record_exit_locked(stored, exit).await;
+            Err(ContainerError::WrongState { id, state: State::Exited.label(), wanted: "created" })
         }
         Err(err) => {
             // Whatever was made goes; the container is exited with the reason.
             let _ = containers.containerd.kill_task(&id, nix::libc::SIGKILL as u32, true).await;
-            let _ = containers.containerd.delete_task(&id).await;
+            let deleted = containers.containerd.delete_task(&id).await;
             if let Some(writer) = containers.take_log_writer(&id) {
                 drop(writer);
             }
@@ -79,8 +125,9 @@ pub async fn start(containers: &Containers, id: &str) -> Result<(), ContainerErr
             stored.info.exit_code = 128;
             stored.info.reason = "StartError".into();
             stored.info.message = crisp_errors::message_chain(&err);
-            if let Err(save) = containers.save(&stored).await {
-                tracing::warn!(id, error = %save, "recording a failed start");
+            match containers.save(&stored).await {
+                Ok(()) => containers.set_exit_recorded(&id, if deleted.is_ok() { TaskGone::Yes } else { TaskGone::No }),
+                Err(save) => tracing::warn!(id, error = %save, "recording a failed start"),
             }
             containers.publish(&id, &stored.info.sandbox_id, ContainerEventType::ContainerStoppedEvent).await;
             Err(err)
@@ -88,9 +135,17 @@ pub async fn start(containers: &Containers, id: &str) -> Result<(), ContainerErr
     }
 }
 
-/// Creates and starts the task; answers when it was started (taken just before the start, so
-/// a process that exits at once never has finished before it started).
-async fn run_task(containers: &Containers, stored: &Stored) -> Result<i64, ContainerError> {
+/// How the task went.
+enum Ran {
+    /// Started (or found running): the record, saved, as it is now.
+    Started(Box<Stored>),
+    /// Found exited, left by a start cut off: its exit (None: unknown), not yet recorded.
+    Exited(Option<Exit>),
+}
+
+/// Creates and starts the task, and records the container running (its start time taken just
+/// before the start, so a process that exits at once never has finished before it started).
+async fn run_task(containers: &Containers, stored: &Stored) -> Result<Ran, ContainerError> {
     let id = &stored.id;
     let rootfs = containers
         .containerd
@@ -109,14 +164,109 @@ async fn run_task(containers: &Containers, stored: &Stored) -> Result<i64, Conta
         stderr: io.as_ref().map(|(f, _)| path(&f.stderr)).unwrap_or_default(),
         terminal: stored.config.tty,
     };
-    if let Some((_, writer)) = &io {
+    let writer = io.map(|(_, writer)| writer);
+    if let Some(writer) = &writer {
         containers.set_log_writer(id, writer.clone());
     }
-    containers.containerd.create_task(task).await.map_err(ContainerError::containerd(id))?;
-    if let Some((_, writer)) = &io {
+    let mut running = stored.clone();
+    running.state = State::Running;
+    match containers.containerd.create_task(task.clone()).await {
+        Ok(_) => {}
+        Err(err) if err.is_already_exists() => {
+            let left = leftover(containers, stored).await?;
+            if !matches!(left, Leftover::Cleared) {
+                // The task holds the same FIFOs: this writer reads what it writes.
+                if let Some(writer) = &writer {
+                    writer.start();
+                }
+            }
+            match left {
+                Leftover::Cleared => {
+                    containers.containerd.create_task(task).await.map_err(ContainerError::containerd(id))?;
+                }
+                Leftover::Running => {
+                    running.info.started_at = now_nanos();
+                    record::save(&containers.containerd, &running).await?;
+                    return Ok(Ran::Started(Box::new(running)));
+                }
+                Leftover::Exited(exit) => return Ok(Ran::Exited(exit)),
+            }
+        }
+        Err(err) => return Err(ContainerError::containerd(id)(err)),
+    }
+    if let Some(writer) = &writer {
         writer.start();
     }
-    let started_at = now_nanos();
-    containers.containerd.start_task(id).await.map_err(ContainerError::containerd(id))?;
-    Ok(started_at)
+    running.info.started_at = now_nanos();
+    let (started, saved) =
+        tokio::join!(containers.containerd.start_task(id), record::save(&containers.containerd, &running));
+    started.map_err(ContainerError::containerd(id))?;
+    saved?;
+    Ok(Ran::Started(Box::new(running)))
+}
+
+/// What a task left by a start cut off was found to be.
+enum Leftover {
+    /// None (any more): a task can be created.
+    Cleared,
+    /// Running: the container runs.
+    Running,
+    /// Exited: the container ran.
+    Exited(Option<Exit>),
+}
+
+/// Finds the task a start cut off left (see the module's contract); one only created is deleted.
+async fn leftover(containers: &Containers, stored: &Stored) -> Result<Leftover, ContainerError> {
+    let id = &stored.id;
+    let Some(process) = containers.containerd.task(id).await.map_err(ContainerError::containerd(id))? else {
+        return Ok(Leftover::Cleared);
+    };
+    if process.status == TaskStatus::Created as i32 {
+        tracing::info!(id, "deleting the created task a cut-off start left");
+        let _turn = containers.shim_turn(&stored.info.sandbox_id).await;
+        containers.containerd.delete_task(id).await.map_err(ContainerError::containerd(id))?;
+        return Ok(Leftover::Cleared);
+    }
+    if is_stopped(&process) {
+        tracing::info!(id, "the task a cut-off start left has exited: recording its exit");
+        return Ok(Leftover::Exited(Some(Exit {
+            code: process.exit_status,
+            at: unix_nanos(process.exited_at.as_ref()),
+        })));
+    }
+    tracing::info!(id, "the task a cut-off start left runs: the container is running");
+    Ok(Leftover::Running)
+}
+
+/// Brings a created container whose record a cut-off start left behind its task in line with
+/// it (the restarted service's reconciliation calls it for every created container).
+pub(super) async fn recover(containers: &Containers, id: &str) {
+    let _lock = containers.lock(id).await;
+    // Read under the lock: a start of this process may have come first.
+    let stored = match record::find(&containers.containerd, id).await {
+        Ok(Some(stored)) if stored.state == State::Created => stored,
+        Ok(_) => return,
+        Err(err) => {
+            tracing::warn!(id, error = %err, "reading a created container to recover it");
+            return;
+        }
+    };
+    let id = stored.id.clone();
+    match leftover(containers, &stored).await {
+        Ok(Leftover::Cleared) => {}
+        Ok(Leftover::Running) => {
+            containers.reattach(&stored);
+            let mut running = stored;
+            running.state = State::Running;
+            running.info.started_at = now_nanos();
+            match containers.save(&running).await {
+                Ok(()) => {
+                    containers.publish(&id, &running.info.sandbox_id, ContainerEventType::ContainerStartedEvent).await
+                }
+                Err(err) => tracing::warn!(id, error = %err, "recording a container found running"),
+            }
+        }
+        Ok(Leftover::Exited(exit)) => containers.record_exit_locked(stored, exit).await,
+        Err(err) => tracing::warn!(id, error = %err, "looking for a task a cut-off start left"),
+    }
 }

@@ -6,7 +6,7 @@
 //! seconds (0: at once) every process of the container gets SIGKILL. The call returns once
 //! the exit is recorded. An unknown id, or a container not running, is stopped already.
 
-use super::record::{self, State};
+use super::record::{self, State, Stored};
 use super::{ContainerError, Containers};
 use crisp_containerd::tasks::{Exit, is_stopped};
 use crisp_proto::cri::Signal;
@@ -44,20 +44,32 @@ pub async fn stop(containers: &Containers, id: &str, timeout: i64) -> Result<(),
     if stored.state != State::Running {
         return Ok(());
     }
-    let id = stored.id.clone();
+    let exit = stop_task(containers, &stored, timeout).await?;
+    // The record read above is recorded: an exit recorded meanwhile by the event stream is
+    // seen under the lock.
+    containers.record_exit_of(stored, exit).await;
+    Ok(())
+}
+
+/// Signals the running container's task, then kills it after `timeout` seconds; answers its
+/// exit (None: the task was gone).
+pub(super) async fn stop_task(
+    containers: &Containers,
+    stored: &Stored,
+    timeout: i64,
+) -> Result<Option<Exit>, ContainerError> {
+    let id = stored.id.as_str();
     let pod = stored.info.sandbox_id.as_str();
     let signal = signal_number(stored.config.stop_signal)
         .or((stored.info.stop_signal > 0).then_some(stored.info.stop_signal))
         .unwrap_or(libc::SIGTERM);
     if timeout > 0 {
-        if let Some(exit) = kill(containers, pod, &id, signal, false).await? {
-            containers.record_exit(&id, exit).await;
-            return Ok(());
+        if let Some(exit) = kill(containers, pod, id, signal, false).await? {
+            return Ok(exit);
         }
         let grace = Duration::from_secs(timeout as u64);
-        if let Ok(waited) = tokio::time::timeout(grace, wait_exit(containers, &id)).await {
-            containers.record_exit(&id, waited?).await;
-            return Ok(());
+        if let Ok(waited) = tokio::time::timeout(grace, wait_exit(containers, id)).await {
+            return waited;
         }
         tracing::info!(id, ?grace, "the container outlived its grace period: killing it");
     }
@@ -65,15 +77,13 @@ pub async fn stop(containers: &Containers, id: &str, timeout: i64) -> Result<(),
     // (the kernel does it); only a container sharing a namespace needs `runc kill --all`, which
     // on cgroup v1 freezes the cgroup around the signals and costs several times a plain kill.
     let all = !owns_pid_namespace(&stored.spec);
-    if let Some(exit) = kill(containers, pod, &id, libc::SIGKILL, all).await? {
-        containers.record_exit(&id, exit).await;
-        return Ok(());
+    if let Some(exit) = kill(containers, pod, id, libc::SIGKILL, all).await? {
+        return Ok(exit);
     }
-    let exit = tokio::time::timeout(KILL_WAIT, wait_exit(containers, &id)).await.map_err(|_| {
-        ContainerError::Internal { id: id.clone(), reason: format!("still running {KILL_WAIT:?} after SIGKILL") }
-    })?;
-    containers.record_exit(&id, exit?).await;
-    Ok(())
+    tokio::time::timeout(KILL_WAIT, wait_exit(containers, id)).await.map_err(|_| ContainerError::Internal {
+        id: id.to_string(),
+        reason: format!("still running {KILL_WAIT:?} after SIGKILL"),
+    })?
 }
 
 /// Whether the OCI spec (JSON) gives the container a PID namespace of its own (one without a
