@@ -1,40 +1,15 @@
 //! The metadata paths kept cheap: a pull of an image whose content is all stored asks the
 //! registry one `HEAD` and fetches nothing; a RemoveImage answers once the records are gone,
-//! containerd's garbage collection runs right after it (before the next pull or ImageFsInfo
-//! answers), and the image pulls again.
+//! the next ImageFsInfo answers after containerd's garbage collection of what they held, and
+//! the image pulls again.
 
 mod image_support;
 
 use crisp_proto::cri::{ImageFsInfoRequest, ImageFsInfoResponse};
-use crisp_testkit::images::{BuiltImage, Format, sha256};
+use crisp_testkit::images::{Format, sha256};
 use crisp_testkit::registry::Registry;
-use image_support::fake::{FakeServer, Recorded, Reply};
+use image_support::fake::{Recorded, serve_image};
 use image_support::*;
-
-/// A registry serving `image` as `test/app:v1` (manifest by tag and digest, config and layers
-/// by digest), recording every request.
-async fn serving(image: &BuiltImage) -> anyhow::Result<FakeServer> {
-    let manifest = image.manifest.clone();
-    let blobs: Vec<_> = image.layers.iter().chain([&image.config]).cloned().collect();
-    FakeServer::start_on("127.0.0.1", move |request: &Recorded| {
-        let path = request.path.as_str();
-        if path == "/v2/" {
-            return Reply::new(200, "{}");
-        }
-        let manifest_paths =
-            ["/v2/test/app/manifests/v1".to_string(), format!("/v2/test/app/manifests/{}", manifest.digest)];
-        if manifest_paths.iter().any(|p| p == path) {
-            return Reply::new(200, manifest.data.clone())
-                .header("Content-Type", &manifest.media_type)
-                .header("Docker-Content-Digest", &manifest.digest);
-        }
-        match blobs.iter().find(|b| path == format!("/v2/test/app/blobs/{}", b.digest)) {
-            Some(blob) => Reply::new(200, blob.data.clone()).header("Docker-Content-Digest", &blob.digest),
-            None => Reply::new(404, r#"{"errors":[{"code":"NOT_FOUND"}]}"#),
-        }
-    })
-    .await
-}
 
 /// The requests' `METHOD path` lines, the `/v2/` pings left out.
 fn calls(requests: &[Recorded]) -> Vec<String> {
@@ -44,7 +19,7 @@ fn calls(requests: &[Recorded]) -> Vec<String> {
 #[tokio::test]
 async fn a_pull_of_a_stored_image_asks_the_registry_one_head() -> anyhow::Result<()> {
     let image = busybox(Format::Oci)?;
-    let registry = serving(&image).await?;
+    let registry = serve_image(&image).await?;
     let stack = stack().await?;
     let mut client = stack.image_client();
     let name = format!("{}/test/app:v1", registry.host());
@@ -78,7 +53,7 @@ async fn a_pull_of_a_stored_image_asks_the_registry_one_head() -> anyhow::Result
 #[tokio::test]
 async fn a_stored_image_whose_snapshot_is_gone_is_unpacked_again() -> anyhow::Result<()> {
     let image = busybox(Format::Docker)?;
-    let registry = serving(&image).await?;
+    let registry = serve_image(&image).await?;
     let stack = stack().await?;
     let mut client = stack.image_client();
     let name = format!("{}/test/app:v1", registry.host());

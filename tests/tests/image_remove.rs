@@ -10,7 +10,7 @@ use crisp_proto::cri::ImageFsInfoRequest;
 use crisp_testkit::Stack;
 use crisp_testkit::images::{BuiltImage, Format, sha256};
 use crisp_testkit::registry::Registry;
-use image_support::fake::{FakeServer, Recorded, Reply};
+use image_support::fake::serve_image;
 use image_support::*;
 use std::path::PathBuf;
 use std::process::Command;
@@ -106,34 +106,10 @@ async fn an_image_pulled_right_after_its_removal_is_whole_while_collections_run(
     Ok(())
 }
 
-/// A registry serving `image` as `test/app:v1`, recording every request.
-async fn serving(image: &BuiltImage) -> anyhow::Result<FakeServer> {
-    let manifest = image.manifest.clone();
-    let blobs: Vec<_> = image.layers.iter().chain([&image.config]).cloned().collect();
-    FakeServer::start_on("127.0.0.1", move |request: &Recorded| {
-        let path = request.path.as_str();
-        if path == "/v2/" {
-            return Reply::new(200, "{}");
-        }
-        let manifest_paths =
-            ["/v2/test/app/manifests/v1".to_string(), format!("/v2/test/app/manifests/{}", manifest.digest)];
-        if manifest_paths.iter().any(|p| p == path) {
-            return Reply::new(200, manifest.data.clone())
-                .header("Content-Type", &manifest.media_type)
-                .header("Docker-Content-Digest", &manifest.digest);
-        }
-        match blobs.iter().find(|b| path == format!("/v2/test/app/blobs/{}", b.digest)) {
-            Some(blob) => Reply::new(200, blob.data.clone()).header("Docker-Content-Digest", &blob.digest),
-            None => Reply::new(404, r#"{"errors":[{"code":"NOT_FOUND"}]}"#),
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_pull_right_after_a_removal_reuses_what_the_image_left() -> anyhow::Result<()> {
     let image = busybox(Format::Oci)?;
-    let registry = serving(&image).await?;
+    let registry = serve_image(&image).await?;
     let stack = stack().await?;
     let mut client = stack.image_client();
     let name = format!("{}/test/app:v1", registry.host());

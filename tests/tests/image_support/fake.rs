@@ -3,6 +3,7 @@
 //! that misbehave in ways `docker-registry` does not. Every request's head is recorded
 //! (`requests`), so a test can see which headers a host received.
 
+use crisp_testkit::images::BuiltImage;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -125,4 +126,29 @@ impl Drop for FakeServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A registry serving `image` as `test/app:v1` (manifest by tag and digest, config and layers
+/// by digest), recording every request.
+pub async fn serve_image(image: &BuiltImage) -> anyhow::Result<FakeServer> {
+    let manifest = image.manifest.clone();
+    let blobs: Vec<_> = image.layers.iter().chain([&image.config]).cloned().collect();
+    FakeServer::start_on("127.0.0.1", move |request: &Recorded| {
+        let path = request.path.as_str();
+        if path == "/v2/" {
+            return Reply::new(200, "{}");
+        }
+        let manifest_paths =
+            ["/v2/test/app/manifests/v1".to_string(), format!("/v2/test/app/manifests/{}", manifest.digest)];
+        if manifest_paths.iter().any(|p| p == path) {
+            return Reply::new(200, manifest.data.clone())
+                .header("Content-Type", &manifest.media_type)
+                .header("Docker-Content-Digest", &manifest.digest);
+        }
+        match blobs.iter().find(|b| path == format!("/v2/test/app/blobs/{}", b.digest)) {
+            Some(blob) => Reply::new(200, blob.data.clone()).header("Docker-Content-Digest", &blob.digest),
+            None => Reply::new(404, r#"{"errors":[{"code":"NOT_FOUND"}]}"#),
+        }
+    })
+    .await
 }
