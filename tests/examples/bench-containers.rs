@@ -2,7 +2,7 @@
 //! own CRI plugin on this machine, side by side, as ratios (issue 9's benchmark). Not a test:
 //! run it by hand (`tests/bench/containers.sh`).
 //!
-//! bench-containers [--containers N (50)] [--list N (500)] [--calls N (50)] [--memory N (100)]
+//! bench-containers [--containers N (50)] [--list N (500, at least 1)] [--calls N (50)] [--memory N (100)]
 //!                  [--containerd-socket /run/containerd/containerd.sock] [--crisp-only]
 //!
 //! Both runtimes pull one busybox image from a private loopback registry. Measured, each
@@ -70,7 +70,7 @@ async fn bench() -> anyhow::Result<()> {
         let mut number = |default: usize| args.next().and_then(|v| v.parse().ok()).unwrap_or(default);
         match arg.as_str() {
             "--containers" => containers = number(containers),
-            "--list" => list = number(list),
+            "--list" => list = number(list).max(1),
             "--calls" => calls = number(calls).max(1),
             "--memory" => memory = number(memory),
             "--crisp-only" => crisp_only = true,
