@@ -319,8 +319,12 @@ async fn the_runtime_counts_pods_containers_cni_oom_kills_and_containerd_calls()
 
     let containers = |state: &str| format!(r#"crisp_runtime_containers{{state="{state}"}}"#);
     let pods = |state: &str| format!(r#"crisp_runtime_pods{{state="{state}"}}"#);
+    // The status shows the exit as soon as its record is written; the metrics are read apart
+    // from it, so they are waited for too.
     let scraped = scrape_until(address, |s| {
-        s.get(&containers("running")) == Some(1.0) && s.get(&containers("exited")) == Some(1.0)
+        s.get(&containers("running")) == Some(1.0)
+            && s.get(&containers("exited")) == Some(1.0)
+            && s.get("crisp_runtime_oom_kills_total") == Some(1.0)
     })
     .await;
     assert_eq!(scraped.kind("crisp_runtime_pods"), "gauge");

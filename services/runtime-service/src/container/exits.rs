@@ -137,13 +137,13 @@ impl Containers {
         let (deleted, saved) = match exit {
             Some(exit) => {
                 exited(&mut stored, Some(exit), oom);
-                tokio::join!(delete, self.save(&stored))
+                tokio::join!(delete, self.save_exit(&stored, oom))
             }
             None => {
                 // The exit is lost unless the task still holds it: its deletion answers it.
                 let deleted = delete.await;
                 exited(&mut stored, deleted.as_ref().ok().copied().flatten(), oom);
-                (deleted, self.save(&stored).await)
+                (deleted, self.save_exit(&stored, oom).await)
             }
         };
         if let Err(err) = &deleted {
@@ -159,9 +159,16 @@ impl Containers {
             }
         }
         self.set_exit_recorded(&id, if deleted.is_ok() { TaskGone::Yes } else { TaskGone::No });
-        crate::metrics::METRICS.oom_kills.inc_by(u64::from(oom));
         tracing::info!(id, code = stored.info.exit_code, reason = %stored.info.reason, "container exited");
         self.publish(&id, &pod, ContainerEventType::ContainerStoppedEvent).await;
+    }
+
+    /// Saves the record of an exit; an OOM kill is counted as soon as it is recorded, not after
+    /// the task's deletion that may run beside the save.
+    async fn save_exit(&self, stored: &Stored, oom: bool) -> Result<(), ContainerError> {
+        self.save(stored).await?;
+        crate::metrics::METRICS.oom_kills.inc_by(u64::from(oom));
+        Ok(())
     }
 
     /// Follows containerd's task events for as long as the service runs: subscribe, reconcile,
