@@ -41,6 +41,22 @@ pub async fn hold_snapshot(lease: &Lease, snapshotter: &str, chain_id: &ChainId)
     lease.hold(Held::Snapshot { snapshotter, key: chain_id.as_str() }).await
 }
 
+/// Whether the snapshot `chain_id` is committed, held in `lease` when it is. Held, then looked
+/// for again: a garbage collection started in between either took it (false: it is made again)
+/// or, once it is held, keeps it and its parents. One not there costs no lease write.
+pub async fn hold_if_committed(
+    containerd: &Containerd,
+    lease: &Lease,
+    snapshotter: &str,
+    chain_id: &ChainId,
+) -> Result<bool, ContainerdError> {
+    if !containerd.snapshot_exists(snapshotter, chain_id.as_str()).await? {
+        return Ok(false);
+    }
+    hold_snapshot(lease, snapshotter, chain_id).await?;
+    containerd.snapshot_exists(snapshotter, chain_id.as_str()).await
+}
+
 /// One layer to unpack on top of `parent`.
 pub struct Layer<'a> {
     pub descriptor: Descriptor,
@@ -59,14 +75,9 @@ pub async fn unpack_layer(
     layer: Layer<'_>,
     staged: Option<crate::apply::Staged>,
 ) -> Result<(), UnpackError> {
-    // Held, then looked for again: a collection in between either took it (it is made again)
-    // or, once held, keeps it.
-    if containerd.snapshot_exists(snapshotter, layer.chain_id.as_str()).await? {
-        hold_snapshot(lease, snapshotter, layer.chain_id).await?;
-        if containerd.snapshot_exists(snapshotter, layer.chain_id.as_str()).await? {
-            tracing::debug!("snapshot committed by another pull meanwhile");
-            return Ok(());
-        }
+    if hold_if_committed(containerd, lease, snapshotter, layer.chain_id).await? {
+        tracing::debug!("snapshot committed by another pull meanwhile");
+        return Ok(());
     }
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let key = format!("extract-{nanos}-{} {}", std::process::id(), layer.chain_id);

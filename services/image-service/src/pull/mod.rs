@@ -22,7 +22,7 @@ use blob::{Kind, Source, Wanted};
 use coalesce::{Coalescer, PullResult};
 use crisp_config::ImageConfig;
 use crisp_containerd::labels::{self, gc};
-use crisp_containerd::{Containerd, ContainerdError, Held, Lease, LeaseId};
+use crisp_containerd::{Containerd, ContainerdError, Lease, LeaseId};
 use crisp_errors::GrpcError;
 use crisp_image_model::oci::{Descriptor, ImageConfiguration, ImageManifest};
 use crisp_image_model::{ChainId, Digest, ImageId, Reference};
@@ -381,14 +381,10 @@ impl Inner {
         // parents).
         let mut unpacked = 0;
         for i in (0..chain.len()).rev() {
-            // Held, then looked for again: a collection in between either took it (the chain
-            // below is looked at) or, once held, keeps it and its parents.
-            if self.containerd.snapshot_exists(snapshotter, chain[i].as_str()).await? {
-                lease.hold(Held::Snapshot { snapshotter, key: chain[i].as_str() }).await?;
-                if self.containerd.snapshot_exists(snapshotter, chain[i].as_str()).await? {
-                    unpacked = i + 1;
-                    break;
-                }
+            // One a collection took meanwhile: the chain below is looked at.
+            if unpack::hold_if_committed(&self.containerd, lease, snapshotter, &chain[i]).await? {
+                unpacked = i + 1;
+                break;
             }
         }
         let staging = self.staging().await;
